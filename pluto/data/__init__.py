@@ -1,0 +1,70 @@
+"""Datasets: Fashion-MNIST (Debian package), CIFAR-10 / ImageNet-style folders, and a synthetic set for tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from pluto.data.fashion_mnist import load_fashion_mnist
+from pluto.data.folders import load_cifar10, load_image_folder
+from pluto.data.synthetic import make_synthetic
+from pluto.errors import ConfigError
+
+__all__ = ["DataSpec", "build_loaders", "load_fashion_mnist", "load_cifar10", "load_image_folder", "make_synthetic"]
+
+
+@dataclass
+class DataSpec:
+    """What a model needs to know about its data: input shape and class count."""
+
+    num_classes: int
+    in_channels: int
+    input_size: int
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.in_channels, self.input_size, self.input_size)
+
+
+def build_datasets(name: str, root: str | None = None, train_limit: int | None = None, test_limit: int | None = None,
+                   **kwargs) -> tuple[Dataset, Dataset, DataSpec]:
+    """Train and test datasets plus their shape, by short name: fashion_mnist, cifar10, imagefolder, synthetic."""
+    if name == "fashion_mnist":
+        train = load_fashion_mnist(True, root)
+        test = load_fashion_mnist(False, root)
+        spec = DataSpec(10, 1, 28)
+    elif name == "cifar10":
+        if root is None:
+            raise ConfigError("data=cifar10 needs data.root=/path/containing/cifar-10-batches-py")
+        train, test = load_cifar10(root, True), load_cifar10(root, False)
+        spec = DataSpec(10, 3, 32)
+    elif name == "imagefolder":
+        if root is None:
+            raise ConfigError("data=imagefolder needs data.root=/path/with/train/and/val/folders")
+        size = int(kwargs.get("input_size", 224))
+        train, test = load_image_folder(root, "train", size), load_image_folder(root, "val", size)
+        spec = DataSpec(len(train.classes), 3, size)
+    elif name == "synthetic":
+        size, channels, classes = int(kwargs.get("input_size", 28)), int(kwargs.get("in_channels", 1)), int(kwargs.get("num_classes", 10))
+        train = make_synthetic(int(kwargs.get("num_samples", 512)), classes, channels, size, seed=0)
+        test = make_synthetic(max(64, int(kwargs.get("num_samples", 512)) // 4), classes, channels, size, seed=1)
+        spec = DataSpec(classes, channels, size)
+    else:
+        raise ConfigError(f"unknown dataset {name!r}: choose one of fashion_mnist, cifar10, imagefolder, synthetic")
+    if train_limit:
+        train = Subset(train, range(min(train_limit, len(train))))
+    if test_limit:
+        test = Subset(test, range(min(test_limit, len(test))))
+    return train, test, spec
+
+
+def build_loaders(name: str, batch_size: int = 128, num_workers: int = 0, seed: int = 0, root: str | None = None,
+                  train_limit: int | None = None, test_limit: int | None = None,
+                  **kwargs) -> tuple[DataLoader, DataLoader, DataSpec]:
+    """Shuffled train loader (seeded) and ordered test loader."""
+    train, test, spec = build_datasets(name, root, train_limit, test_limit, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, num_workers=num_workers, drop_last=False)
+    test_loader = DataLoader(test, batch_size=max(batch_size, 256), shuffle=False, num_workers=num_workers)
+    return train_loader, test_loader, spec
