@@ -1,0 +1,200 @@
+"""What a supernet costs on a chip: the hook between the NAS space and ``pluto.cost``.
+
+Every candidate of a choice block has the same input and output shape, so the cost of a
+network is the fixed part (stem + head) plus, for each block, the cost of its chosen
+candidate. With candidate probabilities ``p`` the *expected* cost is
+
+    E[cost] = cost(stem + head) + sum_blocks sum_i p_i * delta_i,
+    delta_i = cost(stem + head + candidate_i) - cost(stem + head),
+
+in the metric's unit (ms, mJ, bytes, MACs). Pricing each candidate *together with* the fixed
+ops and subtracting keeps the result exact when the table's calibration is affine
+(``a * sum + b``: the intercept ``b`` is counted once, not once per block). Candidate costs
+do not depend on ``alpha``, so they are computed once per (table, metric, input shape) and
+cached; gradients reach the architecture logits through ``p``.
+
+Because blocks are independent, the cheapest network picks the cheapest candidate of every
+block (:func:`min_cost_architecture`); an optimizer uses it to reject infeasible targets
+before training.
+"""
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from pluto.cost.ops import OpSpec, extract_ops
+from pluto.decisions.ops.candidates import SKIP, build_candidate, candidate_names
+from pluto.decisions.ops.config import SpaceConfig, space_config
+from pluto.decisions.ops.supernet import Supernet, build_head, build_stem, conv_out
+from pluto.errors import ConfigError
+
+Shape = tuple[int, ...]
+_CACHE: "weakref.WeakKeyDictionary[Supernet, dict]" = weakref.WeakKeyDictionary()
+
+
+def _nchw(input_shape: Shape | None, supernet: Supernet) -> tuple[int, int, int, int]:
+    if input_shape is None:
+        return supernet.config.input_shape
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 3:
+        shape = (1, *shape)
+    if len(shape) != 4 or shape[1] != supernet.config.in_channels:
+        raise ConfigError(f"input shape {tuple(input_shape)} does not fit this supernet, which takes "
+                          f"{supernet.config.in_channels}-channel images; pass (1, {supernet.config.in_channels}, H, W)")
+    return shape  # type: ignore[return-value]
+
+
+def _layout(supernet: Supernet, input_shape: Shape | None) -> tuple[dict[str, Shape], Shape, Shape]:
+    """Block name -> input shape, stem input shape and head input shape for ``input_shape``."""
+    shape = _nchw(input_shape, supernet)
+    n, _, h, w = shape
+    shapes: dict[str, Shape] = {}
+    for name, (cin, _, stride) in supernet.block_specs.items():
+        shapes[name] = (n, cin, h, w)
+        h, w = conv_out(h, stride), conv_out(w, stride)
+    return shapes, shape, (n, supernet.config.stages[-1].width, h, w)
+
+
+def candidate_modules(supernet: Supernet, input_shape: Shape | None = None) -> dict[str, list[tuple[nn.Module, Shape]]]:
+    """Choice-block name -> its candidates (in ``alpha`` order) with their batch-1 NCHW input shape.
+
+    The modules are the supernet's own (shared weights), so do not train them separately.
+    """
+    shapes, _, _ = _layout(supernet, input_shape)
+    return {name: [(op, shapes[name]) for op in block.candidates] for name, block in supernet.choice_blocks().items()}
+
+
+def fixed_modules(supernet: Supernet, input_shape: Shape | None = None) -> list[tuple[str, nn.Module, Shape]]:
+    """The ops every architecture has: ``("stem", module, shape)`` and ``("head", module, shape)``."""
+    _, stem_in, head_in = _layout(supernet, input_shape)
+    return [("stem", supernet.stem, stem_in), ("head", supernet.head, head_in)]
+
+
+def profile_modules(config: SpaceConfig | Mapping[str, Any] | str | None = None,
+                    **overrides: Any) -> list[tuple[nn.Module, Shape]]:
+    """Every distinct candidate block and fixed op of a space, each with its batch-1 input shape.
+
+    For the profiler (``modules: "pluto.decisions.ops.cost:profile_modules"`` in a space YAML)
+    to measure MBConv / basic blocks as units. ``skip`` (identity) is left out: it costs nothing.
+    Modules are in eval mode.
+    """
+    cfg = space_config(config, **overrides)
+    out: list[tuple[nn.Module, Shape]] = [(build_stem(cfg), cfg.input_shape)]
+    seen: set[tuple] = set()
+    cin, size = cfg.stem_width, cfg.input_size
+    for stage in cfg.stages:
+        for b in range(stage.depth):
+            stride = stage.stride if b == 0 else 1
+            skippable = cfg.allow_skip and stride == 1 and cin == stage.width
+            for name in candidate_names(cfg.family, cfg.kernels, cfg.expansions, cfg.width_multipliers, skippable):
+                key = (name, cin, stage.width, stride, size)
+                if name == SKIP or key in seen:
+                    continue
+                seen.add(key)
+                out.append((build_candidate(name, cin, stage.width, stride), (1, cin, size, size)))
+            cin, size = stage.width, conv_out(size, stride)
+    out.append((build_head(cfg), (1, cin, size, size)))
+    return [(module.eval(), shape) for module, shape in out]
+
+
+def _prefixed(ops: list[OpSpec], prefix: str) -> list[OpSpec]:
+    return [dataclasses.replace(op, name=f"{prefix}.{op.name}") for op in ops]
+
+
+def _price(table: Any, ops: list[OpSpec], metric: str, precisions: Mapping[str, Mapping[str, Tensor]] | None) -> Tensor:
+    """Cost of ``ops`` via ``pluto.cost.expected.expected_cost``; MACs analytically if that is not available."""
+    try:
+        from pluto.cost.expected import expected_cost
+    except ImportError:
+        if metric != "macs":
+            raise ConfigError(f"pricing {metric} needs pluto.cost.expected, which is not installed; "
+                              "use metric='macs' or update pluto") from None
+        return torch.tensor(float(sum(op.macs for op in ops)))
+    kwargs = {"precisions": dict(precisions)} if precisions else {}
+    return torch.as_tensor(expected_cost(table, ops, metric, **kwargs), dtype=torch.float32)
+
+
+def _precisions_for(precisions: Mapping[str, Mapping[str, Tensor]] | None, block: str, index: int
+                    ) -> dict[str, Mapping[str, Tensor]] | None:
+    """Keep the precision entries of one candidate, keyed the way the derived network names them."""
+    if not precisions:
+        return None
+    out: dict[str, Mapping[str, Tensor]] = {}
+    for key, value in precisions.items():
+        for prefix in (f"{block}.candidates.{index}.", f"{block}."):
+            if key.startswith(prefix) and not key[len(prefix):].startswith("candidates."):
+                out[f"{block}.{key[len(prefix):]}"] = value
+    return out
+
+
+def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None, metric: str = "latency_ms",
+                precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """``(fixed cost, {block name: per-candidate cost deltas})`` in ``metric``'s unit (see module docstring).
+
+    Cached per supernet, table, metric and shape when ``precisions`` is None.
+    """
+    shape = _nchw(input_shape, supernet)
+    key = (id(table), metric, shape)
+    cache = _CACHE.setdefault(supernet, {})
+    if precisions is None and key in cache:
+        return cache[key]
+    fixed_ops: list[OpSpec] = []
+    for name, module, module_shape in fixed_modules(supernet, shape):
+        fixed_ops += _prefixed(extract_ops(module, module_shape), name)
+    fixed_precisions = {k: v for k, v in (precisions or {}).items() if k.startswith(("stem.", "head."))} or None
+    fixed = _price(table, fixed_ops, metric, fixed_precisions)
+    deltas: dict[str, Tensor] = {}
+    for name, candidates in candidate_modules(supernet, shape).items():
+        values = []
+        for i, (module, module_shape) in enumerate(candidates):
+            ops = _prefixed(extract_ops(module, module_shape), name)
+            own = _precisions_for(precisions, name, i)
+            merged = {**(fixed_precisions or {}), **(own or {})} or None
+            values.append(_price(table, fixed_ops + ops, metric, merged) - fixed)
+        deltas[name] = torch.stack(values)
+    if precisions is None:
+        cache[key] = (fixed.detach(), {k: v.detach() for k, v in deltas.items()})
+        return cache[key]
+    return fixed, deltas
+
+
+def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | None = None,
+                           metric: str = "latency_ms",
+                           precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+    """Expected cost of the supernet under its current choice probabilities; differentiable in ``alpha``.
+
+    ``table`` is a ``pluto.cost.LatencyTable`` (or None for the analytic ``macs`` / ``size_bytes``);
+    ``metric`` one of latency_ms, energy_mj, size_bytes, macs; ``precisions`` maps derived-network
+    module names (``stages.1.0.expand.conv``) or supernet names to ``{'fp32': p, 'int8': p}``.
+    """
+    fixed, deltas = block_costs(supernet, table, input_shape, metric, precisions)
+    total = fixed
+    for name, p in supernet.choice_probabilities().items():
+        total = total + (p * deltas[name].to(p.dtype)).sum()
+    return total
+
+
+def min_cost_architecture(supernet: Supernet, table: Any = None, input_shape: Shape | None = None,
+                          metric: str = "macs") -> tuple[dict[str, str], float]:
+    """The cheapest architecture of the space and its cost: ``({block: candidate}, cost in metric units)``.
+
+    Use the cost to reject a constraint target below it before training
+    (``pluto.optimizer.constraints.check_feasible``).
+    """
+    fixed, deltas = block_costs(supernet, table, input_shape, metric)
+    blocks = supernet.choice_blocks()
+    choice = {name: blocks[name].names[int(torch.argmin(d))] for name, d in deltas.items()}
+    cost = float(fixed) + sum(float(d.min()) for d in deltas.values())
+    return choice, cost
+
+
+def architecture_cost(supernet: Supernet, architecture: Mapping[str, str], table: Any = None,
+                      input_shape: Shape | None = None, metric: str = "macs") -> float:
+    """Cost of one concrete architecture (block -> candidate name), from the same per-block prices."""
+    fixed, deltas = block_costs(supernet, table, input_shape, metric)
+    blocks = supernet.choice_blocks()
+    return float(fixed) + sum(float(deltas[n][blocks[n].names.index(c)]) for n, c in architecture.items())
