@@ -1,0 +1,36 @@
+"""Optimizer and learning-rate schedule from the ``trainer`` config group."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from omegaconf import DictConfig
+
+from pluto.errors import ConfigError
+
+
+def build_optimizer(params: Iterable, tcfg: DictConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = tcfg.lr if lr is None else lr
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=tcfg.weight_decay)
+    if tcfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=tcfg.weight_decay)
+    raise ConfigError(f"trainer.optimizer={tcfg.optimizer!r} is not supported; use sgd or adamw.")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: DictConfig, total_steps: int):
+    """Linear warm-up for ``warmup_steps`` then cosine decay to zero over ``total_steps`` (per batch)."""
+    warmup = min(int(tcfg.get("warmup_steps", 0)), max(total_steps - 1, 0))
+    if tcfg.scheduler == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if tcfg.scheduler != "cosine":
+        raise ConfigError(f"trainer.scheduler={tcfg.scheduler!r} is not supported; use cosine or constant.")
+    import math
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
