@@ -105,7 +105,8 @@ def _prefixed(ops: list[OpSpec], prefix: str) -> list[OpSpec]:
     return [dataclasses.replace(op, name=f"{prefix}.{op.name}") for op in ops]
 
 
-def _price(table: Any, ops: list[OpSpec], metric: str, precisions: Mapping[str, Mapping[str, Tensor]] | None) -> Tensor:
+def _price(table: Any, ops: list[OpSpec], metric: str, precisions: Mapping[str, Mapping[str, Tensor]] | None,
+           default_precision: str = "fp32") -> Tensor:
     """Cost of ``ops`` via ``pluto.cost.expected.expected_cost``; MACs analytically if that is not available."""
     try:
         from pluto.cost.expected import expected_cost
@@ -115,7 +116,8 @@ def _price(table: Any, ops: list[OpSpec], metric: str, precisions: Mapping[str, 
                               "use metric='macs' or update pluto") from None
         return torch.tensor(float(sum(op.macs for op in ops)))
     kwargs = {"precisions": dict(precisions)} if precisions else {}
-    return torch.as_tensor(expected_cost(table, ops, metric, **kwargs), dtype=torch.float32)
+    return torch.as_tensor(expected_cost(table, ops, metric, default_precision=default_precision, **kwargs),
+                           dtype=torch.float32)
 
 
 def _precisions_for(precisions: Mapping[str, Mapping[str, Tensor]] | None, block: str, index: int
@@ -132,13 +134,14 @@ def _precisions_for(precisions: Mapping[str, Mapping[str, Tensor]] | None, block
 
 
 def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None, metric: str = "latency_ms",
-                precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                precisions: Mapping[str, Mapping[str, Tensor]] | None = None,
+                default_precision: str = "fp32") -> tuple[Tensor, dict[str, Tensor]]:
     """``(fixed cost, {block name: per-candidate cost deltas})`` in ``metric``'s unit (see module docstring).
 
-    Cached per supernet, table, metric and shape when ``precisions`` is None.
+    Cached per supernet, table, metric, shape and default precision when ``precisions`` is None.
     """
     shape = _nchw(input_shape, supernet)
-    key = (id(table), metric, shape)
+    key = (id(table), metric, shape, default_precision)
     cache = _CACHE.setdefault(supernet, {})
     if precisions is None and key in cache:
         return cache[key]
@@ -146,7 +149,7 @@ def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None
     for name, module, module_shape in fixed_modules(supernet, shape):
         fixed_ops += _prefixed(extract_ops(module, module_shape), name)
     fixed_precisions = {k: v for k, v in (precisions or {}).items() if k.startswith(("stem.", "head."))} or None
-    fixed = _price(table, fixed_ops, metric, fixed_precisions)
+    fixed = _price(table, fixed_ops, metric, fixed_precisions, default_precision)
     deltas: dict[str, Tensor] = {}
     for name, candidates in candidate_modules(supernet, shape).items():
         values = []
@@ -154,7 +157,7 @@ def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None
             ops = _prefixed(extract_ops(module, module_shape), name)
             own = _precisions_for(precisions, name, i)
             merged = {**(fixed_precisions or {}), **(own or {})} or None
-            values.append(_price(table, fixed_ops + ops, metric, merged) - fixed)
+            values.append(_price(table, fixed_ops + ops, metric, merged, default_precision) - fixed)
         deltas[name] = torch.stack(values)
     if precisions is None:
         cache[key] = (fixed.detach(), {k: v.detach() for k, v in deltas.items()})
@@ -164,14 +167,16 @@ def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None
 
 def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | None = None,
                            metric: str = "latency_ms",
-                           precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+                           precisions: Mapping[str, Mapping[str, Tensor]] | None = None,
+                           default_precision: str = "fp32") -> Tensor:
     """Expected cost of the supernet under its current choice probabilities; differentiable in ``alpha``.
 
     ``table`` is a ``pluto.cost.LatencyTable`` (or None for the analytic ``macs`` / ``size_bytes``);
     ``metric`` one of latency_ms, energy_mj, size_bytes, macs; ``precisions`` maps derived-network
-    module names (``stages.1.0.expand.conv``) or supernet names to ``{'fp32': p, 'int8': p}``.
+    module names (``stages.1.0.expand.conv``) or supernet names to ``{'fp32': p, 'int8': p}``;
+    other ops run at ``default_precision`` (e.g. 'int8' for an int8 table).
     """
-    fixed, deltas = block_costs(supernet, table, input_shape, metric, precisions)
+    fixed, deltas = block_costs(supernet, table, input_shape, metric, precisions, default_precision)
     total = fixed
     for name, p in supernet.choice_probabilities().items():
         total = total + (p * deltas[name].to(p.dtype)).sum()
@@ -179,13 +184,13 @@ def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | 
 
 
 def min_cost_architecture(supernet: Supernet, table: Any = None, input_shape: Shape | None = None,
-                          metric: str = "macs") -> tuple[dict[str, str], float]:
+                          metric: str = "macs", default_precision: str = "fp32") -> tuple[dict[str, str], float]:
     """The cheapest architecture of the space and its cost: ``({block: candidate}, cost in metric units)``.
 
     Use the cost to reject a constraint target below it before training
     (``pluto.optimizer.constraints.check_feasible``).
     """
-    fixed, deltas = block_costs(supernet, table, input_shape, metric)
+    fixed, deltas = block_costs(supernet, table, input_shape, metric, default_precision=default_precision)
     blocks = supernet.choice_blocks()
     choice = {name: blocks[name].names[int(torch.argmin(d))] for name, d in deltas.items()}
     cost = float(fixed) + sum(float(d.min()) for d in deltas.values())
@@ -193,8 +198,9 @@ def min_cost_architecture(supernet: Supernet, table: Any = None, input_shape: Sh
 
 
 def architecture_cost(supernet: Supernet, architecture: Mapping[str, str], table: Any = None,
-                      input_shape: Shape | None = None, metric: str = "macs") -> float:
+                      input_shape: Shape | None = None, metric: str = "macs",
+                      default_precision: str = "fp32") -> float:
     """Cost of one concrete architecture (block -> candidate name), from the same per-block prices."""
-    fixed, deltas = block_costs(supernet, table, input_shape, metric)
+    fixed, deltas = block_costs(supernet, table, input_shape, metric, default_precision=default_precision)
     blocks = supernet.choice_blocks()
     return float(fixed) + sum(float(deltas[n][blocks[n].names.index(c)]) for n, c in architecture.items())

@@ -1,0 +1,250 @@
+"""``pluto sweep``: Optuna hyperparameter search over a recipe, in a study that resumes.
+
+Each trial runs ``pluto.train.run_with_overrides(["recipe=<recipe>", *overrides, "<param>=<value>", ...])``
+and reads one metric of the returned ``dict[str, float]`` (default ``accuracy``, maximized).
+Constraints on returned metrics (``--constraint latency_ms<=0.5``) go to Optuna's
+``constraints_func`` (value - bound, feasible when <= 0), so the TPE sampler prefers
+feasible trials and ``best`` is the best *feasible* trial.
+
+The study lives in ``<out>/optuna.db`` (SQLite); re-running with the same ``--study-name``
+continues it until ``--trials`` trials have completed. A trial left ``RUNNING`` by a killed
+sweep is marked failed and its parameters are queued to run again.
+
+Search space: ``--param name=low:high`` (uniform float; ints if both bounds are ints),
+``name=low:high:log`` (log scale) or ``name=a,b,c`` (categorical). Names are Hydra keys.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pluto.errors import ConfigError
+
+RunFn = Callable[[list[str]], dict[str, float]]
+_CONSTRAINT = re.compile(r"^\s*([\w./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched hyperparameter: a float/int range (optionally log-scaled) or a list of choices."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "ParamSpec":
+        name, sep, spec = text.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec:
+            raise ConfigError(f"cannot read --param {text!r}; write name=low:high[:log] or name=a,b,c")
+        if ":" in spec:
+            parts = spec.split(":")
+            log = len(parts) == 3 and parts[2] == "log"
+            if len(parts) not in (2, 3) or (len(parts) == 3 and not log):
+                raise ConfigError(f"cannot read range {spec!r} of --param {name}; write low:high or low:high:log")
+            try:
+                low, high = float(parts[0]), float(parts[1])
+            except ValueError:
+                raise ConfigError(f"--param {name}: bounds {parts[0]!r}, {parts[1]!r} must be numbers") from None
+            if not low < high:
+                raise ConfigError(f"--param {name}: need low < high, got {low:g}:{high:g}")
+            if log and low <= 0:
+                raise ConfigError(f"--param {name}: a log range needs low > 0, got {low:g}")
+            integer = all(re.fullmatch(r"[-+]?\d+", p) for p in parts[:2])
+            return cls(name, low, high, log, integer)
+        choices = tuple(_scalar(v) for v in spec.split(","))
+        if len(choices) < 2:
+            raise ConfigError(f"--param {name} has one value {spec!r}; pass it as --override {name}={spec} or give "
+                              "a range low:high or choices a,b,c")
+        return cls(name, choices=choices)
+
+    def suggest(self, trial: Any) -> Any:
+        if self.choices:
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.integer:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
+
+
+def _scalar(text: str) -> Any:
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+@dataclass(frozen=True)
+class MetricBound:
+    """A bound on a returned metric, ``key <= value`` or ``key >= value``."""
+
+    key: str
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> "MetricBound":
+        match = _CONSTRAINT.match(text)
+        if not match:
+            raise ConfigError(f"cannot read --constraint {text!r}; write e.g. latency_ms<=0.5 or accuracy>=0.8")
+        return cls(match.group(1), match.group(2), float(match.group(3)))
+
+    def excess(self, metrics: dict[str, float]) -> float:
+        """How far the bound is exceeded (<= 0: satisfied), in the metric's unit."""
+        if self.key not in metrics:
+            raise ConfigError(f"--constraint on {self.key!r}, but the run returned only {sorted(metrics)}")
+        value = float(metrics[self.key])
+        return value - self.value if self.op == "<=" else self.value - value
+
+
+@dataclass
+class SweepSpec:
+    """Everything one sweep needs (the CLI's arguments as a dataclass, for use from Python)."""
+
+    recipe: str | None
+    params: list[ParamSpec]
+    trials: int = 20
+    study_name: str = "sweep"
+    out: Path = Path("outputs/sweeps")
+    metric: str = "accuracy"
+    direction: str = "maximize"
+    constraints: list[MetricBound] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+def load_runner() -> RunFn:
+    """``pluto.train.run_with_overrides`` (imported late: it pulls in Hydra and the training stack)."""
+    try:
+        from pluto.train import run_with_overrides
+    except ImportError as exc:
+        raise ConfigError(f"pluto sweep needs pluto.train.run_with_overrides, which cannot be imported ({exc}); "
+                          "update pluto or run the sweep from Python with run_sweep(spec, run_fn=...)") from exc
+    return run_with_overrides
+
+
+def _reclaim_stale(study: Any, storage: Any) -> int:
+    """Mark trials left RUNNING by a killed sweep as FAIL and queue their parameters again.
+
+    A sweep is one process, so any RUNNING trial found at start-up belongs to a dead one.
+    """
+    import optuna
+
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in stale:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, skip_if_exists=False)
+    return len(stale)
+
+
+def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None) -> Any:
+    """Run (or resume) the study until ``spec.trials`` trials have completed; returns the ``optuna.Study``."""
+    import optuna
+
+    if spec.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"--direction must be maximize or minimize, got {spec.direction!r}")
+    if spec.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {spec.trials}")
+    run = run_fn or load_runner()
+    spec.out.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(spec.out / 'optuna.db').resolve()}")
+    bounds = list(spec.constraints)
+    sampler = optuna.samplers.TPESampler(
+        seed=spec.seed, constraints_func=(lambda t: t.user_attrs["constraints"]) if bounds else None)
+    study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction,
+                                sampler=sampler, load_if_exists=True)
+    _reclaim_stale(study, storage)
+
+    def objective(trial: Any) -> float:
+        values = {p.name: p.suggest(trial) for p in spec.params}
+        overrides = ([f"recipe={spec.recipe}"] if spec.recipe else []) + list(spec.overrides) + \
+            [f"{k}={v}" for k, v in values.items()]
+        trial.set_user_attr("overrides", overrides)
+        metrics = {k: float(v) for k, v in run(overrides).items()}
+        if spec.metric not in metrics:
+            raise ConfigError(f"--metric {spec.metric!r} is not among the run's results {sorted(metrics)}; "
+                              "pick one of those")
+        for key, value in metrics.items():
+            trial.set_user_attr(f"metric/{key}", value)
+        if bounds:
+            trial.set_user_attr("constraints", [b.excess(metrics) for b in bounds])
+        return metrics[spec.metric]
+
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    remaining = spec.trials - done
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining)
+    study.trials_dataframe().to_csv(spec.out / f"{spec.study_name}_trials.csv", index=False)
+    return study
+
+
+def best_feasible_trial(study: Any) -> Any | None:
+    """The best completed trial whose constraints (if any) all hold, or None."""
+    import optuna
+
+    trials = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if all(c <= 0 for c in t.user_attrs.get("constraints", []))]
+    if not trials:
+        return None
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(trials, key=lambda t: sign * t.value)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import optuna
+
+    spec = SweepSpec(
+        recipe=args.recipe, params=[ParamSpec.parse(p) for p in args.param], trials=args.trials,
+        study_name=args.study_name, out=Path(args.out), metric=args.metric, direction=args.direction,
+        constraints=[MetricBound.parse(c) for c in args.constraint], overrides=list(args.override), seed=args.seed)
+    if not spec.params:
+        raise ConfigError("nothing to search: give at least one --param, e.g. --param optim.lr=1e-4:1e-1:log")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = run_sweep(spec)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    print(f"study {spec.study_name!r}: {len(complete)} completed trials in {spec.out / 'optuna.db'}")
+    best = best_feasible_trial(study)
+    if best is None:
+        print("no feasible trial yet: every completed trial violates a --constraint")
+        return 1
+    print(f"best trial #{best.number}: {spec.metric}={best.value:.6g}")
+    for key, value in best.params.items():
+        print(f"  {key}={value}")
+    print("rerun it with: pluto train " + " ".join(best.user_attrs.get("overrides", [])))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``pluto sweep`` to the ``pluto`` command."""
+    p = subparsers.add_parser("sweep", help="Optuna hyperparameter search over a recipe (resumable study)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default=None, help="recipe name passed as recipe=<name> to every trial")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=SPEC",
+                   help="searched hyperparameter: name=low:high[:log] or name=a,b,c (repeatable)")
+    p.add_argument("--trials", type=int, default=20, help="completed trials the study should have (default 20)")
+    p.add_argument("--study-name", default="sweep", help="study to create or resume (default: sweep)")
+    p.add_argument("--out", default="outputs/sweeps", help="folder for optuna.db and the trials CSV")
+    p.add_argument("--metric", default="accuracy", help="returned metric to optimize (default accuracy)")
+    p.add_argument("--direction", default="maximize", choices=("maximize", "minimize"))
+    p.add_argument("--constraint", action="append", default=[], metavar="KEY<=VALUE",
+                   help="bound on a returned metric, e.g. latency_ms<=0.5 (repeatable)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="fixed Hydra override for every trial (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed")
+    p.set_defaults(func=_cmd_sweep)
+
+
+__all__ = ["register", "run_sweep", "SweepSpec", "ParamSpec", "MetricBound", "best_feasible_trial", "load_runner"]

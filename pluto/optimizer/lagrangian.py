@@ -1,0 +1,182 @@
+"""Lagrange multipliers: how pluto enforces ``expected cost_i <= target_i`` while training for accuracy.
+
+The constrained problem ``min_w L_task(w)  s.t.  c_i(w) <= T_i`` becomes the saddle-point
+problem ``min_w max_{lambda >= 0} L_task(w) + sum_i lambda_i g_i(w)`` with the normalized
+violation ``g_i = c_i / T_i - 1`` (dimensionless, see :mod:`pluto.optimizer.constraints`).
+
+- **Primal step** (your optimizer, on weights and decisions): minimize
+  ``L = L_task + sum_i lambda_i * g_i + (rho / 2) * sum_i max(0, g_i)^2``.
+  ``lambda_i`` is dimensionless, in units of task loss per unit of relative violation; the last
+  term is the optional augmented-Lagrangian (quadratic) penalty, ``rho >= 0`` (0 = off), which
+  damps the oscillation of plain gradient descent-ascent when the target is far.
+- **Dual step** (:meth:`LagrangianObjective.dual_step`, projected dual ascent): every
+  ``update_every`` calls after ``warmup`` calls,
+  ``lambda_i <- min(lambda_max, max(0, lambda_i + eta * g_i))``.
+  A violated constraint (``g_i > 0``) raises its price, a slack one (``g_i < 0``) lowers it
+  down to 0. ``eta`` is the dual step size per update (dimensionless): with ``eta = 0.05`` a
+  constraint 10 % over its target adds 0.005 to ``lambda`` per update.
+
+At a KKT point, ``g_i <= 0``, ``lambda_i >= 0`` and ``lambda_i g_i = 0``: ``lambda_i`` is then how much
+task loss one relative unit of target would buy. During ``warmup`` (steps in which weights
+settle before the search) the constraint terms are left out of the loss and the multipliers
+stay at ``lambda_init``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from pluto.errors import ConfigError
+from pluto.optimizer.constraints import Constraint
+
+
+@dataclass(frozen=True)
+class LagrangianConfig:
+    """Dual-ascent settings. ``eta``: dual step size; ``rho``: augmented-Lagrangian weight (0 = off);
+    ``update_every``: primal steps per dual update; ``warmup``: steps before constraints are active;
+    ``lambda_init`` / ``lambda_max``: the multipliers' start and cap (all dimensionless)."""
+
+    eta: float = 0.05
+    rho: float = 0.0
+    update_every: int = 1
+    warmup: int = 0
+    lambda_init: float = 0.0
+    lambda_max: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not self.eta > 0:
+            raise ConfigError(f"lagrangian.eta (dual step size) must be > 0, got {self.eta}")
+        if self.rho < 0:
+            raise ConfigError(f"lagrangian.rho (augmented-Lagrangian weight) must be >= 0, got {self.rho}")
+        if self.update_every < 1 or self.warmup < 0:
+            raise ConfigError(f"lagrangian.update_every must be >= 1 and warmup >= 0, got {self.update_every}, "
+                              f"{self.warmup}")
+        if not 0 <= self.lambda_init <= self.lambda_max:
+            raise ConfigError(f"need 0 <= lambda_init <= lambda_max, got {self.lambda_init}, {self.lambda_max}")
+
+
+class LagrangeMultiplier:
+    """The price ``lambda >= 0`` of one constraint, updated by projected dual ascent.
+
+    ``update(g)`` applies ``lambda <- min(lambda_max, max(0, lambda + eta * g))`` for a
+    normalized violation ``g = cost / target - 1``.
+    """
+
+    def __init__(self, constraint: Constraint, eta: float = 0.05, init: float = 0.0, max_value: float = math.inf):
+        self.constraint = constraint
+        self.eta = float(eta)
+        self.value = float(init)
+        self.max_value = float(max_value)
+
+    def update(self, violation: Tensor | float) -> float:
+        """One dual-ascent step on the (detached) normalized violation; returns the new ``lambda``."""
+        g = float(violation)
+        if not math.isfinite(g):
+            raise ConfigError(f"constraint {self.constraint.name}: violation is {g}; the cost model returned a "
+                              "non-finite cost, check the table and the decisions feeding it")
+        self.value = min(self.max_value, max(0.0, self.value + self.eta * g))
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"LagrangeMultiplier({self.constraint}, lambda={self.value:.4g}, eta={self.eta:g})"
+
+
+class LagrangianObjective:
+    """Task loss + multiplier-weighted constraint violations, with the multipliers' dual ascent and state.
+
+    ``costs`` dicts are keyed by constraint name or metric (``{"latency_ms": tensor}``) and hold
+    expected costs in the constraint's unit: differentiable tensors for the primal loss, any
+    numbers for :meth:`dual_step`. Usage per training step::
+
+        loss, logs = objective(task_loss, costs)
+        loss.backward(); optimizer.step()
+        objective.dual_step(costs)
+    """
+
+    def __init__(self, constraints: list[Constraint], config: LagrangianConfig | Mapping[str, Any] | None = None):
+        if isinstance(config, Mapping):
+            config = LagrangianConfig(**config)
+        self.config = config or LagrangianConfig()
+        self.constraints = list(constraints)
+        self.multipliers = {c.name: LagrangeMultiplier(c, self.config.eta, self.config.lambda_init,
+                                                       self.config.lambda_max) for c in self.constraints}
+        if len(self.multipliers) != len(self.constraints):
+            raise ConfigError(f"constraint names must be unique, got {[c.name for c in self.constraints]}")
+        self.step = 0  # dual_step calls so far
+
+    @property
+    def active(self) -> bool:
+        """Whether warm-up is over, so constraint terms enter the loss and multipliers move."""
+        return self.step >= self.config.warmup
+
+    def _cost(self, costs: Mapping[str, Tensor | float], c: Constraint) -> Tensor | float:
+        if c.name in costs:
+            return costs[c.name]
+        if c.metric in costs:
+            return costs[c.metric]
+        raise ConfigError(f"no expected cost for constraint {c.name!r} ({c.metric}); the cost model must return "
+                          f"it (got {sorted(costs)}), or drop the constraint")
+
+    def __call__(self, task_loss: Tensor, costs: Mapping[str, Tensor | float]) -> tuple[Tensor, dict[str, float]]:
+        """Primal loss ``task + sum lambda_i g_i + rho/2 sum max(0, g_i)^2`` and scalars to log."""
+        penalty = torch.zeros((), dtype=task_loss.dtype, device=task_loss.device)
+        logs: dict[str, float] = {"loss/task": float(task_loss.detach())}
+        for c in self.constraints:
+            cost = self._cost(costs, c)
+            g = c.violation(torch.as_tensor(cost, dtype=task_loss.dtype, device=task_loss.device))
+            lam = self.multipliers[c.name].value
+            if self.active:
+                penalty = penalty + lam * g
+                if self.config.rho > 0:
+                    penalty = penalty + 0.5 * self.config.rho * torch.clamp(g, min=0) ** 2
+            logs[f"lambda/{c.name}"] = lam
+            logs[f"cost/{c.name}"] = float(torch.as_tensor(cost).detach())
+            logs[f"violation/{c.name}"] = float(g.detach())
+        loss = task_loss + penalty
+        logs["loss/constraint"] = float(penalty.detach())
+        logs["loss/total"] = float(loss.detach())
+        return loss, logs
+
+    def dual_step(self, costs: Mapping[str, Tensor | float]) -> dict[str, float]:
+        """Count one training step; after warm-up, every ``update_every`` steps, move each multiplier.
+
+        Returns ``{name: lambda}`` after the step.
+        """
+        self.step += 1
+        since = self.step - self.config.warmup
+        if since > 0 and since % self.config.update_every == 0:
+            for c in self.constraints:
+                self.multipliers[c.name].update(c.violation(float(torch.as_tensor(self._cost(costs, c)).detach())))
+        return self.lambdas()
+
+    def lambdas(self) -> dict[str, float]:
+        return {name: m.value for name, m in self.multipliers.items()}
+
+    def violations(self, costs: Mapping[str, Tensor | float]) -> dict[str, float]:
+        """Constraint name -> normalized violation (<= 0 means satisfied)."""
+        return {c.name: float(c.violation(float(torch.as_tensor(self._cost(costs, c)).detach())))
+                for c in self.constraints}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain-Python state (safe for ``torch.save`` / ``weights_only`` loading and JSON)."""
+        return {
+            "step": self.step,
+            "lambdas": self.lambdas(),
+            "config": {k: (v if math.isfinite(v) else None) if isinstance(v, float) else v
+                       for k, v in asdict(self.config).items()},
+            "constraints": [asdict(c) for c in self.constraints],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore multipliers and the step count for a resumed run; constraints must have the same names."""
+        saved = set(state.get("lambdas", {}))
+        if saved != set(self.multipliers):
+            raise ConfigError(f"checkpoint holds multipliers for {sorted(saved)} but this run constrains "
+                              f"{sorted(self.multipliers)}; resume with the same constraints or start a new run")
+        self.step = int(state["step"])
+        for name, value in state["lambdas"].items():
+            self.multipliers[name].value = float(value)

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from torch import nn
+
+from pluto.cost.expected import expected_cost
+from pluto.cost.ops import extract_ops, total_macs
+from pluto.decisions.ops import Supernet, derive
+from pluto.decisions.ops.cost import (architecture_cost, block_costs, candidate_modules, expected_supernet_cost,
+                                      fixed_modules, min_cost_architecture, profile_modules)
+
+
+class AffineTable:
+    """A duck-typed table: per-op latency from MACs, calibrated affinely (as real tables are)."""
+
+    def lookup(self, op, metric, precision, cin, cout):
+        per_group = cin / op.groups if op.kind == "conv" else 1.0
+        return 1e-6 * op.kernel ** 2 * per_group * cout * op.hw ** 2 + 0.002
+
+    def calibrate(self, total, metric, precision):
+        return 1.3 * total + 0.07
+
+
+def test_candidate_modules_cover_every_block_with_consistent_shapes():
+    net = Supernet("tiny_28")
+    cands = candidate_modules(net, (1, 1, 28, 28))
+    assert list(cands) == list(net.choice_blocks())
+    for name, entries in cands.items():
+        assert len(entries) == len(net.choice_blocks()[name].names)
+        outs = set()
+        for module, shape in entries:
+            assert shape == net.block_inputs[name]
+            outs.add(tuple(module.eval()(torch.zeros(shape)).shape))
+        assert len(outs) == 1, f"{name}: candidates disagree on output shape {outs}"
+    assert [n for n, _, _ in fixed_modules(net)] == ["stem", "head"]
+
+
+def test_expected_macs_of_one_hot_choice_equals_derived_network_macs():
+    net = Supernet("mbconv_28")
+    arch = {n: b.names[i % len(b.names)] for i, (n, b) in enumerate(net.choice_blocks().items())}
+    net.fix_architecture(arch)
+    net.set_temperature(1e-3)  # probabilities become one-hot
+    exact = total_macs(extract_ops(derive(net), (1, 1, 28, 28)))
+    assert float(expected_supernet_cost(net, None, metric="macs").detach()) == pytest.approx(exact, rel=1e-5)
+    assert architecture_cost(net, arch) == pytest.approx(exact, rel=1e-5)
+
+
+def test_expected_latency_is_exact_under_affine_calibration_and_differentiable():
+    table = AffineTable()
+    net = Supernet("tiny_28")
+    arch = {"stages.0.0": "mb_k5_e6", "stages.0.1": "skip", "stages.1.0": "mb_k3_e3", "stages.1.1": "mb_k5_e3"}
+    net.fix_architecture(arch)
+    net.set_temperature(1e-3)
+    whole = float(expected_cost(table, extract_ops(derive(net), (1, 1, 28, 28)), "latency_ms"))
+    assert float(expected_supernet_cost(net, table, metric="latency_ms").detach()) == pytest.approx(whole, rel=1e-5)
+    fresh = Supernet("tiny_28")  # uniform choice: d cost / d alpha_i = p_i * (delta_i - E[delta]) / T
+    expected_supernet_cost(fresh, table, metric="latency_ms").backward()
+    _, deltas = block_costs(fresh, table, metric="latency_ms")
+    for alpha, d in zip(fresh.arch_parameters(), deltas.values()):
+        p = torch.full_like(d, 1 / len(d))
+        torch.testing.assert_close(alpha.grad, p * (d - (p * d).sum()))
+        assert int(torch.argmax(alpha.grad)) == int(torch.argmax(d))  # descent moves mass off the dearest op
+
+
+def test_expected_cost_lies_between_cheapest_and_dearest():
+    net = Supernet("tiny_28")
+    _, cheapest = min_cost_architecture(net, metric="macs")
+    fixed, deltas = block_costs(net, None, metric="macs")
+    dearest = float(fixed) + sum(float(d.max()) for d in deltas.values())
+    value = float(expected_supernet_cost(net, None, metric="macs").detach())
+    assert cheapest < value < dearest
+
+
+def test_min_cost_architecture_is_cheapest_and_skips_where_possible():
+    net = Supernet("mbconv_28")
+    arch, cost = min_cost_architecture(net)
+    assert all(arch[n] == "skip" for n, b in net.choice_blocks().items() if "skip" in b.names)
+    assert all(arch[n] == "mb_k3_e3" for n, b in net.choice_blocks().items() if "skip" not in b.names)
+    assert cost == pytest.approx(total_macs(extract_ops(derive(net, arch), (1, 1, 28, 28))), rel=1e-6)
+    torch.manual_seed(0)
+    for _ in range(5):
+        other = {n: b.names[int(torch.randint(len(b.names), ()))] for n, b in net.choice_blocks().items()}
+        assert architecture_cost(net, other) >= cost
+
+
+def test_size_bytes_counts_precisions():
+    net = Supernet("tiny_28")
+    fp32 = float(expected_supernet_cost(net, None, metric="size_bytes").detach())
+    int8 = float(expected_supernet_cost(net, None, metric="size_bytes", default_precision="int8").detach())
+    assert int8 == pytest.approx(fp32 / 4, rel=1e-5)
+
+
+def test_profile_modules_lists_distinct_blocks_and_fixed_ops():
+    pairs = profile_modules("tiny_28")
+    # stem + head + stage0: 4 first-block + 4 repeat-block candidates, stage1 the same
+    assert len(pairs) == 2 + 16
+    for module, shape in pairs:
+        assert isinstance(module, nn.Module) and len(shape) == 4 and not module.training
+        module(torch.zeros(shape))
+    assert len(profile_modules("mbconv_28")) > len(pairs)
