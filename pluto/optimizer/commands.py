@@ -1,11 +1,13 @@
 """``pluto sweep``: Optuna hyperparameter search over a recipe, in a study that resumes.
 
-Each trial runs ``pluto.train.run_with_overrides(["recipe=<recipe>", *overrides, "<param>=<value>", ...])``
-and reads one metric of the returned ``dict[str, float]`` (default ``accuracy``, maximized).
-Constraints on returned metrics (``--constraint latency_ms<=0.5``) go to Optuna's
-``constraints_func`` (value - bound, feasible when <= 0), so the TPE sampler prefers
+Each trial runs ``pluto.train.run_with_overrides(overrides, run_dir)`` with overrides
+``["recipe=<recipe>", *--override, "<param>=<value>", ...]`` into ``<out>/<study>/trial_<n>`` and
+reads one metric of the returned ``dict[str, float]`` (default ``accuracy``, maximized).
+Constraints on returned metrics (``--constraint latency_ms<=0.5``) become Optuna trial
+constraints (value - bound, feasible when <= 0), so the TPE sampler prefers
 feasible trials and ``best`` is the best *feasible* trial.
 
+Constraints are stored with ``Trial.set_constraint`` (Optuna >= 5; ``constraints_func`` before).
 The study lives in ``<out>/optuna.db`` (SQLite); re-running with the same ``--study-name``
 continues it until ``--trials`` trials have completed. A trial left ``RUNNING`` by a killed
 sweep is marked failed and its parameters are queued to run again.
@@ -23,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 from pluto.errors import ConfigError
 
-RunFn = Callable[[list[str]], dict[str, float]]
+RunFn = Callable[[list[str], Path], dict[str, float]]
 _CONSTRAINT = re.compile(r"^\s*([\w./-]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -162,8 +164,9 @@ def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None) -> Any:
     spec.out.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(spec.out / 'optuna.db').resolve()}")
     bounds = list(spec.constraints)
+    native = hasattr(optuna.trial.Trial, "set_constraint")  # optuna >= 5; older ones take constraints_func
     sampler = optuna.samplers.TPESampler(
-        seed=spec.seed, constraints_func=(lambda t: t.user_attrs["constraints"]) if bounds else None)
+        seed=spec.seed, constraints_func=(lambda t: t.user_attrs["constraints"]) if bounds and not native else None)
     study = optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction,
                                 sampler=sampler, load_if_exists=True)
     _reclaim_stale(study, storage)
@@ -173,14 +176,27 @@ def run_sweep(spec: SweepSpec, run_fn: RunFn | None = None) -> Any:
         overrides = ([f"recipe={spec.recipe}"] if spec.recipe else []) + list(spec.overrides) + \
             [f"{k}={v}" for k, v in values.items()]
         trial.set_user_attr("overrides", overrides)
-        metrics = {k: float(v) for k, v in run(overrides).items()}
+        run_dir = spec.out / spec.study_name / f"trial_{trial.number:04d}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            result = run(overrides, run_dir)
+        except Exception as exc:
+            if type(exc).__module__.startswith(("hydra", "omegaconf")):  # a bad --param / --override key or value
+                raise ConfigError(f"trial {trial.number}: the overrides {overrides} do not compose: {exc}. "
+                                  "Check the --param and --override names against `pluto train --help` / configs/")
+            raise
+        metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if spec.metric not in metrics:
             raise ConfigError(f"--metric {spec.metric!r} is not among the run's results {sorted(metrics)}; "
                               "pick one of those")
         for key, value in metrics.items():
             trial.set_user_attr(f"metric/{key}", value)
         if bounds:
-            trial.set_user_attr("constraints", [b.excess(metrics) for b in bounds])
+            excess = [b.excess(metrics) for b in bounds]
+            trial.set_user_attr("constraints", excess)
+            if native:
+                for bound, value in zip(bounds, excess):
+                    trial.set_constraint(f"{bound.key}{bound.op}{bound.value:g}", value)
         return metrics[spec.metric]
 
     done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
@@ -223,6 +239,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"best trial #{best.number}: {spec.metric}={best.value:.6g}")
     for key, value in best.params.items():
         print(f"  {key}={value}")
+    print(f"run dir: {best.user_attrs.get('run_dir')}")
     print("rerun it with: pluto train " + " ".join(best.user_attrs.get("overrides", [])))
     return 0
 
