@@ -1,0 +1,242 @@
+"""Learnable channel gates: one logit per prunable channel, applied without touching the model's modules.
+
+Gate choice (documented per the issue): a deterministic **sigmoid gate with a straight-through
+option**. Channel ``c`` has logit ``l_c`` and keep-probability ``p_c = sigmoid(l_c / temperature)``.
+
+- ``'soft'`` mode multiplies the channel by ``p_c`` (a smooth relaxation: weights and logits both get
+  gradients; expected channel counts are ``sum p_c``),
+- ``'ste'`` mode multiplies by the hard decision ``1[p_c > 0.5]`` in the forward pass but back-propagates
+  through ``p_c`` (straight-through estimator, to fine-tune with the final widths),
+- ``'hard'`` mode multiplies by the hard decision with no gradient: the gated model then computes exactly
+  what :func:`pluto.materialize.prune.materialize` builds.
+
+We prefer this to hard-concrete gates because the decision is deterministic (what you evaluate is what
+materializes) and keep-probabilities are plain sigmoids the cost model can differentiate.
+
+Where the mask is applied: every channel is masked where it is *consumed* (a forward pre-hook on each
+Conv/Linear whose input channels are prunable multiplies its input by the mask). This is exactly
+"removing the input channel" and is unaffected by BatchNorm biases, residual adds or SE scales on the
+way; modules keep their names and types, so weight parametrizations and other pre-hooks (fake
+quantization) coexist, and :meth:`ChannelGates.remove` restores the model.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from pluto.decisions.channels.graph import DependencyGraph
+from pluto.errors import ConfigError
+
+GATES_ATTR = "channel_gates"  # attribute under which attach_gates registers the gates on the model
+MODES = ("soft", "ste", "hard")
+
+
+class _InputMask:
+    """Forward pre-hook: multiply a consumer's input channels by their gate values."""
+
+    def __init__(self, gates: "ChannelGates", buffer: str, channel_dim: int) -> None:
+        self.gates = gates
+        self.buffer = buffer
+        self.channel_dim = channel_dim  # 1 for conv (N, C, ...), -1 for linear (..., F)
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        index = getattr(self.gates, self.buffer)
+        mask = self.gates.extended_mask()[index].to(x.dtype)
+        if self.channel_dim == 1:
+            mask = mask.view(1, -1, *([1] * (x.dim() - 2)))
+        return (x * mask,) + tuple(args[1:])
+
+
+class ChannelGates(nn.Module):
+    """Per-channel gate logits for every :class:`~pluto.decisions.channels.ChannelGroup` of a graph.
+
+    ``logits[g]`` holds group ``g``'s logits (``graph.groups[g].size`` of them). Build with
+    :func:`attach_gates`.
+    """
+
+    def __init__(self, graph: DependencyGraph, init_keep: float = 0.95, temperature: float = 1.0) -> None:
+        super().__init__()
+        if not 0.0 < init_keep < 1.0:
+            raise ConfigError(f"init_keep={init_keep} must lie strictly between 0 and 1 (e.g. 0.95)")
+        self.graph = graph
+        self.temperature = temperature
+        logit = math.log(init_keep / (1.0 - init_keep)) * temperature
+        self.logits = nn.ParameterList([nn.Parameter(torch.full((g.size,), logit)) for g in graph.groups])
+        self.mode = "soft"
+        self._handles: list = []
+        self._hooked: list[tuple[nn.Module, _InputMask]] = []
+
+    # -- probabilities and masks -----------------------------------------------------------
+    def flat_probabilities(self) -> Tensor:
+        """Keep-probability of every prunable channel, in graph order (length ``graph.num_channels``)."""
+        if not len(self.logits):
+            return torch.zeros(0)
+        return torch.sigmoid(torch.cat(list(self.logits)) / self.temperature)
+
+    def hard_flat(self) -> Tensor:
+        """The keep decision (bool per channel): ``p > 0.5``, at least one channel per group."""
+        keep = []
+        for g, logit in zip(self.graph.groups, self.logits):
+            k = logit.detach() > 0
+            if not bool(k.any()):
+                k = torch.zeros_like(k)
+                k[int(logit.detach().argmax())] = True
+            keep.append(k)
+        return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool)
+
+    def flat_mask(self) -> Tensor:
+        """The multiplicative mask the current mode applies (see module docstring)."""
+        p = self.flat_probabilities()
+        if self.mode == "soft":
+            return p
+        hard = self.hard_flat().to(p.dtype).to(p.device)
+        if self.mode == "ste":
+            return hard + p - p.detach()
+        return hard
+
+    def extended_mask(self) -> Tensor:
+        """:meth:`flat_mask` with a trailing 1 so that index -1 (never-pruned positions) reads 1."""
+        m = self.flat_mask()
+        return torch.cat([m, torch.ones(1, dtype=m.dtype, device=m.device)])
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"gate mode {mode!r} is not one of {MODES}")
+        self.mode = mode
+
+    def hard(self) -> dict[int, Tensor]:
+        """Group id -> bool keep decision per channel (what materialize keeps)."""
+        flat = self.hard_flat()
+        return {g.id: flat[g.offset:g.offset + g.size] for g in self.graph.groups}
+
+    def set_keep(self, keep: Tensor, margin: float = 6.0) -> None:
+        """Set the logits so the hard decision equals ``keep`` (bool, flat): +margin kept, -margin removed."""
+        if keep.numel() != self.graph.num_channels:
+            raise ConfigError(f"keep has {keep.numel()} entries; the graph has {self.graph.num_channels} channels")
+        with torch.no_grad():
+            for g, logit in zip(self.graph.groups, self.logits):
+                k = keep[g.offset:g.offset + g.size].to(logit.device)
+                logit.copy_(torch.where(k, margin, -margin) * self.temperature)
+
+    # -- what the cost model and the optimizer read -----------------------------------------
+    def keep_probabilities(self) -> dict[int, Tensor]:
+        """Group id -> keep-probability per channel (``.sum()`` is the group's expected channel count)."""
+        p = self.flat_probabilities()
+        return {g.id: p[g.offset:g.offset + g.size] for g in self.graph.groups}
+
+    def expected_channels(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """torch.fx op name -> (expected in-channels, expected out-channels), differentiable 0-dim tensors.
+
+        Keys are ``node.target`` for modules (e.g. ``'layer1.0.conv1'``) and ``node.name`` for functions
+        and methods (e.g. ``'add_1'``) of ``torch.fx.symbolic_trace(model)``. For a Linear after a flatten
+        the counts are features (channels x spatial positions), as the layer sees them.
+        """
+        p = self.flat_probabilities()
+        ext = torch.cat([p, torch.ones(1, dtype=p.dtype, device=p.device)])
+        n = self.graph.num_channels
+        out = {}
+        for name, (i_idx, o_idx) in self.graph.node_channels.items():
+            i = ext[torch.where(i_idx < 0, n, i_idx).to(ext.device)].sum()
+            o = ext[torch.where(o_idx < 0, n, o_idx).to(ext.device)].sum()
+            out[name] = (i, o)
+        return out
+
+    def expected_macs(self) -> Tensor:
+        """Expected MACs per sample of the example input under the keep-probabilities (differentiable)."""
+        p = self.flat_probabilities()
+        ext = torch.cat([p, torch.ones(1, dtype=p.dtype, device=p.device)])
+        n = self.graph.num_channels
+        total = torch.tensor(self.graph.other_macs, dtype=p.dtype, device=p.device)
+        for layer in self.graph.layers.values():
+            if layer.kind not in ("conv", "linear"):
+                continue
+            fin = ext[torch.where(layer.in_index < 0, n, layer.in_index).to(ext.device)].mean()
+            fout = ext[torch.where(layer.out_index < 0, n, layer.out_index).to(ext.device)].mean()
+            if layer.groups > 1 and layer.in_index.numel() == layer.groups:
+                fin = torch.ones_like(fin)
+            total = total + layer.macs * fin * fout
+        return total
+
+    def sparsity_loss(self) -> Tensor:
+        """Mean keep-probability over all prunable channels (0..1): a simple width penalty."""
+        p = self.flat_probabilities()
+        return p.mean() if p.numel() else torch.zeros(())
+
+    # -- attaching / removing -----------------------------------------------------------------
+    def _attach(self, model: nn.Module) -> None:
+        n = self.graph.num_channels
+        for k, layer in enumerate(self.graph.layers.values()):
+            if layer.kind not in ("conv", "linear") or not bool((layer.in_index >= 0).any()):
+                continue
+            module = model.get_submodule(layer.name)
+            buffer = f"_index_{k}"
+            self.register_buffer(buffer, torch.where(layer.in_index < 0, n, layer.in_index), persistent=False)
+            hook = _InputMask(self, buffer, 1 if layer.kind == "conv" else -1)
+            self._handles.append(module.register_forward_pre_hook(hook))
+            self._hooked.append((module, hook))
+
+    def remove(self) -> None:
+        """Detach the gates: remove every hook (the model computes as before attach_gates)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._hooked.clear()
+
+
+def attach_gates(model: nn.Module, graph: DependencyGraph, init_keep: float = 0.95, temperature: float = 1.0) -> ChannelGates:
+    """Add channel gates to ``model`` in place and return them.
+
+    Existing modules are neither renamed nor replaced: the gates are forward pre-hooks plus one new
+    submodule, ``model.channel_gates`` (so ``model.parameters()``, ``.to()`` and ``state_dict`` include the
+    logits). Attaching twice replaces the previous gates.
+    """
+    old = getattr(model, GATES_ATTR, None)
+    if isinstance(old, ChannelGates):
+        detach_gates(model)
+    gates = ChannelGates(graph, init_keep, temperature)
+    gates._attach(model)
+    setattr(model, GATES_ATTR, gates)
+    return gates
+
+
+def detach_gates(model: nn.Module) -> None:
+    """Remove gates added by :func:`attach_gates` (hooks and the ``channel_gates`` submodule)."""
+    gates = getattr(model, GATES_ATTR, None)
+    if isinstance(gates, ChannelGates):
+        gates.remove()
+        delattr(model, GATES_ATTR)
+    for module in model.modules():  # also clears hooks carried over by copy.deepcopy
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, _InputMask):
+                del module._forward_pre_hooks[key]
+
+
+def find_gates(model_or_gates: nn.Module) -> ChannelGates:
+    if isinstance(model_or_gates, ChannelGates):
+        return model_or_gates
+    gates = getattr(model_or_gates, GATES_ATTR, None)
+    if not isinstance(gates, ChannelGates):
+        raise ConfigError(f"{type(model_or_gates).__name__} has no channel gates; call "
+                          f"pluto.decisions.channels.attach_gates(model, graph) first")
+    return gates
+
+
+def width_report(model_or_gates: nn.Module) -> pd.DataFrame:
+    """One row per channel group: its layers, channels before, kept (hard decision) and expected (soft)."""
+    gates = find_gates(model_or_gates)
+    hard = gates.hard()
+    probs = gates.keep_probabilities()
+    rows = []
+    for g in gates.graph.groups:
+        rows.append({
+            "group": g.id,
+            "layers": ", ".join(g.producers),
+            "channels_before": g.size,
+            "channels_after": int(hard[g.id].sum()),
+            "expected_channels": float(probs[g.id].detach().sum()),
+        })
+    return pd.DataFrame(rows, columns=["group", "layers", "channels_before", "channels_after", "expected_channels"])

@@ -1,0 +1,756 @@
+"""Channel dependency graph: which channels of which layers must be removed together.
+
+Pruning a network with skip connections is only correct when channels tied by the
+data flow are removed together: the tensors summed by a residual add, the outputs of a
+producer and the inputs of every consumer, the in/out channels of a depthwise conv, a
+channel and its squeeze-excitation scale. This module finds those ties by tracing the
+model with ``torch.fx`` and running it once on an example input while propagating a
+*label tensor* beside every activation: an int64 tensor of the activation's shape whose
+entries name the channel each value belongs to. Conv/Linear layers start fresh labels on
+their output channels; shape operations (view, permute, cat, chunk, getitem, flatten,
+the reshapes of a channel shuffle) are replayed on the labels as they are; element-wise
+ops between two tensors unite the labels they combine (union-find). Every op the rules do
+not know unites its inputs' labels with the reserved ``PROTECTED`` label, so an unknown
+op can make pruning less aggressive but never wrong. The network input and output are
+protected too (the classifier's output is never pruned).
+
+After propagation each union-find class is one prunable channel; classes owned by the same
+set of producer layers form a :class:`ChannelGroup` (e.g. the 64 channels of a ResNet
+stage: the stem, every block's last conv and BN, every block's first conv's inputs).
+Every layer then carries, per position of its in/out channel dimension, a *global channel
+index* into the flat vector of all prunable channels (``-1``: never pruned). Gates,
+importance criteria and the materializer all read these indices and nothing else.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx import GraphModule, Interpreter, Node, Tracer
+from torch.fx.node import map_aggregate
+from torch.utils.flop_counter import FlopCounterMode
+
+from pluto.errors import UnsupportedModelError
+
+PROTECTED = 0  # the label that may never be pruned (network input/output, unknown ops)
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Hardtanh, nn.Softplus,
+)
+_SPATIAL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)
+_SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+
+_UNARY_FUNCS = {
+    F.relu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.mish, F.elu,
+    F.leaky_relu, F.dropout, F.dropout1d, F.dropout2d, F.sigmoid, F.tanh, torch.relu, torch.sigmoid,
+    torch.tanh, torch.clamp, torch.exp, operator.neg, torch.neg, F.softplus,
+}
+_UNARY_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float", "half",
+    "double", "bfloat16", "to", "type_as", "detach", "clamp", "clamp_", "neg", "exp", "hardswish",
+}
+_BINARY_FUNCS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+    operator.isub, torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+}
+_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_SHAPE_FUNCS = {
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.cat, torch.concat,
+    torch.stack, torch.chunk, torch.split, operator.getitem, torch.squeeze, torch.unsqueeze,
+    torch.narrow, torch.unflatten, torch.swapaxes,
+}
+_SHAPE_METHODS = {
+    "view", "reshape", "permute", "transpose", "flatten", "chunk", "split", "squeeze", "unsqueeze",
+    "expand", "unflatten", "narrow", "select", "swapaxes", "repeat",
+}
+_SPATIAL_FUNCS = {
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.max_pool1d, F.max_pool2d, F.max_pool3d,
+    F.interpolate, F.pad,
+}
+_REDUCE_FUNCS = {torch.mean, torch.sum, torch.amax, torch.amin}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that must be kept or removed together, in every layer listed.
+
+    ``size`` channels occupy positions ``offset .. offset + size - 1`` of the flat vector of
+    all prunable channels (the order of :attr:`DependencyGraph.groups`).
+    """
+
+    id: int
+    size: int
+    offset: int
+    producers: list[str] = field(default_factory=list)  # layers whose output channels these are
+    consumers: list[str] = field(default_factory=list)  # layers that read them as input channels
+    norms: list[str] = field(default_factory=list)      # BatchNorms / parameters sliced with them
+
+    @property
+    def layers(self) -> list[str]:
+        return sorted(set(self.producers) | set(self.consumers) | set(self.norms))
+
+
+@dataclass
+class LayerChannels:
+    """How one layer's channel dimensions map onto global channel indices (-1: never pruned).
+
+    ``kind`` is 'conv', 'linear', 'bn' or 'param' (a tensor attribute used element-wise,
+    e.g. a layer-scale or class token, sliced along ``dim``). ``macs`` is the layer's
+    multiply-accumulates per sample on the example input.
+    """
+
+    name: str
+    kind: str
+    in_index: Tensor | None = None
+    out_index: Tensor | None = None
+    dim: int = 0
+    macs: float = 0.0
+    groups: int = 1
+
+
+class _UnionFind:
+    """Union-find over integer labels; the smaller label becomes the root, so 0 stays PROTECTED's root."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = [PROTECTED]
+        self.space: list[int] = [-1]
+        self.marks: list[Tensor] = []
+
+    def new(self, shape: tuple[int, ...] | torch.Size, space: int) -> Tensor:
+        n = 1
+        for s in shape:
+            n *= int(s)
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        self.space.extend([space] * n)
+        return torch.arange(start, start + n, dtype=torch.long).view(*shape) if n else torch.zeros(shape, dtype=torch.long)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            if ra < rb:
+                self.parent[rb] = ra
+            else:
+                self.parent[ra] = rb
+
+    def union_pairs(self, a: Tensor, b: Tensor) -> None:
+        a, b = a.reshape(-1), b.reshape(-1)
+        differ = a != b
+        if not bool(differ.any()):
+            return
+        pairs = torch.unique(torch.stack([a[differ], b[differ]], dim=1), dim=0)
+        for x, y in pairs.tolist():
+            self.union(x, y)
+
+    def protect(self, labels: Tensor) -> None:
+        """Mark labels as never prunable; applied to their whole class in :meth:`roots`."""
+        self.marks.append(torch.unique(labels))
+
+    def roots(self) -> Tensor:
+        """Class id of every label (pointer jumping); classes holding a protected label map to PROTECTED."""
+        parent = torch.tensor(self.parent, dtype=torch.long)
+        while True:
+            nxt = parent[parent]
+            if torch.equal(nxt, parent):
+                break
+            parent = nxt
+        if self.marks:
+            bad = torch.unique(parent[torch.cat(self.marks)])
+            parent[torch.isin(parent, bad)] = PROTECTED
+        return parent
+
+
+class _RecordingTracer(Tracer):
+    """The default ``torch.fx`` tracer (same node names as ``symbolic_trace``) that remembers
+    which module it was inside, so a tracing failure can name the culprit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: list[str] = []
+
+    def call_module(self, m, forward, args, kwargs):
+        self.path.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.path.pop()
+
+
+def trace(model: nn.Module) -> GraphModule:
+    """``torch.fx.symbolic_trace`` that raises :class:`UnsupportedModelError` naming the untraceable module."""
+    tracer = _RecordingTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, RuntimeError...)
+        where = tracer.path[-1] if tracer.path else "<top level forward>"
+        mod = model.get_submodule(where) if tracer.path and where else model
+        raise UnsupportedModelError(
+            f"torch.fx cannot trace {type(model).__name__}: module '{where}' ({type(mod).__name__}) "
+            f"failed with {type(exc).__name__}: {exc}. Fix: remove data-dependent Python control flow from "
+            f"that module's forward, or decorate the offending function with torch.fx.wrap so it is kept "
+            f"as one opaque call (its channels are then left unpruned)."
+        ) from exc
+    return GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _is_tensor(x: Any) -> bool:
+    return isinstance(x, Tensor)
+
+
+def _tensors(x: Any) -> list[Tensor]:
+    out: list[Tensor] = []
+    map_aggregate(x, lambda a: out.append(a) if _is_tensor(a) else None)
+    return out
+
+
+def _zeros_like(x: Any) -> Any:
+    return map_aggregate(x, lambda a: torch.zeros(a.shape, dtype=torch.long) if _is_tensor(a) else None)
+
+
+def _per_position(lab: Tensor, dim: int, uf: _UnionFind) -> Tensor:
+    """Labels along ``dim`` (one per channel); labels that vary along the other dims are united."""
+    moved = lab.movedim(dim, 0).reshape(lab.shape[dim], -1)
+    first = moved[:, 0]
+    uf.union_pairs(first[:, None].expand_as(moved), moved)
+    return first.clone()
+
+
+def _along(ids: Tensor, dim: int, shape: torch.Size) -> Tensor:
+    """Broadcast per-channel ``ids`` along ``dim`` of a tensor of ``shape`` (contiguous)."""
+    view = [1] * len(shape)
+    view[dim] = ids.numel()
+    return ids.view(view).expand(shape).contiguous()
+
+
+class _LabelPropagator(Interpreter):
+    """Runs the traced model while propagating channel labels (see module docstring)."""
+
+    def __init__(self, gm: GraphModule, uf: _UnionFind) -> None:
+        super().__init__(gm)
+        self.uf = uf
+        self.lab: dict[Node, Any] = {}
+        self.layers: dict[str, dict[str, Any]] = {}
+        self.params: dict[str, Tensor] = {}
+        self.node_channels: dict[str, tuple[Tensor, Tensor]] = {}
+        self.spaces: list[tuple[str, str]] = []  # space id -> (layer name, kind)
+        self.protect_outputs: set[str] = set()
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _space(self, name: str, kind: str) -> int:
+        self.spaces.append((name, kind))
+        return len(self.spaces) - 1
+
+    def _label_of(self, a: Any) -> Any:
+        if isinstance(a, Node):
+            lab = self.lab.get(a)
+            return lab if lab is not None else self.env[a]
+        return a
+
+    def _block(self, n: Node, out: Any) -> Any:
+        """An op the rules do not understand: its inputs' channels are never pruned."""
+        for a in n.all_input_nodes:
+            for t in _tensors(self.lab.get(a)):
+                self.uf.protect(t)
+        return _zeros_like(out)
+
+    def _input_labels(self, n: Node) -> Tensor | None:
+        a = n.args[0] if n.args else None
+        lab = self.lab.get(a) if isinstance(a, Node) else None
+        return lab if _is_tensor(lab) else None
+
+    # -- main hook -------------------------------------------------------------------------
+    def run_node(self, n: Node) -> Any:
+        try:
+            out = super().run_node(n)
+        except Exception as exc:
+            raise _ModelRunError(f"node {n.name!r} ({n.op} {n.target}): {type(exc).__name__}: {exc}") from exc
+        lab = self._rule(n, out)
+        self.lab[n] = lab
+        if _is_tensor(lab) and lab.dim() >= 2 and n.op in ("call_function", "call_method", "call_module"):
+            axis = _channel_axis(lab)
+            ids = lab.movedim(axis, 0).reshape(lab.shape[axis], -1)[:, 0].clone()
+            key = str(n.target) if n.op == "call_module" else n.name
+            if key not in self.layers:
+                self.node_channels[key] = (ids, ids)
+        for dead in self.user_to_last_uses.get(n, []):
+            self.lab.pop(dead, None)
+        return out
+
+    def _rule(self, n: Node, out: Any) -> Any:
+        if n.op == "output":
+            for t in _tensors(map_aggregate(n.args, self._label_of)):
+                self.uf.protect(t)
+            return None
+        if not _tensors(out):
+            return None
+        if n.op == "placeholder":
+            return _zeros_like(out)
+        if n.op == "get_attr":
+            if not (_is_tensor(out) and out.is_floating_point()):
+                return None
+            lab = self.uf.new(out.shape, self._space(str(n.target), "param"))
+            self.params[str(n.target)] = lab
+            return lab
+        if n.op == "call_module":
+            return self._module_rule(n, self.module.get_submodule(str(n.target)), out)
+        target = n.target
+        is_method = n.op == "call_method"
+        if (not is_method and target in _UNARY_FUNCS) or (is_method and target in _UNARY_METHODS):
+            return self._unary(n, out)
+        if (not is_method and target in _BINARY_FUNCS) or (is_method and target in _BINARY_METHODS):
+            return self._binary(n, out)
+        if (not is_method and target in _SHAPE_FUNCS) or (is_method and target in _SHAPE_METHODS):
+            return self._replay(n, out)
+        if not is_method and target in _SPATIAL_FUNCS:
+            return self._spatial(n, out)
+        if (not is_method and target in _REDUCE_FUNCS) or (is_method and target in _REDUCE_METHODS):
+            return self._reduce(n, out)
+        if (not is_method and target in (F.softmax, F.log_softmax, torch.softmax)) or (is_method and target == "softmax"):
+            dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else -1)
+            return self._mix_along(n, out, dim)
+        if not is_method and target is F.layer_norm:
+            shape = n.args[1] if len(n.args) > 1 else n.kwargs["normalized_shape"]
+            return self._mix_along(n, out, *range(-len(shape), 0))
+        if getattr(target, "__name__", "") == "stochastic_depth":
+            return self._unary(n, out)
+        return self._block(n, out)
+
+    # -- rules -----------------------------------------------------------------------------
+    def _unary(self, n: Node, out: Tensor) -> Any:
+        lab = self._input_labels(n)
+        if lab is None or not _is_tensor(out) or lab.shape != out.shape:
+            return self._block(n, out)
+        return lab
+
+    def _binary(self, n: Node, out: Tensor) -> Any:
+        if not _is_tensor(out):
+            return self._block(n, out)
+        operands = [a for a in list(n.args[:2]) + [n.kwargs.get("other")] if a is not None]
+        labs = []
+        for a in operands:
+            if isinstance(a, Node) and _is_tensor(self.env.get(a)):
+                lab = self.lab.get(a)
+                if not _is_tensor(lab):
+                    return self._block(n, out)
+                labs.append(torch.broadcast_to(lab, out.shape))
+        if not labs:
+            return _zeros_like(out)
+        for other in labs[1:]:
+            self.uf.union_pairs(labs[0], other)
+        return labs[0].contiguous()
+
+    def _replay(self, n: Node, out: Any) -> Any:
+        """Shape ops run on the labels as they are; where the pruned model would cut differently, tie or protect.
+
+        A pruned model recomputes split sizes from its (smaller) channel count: ``chunk``/``split`` into
+        equal pieces and ``view`` splitting a channel dim into (groups, channels per group), as in a channel
+        shuffle. Those stay exact only if every piece keeps the same positions, so positions are tied across
+        pieces. Indexing into a channel dim, or uneven pieces, would not survive pruning: those channels are
+        protected.
+        """
+        def real(a: Any) -> Any:
+            return map_aggregate(a, lambda x: self.env[x] if isinstance(x, Node) else x)
+        if n.target in (torch.cat, torch.concat, torch.stack):
+            args = (map_aggregate(n.args[0], self._label_of),) + tuple(real(a) for a in n.args[1:])
+        else:
+            args = (self._label_of(n.args[0]),) + tuple(real(a) for a in n.args[1:])
+        kwargs = real(n.kwargs)
+        try:
+            if n.op == "call_method":
+                res = getattr(args[0], n.target)(*args[1:], **kwargs)
+            else:
+                res = n.target(*args, **kwargs)
+        except Exception:
+            return self._block(n, out)
+        res = map_aggregate(res, lambda t: t.contiguous() if _is_tensor(t) else t)
+        if [t.shape for t in _tensors(res)] != [t.shape for t in _tensors(out)]:
+            return self._block(n, out)
+        src = args[0]
+        if not _is_tensor(src) or n.target in (torch.cat, torch.concat, torch.stack):
+            return res
+        name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+        varying = [d for d in range(src.dim()) if _varies(src, d)]
+        if not varying:
+            return res
+        if name in ("view", "reshape", "unflatten") and _is_tensor(res):
+            for gi, gj in _reshape_groups(list(src.shape), list(res.shape)):
+                gi = [d for d in gi if src.shape[d] > 1]
+                gj = [d for d in gj if res.shape[d] > 1]
+                if not any(d in varying for d in gi) or (len(gi) <= 1 and len(gj) <= 1) or len(gj) <= 1:
+                    continue
+                if len(gi) > 1:  # split and merge at once: no safe rule
+                    return self._block(n, out)
+                for d in gj[:-1]:
+                    self.uf.union_pairs(res.narrow(d, 0, 1).expand_as(res), res)
+            return res
+        if name in ("chunk", "split"):
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else 0) % src.dim()
+            pieces = list(res)
+            if dim in varying:
+                if len({p.shape[dim] for p in pieces}) != 1 or (name == "split" and not isinstance(args[1], int)):
+                    return self._block(n, out)
+                for p in pieces[1:]:
+                    self.uf.union_pairs(pieces[0], p)
+            return res
+        if name in ("getitem", "narrow", "select"):
+            touched = _indexed_dims(src.dim(), args[1:]) if name == "getitem" else {args[1] % src.dim()}
+            if touched & set(varying):
+                return self._block(n, out)
+        return res
+
+    def _spatial(self, n: Node, out: Tensor) -> Any:
+        lab = self._input_labels(n)
+        if lab is None or not _is_tensor(out) or lab.dim() < 3 or out.shape[:2] != lab.shape[:2]:
+            return self._block(n, out)
+        ids = _per_position(lab, 1, self.uf)
+        return _along(ids, 1, out.shape)
+
+    def _reduce(self, n: Node, out: Tensor) -> Any:
+        lab = self._input_labels(n)
+        dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
+        if lab is None or not _is_tensor(out) or dims is None:
+            return self._block(n, out)
+        dims = [dims] if isinstance(dims, int) else list(dims)
+        dims = sorted(d % lab.dim() for d in dims)
+        reduced = lab
+        for d in dims:
+            first = reduced.narrow(d, 0, 1)
+            self.uf.union_pairs(first.expand_as(reduced), reduced)
+            reduced = first
+        keepdim = n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False)
+        if not keepdim:
+            for d in reversed(dims):
+                reduced = reduced.squeeze(d)
+        if reduced.shape != out.shape:
+            return self._block(n, out)
+        return reduced.contiguous()
+
+    def _mix_along(self, n: Node, out: Tensor, *dims: int) -> Any:
+        """Ops that mix values along ``dims`` (softmax, layer norm): labels there are protected."""
+        lab = self._input_labels(n)
+        if lab is None or not _is_tensor(out) or lab.shape != out.shape:
+            return self._block(n, out)
+        for d in dims:
+            if lab.shape[d] > 1:
+                self.uf.protect(lab)
+        return lab
+
+    def _module_rule(self, n: Node, mod: nn.Module, out: Any) -> Any:
+        name = str(n.target)
+        lab = self._input_labels(n)
+        if isinstance(mod, _CONV) and lab is not None and len(n.args) == 1 and not n.kwargs:
+            return self._conv(name, mod, lab, out)
+        if isinstance(mod, nn.Linear) and lab is not None and len(n.args) == 1 and not n.kwargs:
+            return self._linear(name, mod, lab, out)
+        if isinstance(mod, _BN) and lab is not None:
+            ids = _per_position(lab, 1, self.uf)
+            rec = self.layers.get(name)
+            if rec is not None:
+                self.uf.union_pairs(rec["in"], ids)
+            self.layers[name] = {"kind": "bn", "in": ids, "out": ids, "macs": 0.0}
+            return lab
+        if isinstance(mod, nn.LayerNorm):
+            return self._mix_along(n, out, *range(-len(mod.normalized_shape), 0))
+        if isinstance(mod, nn.GroupNorm):
+            return self._mix_along(n, out, 1)
+        if isinstance(mod, nn.Softmax):
+            return self._mix_along(n, out, mod.dim if mod.dim is not None else -1)
+        if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
+            return self._unary(n, out)
+        if isinstance(mod, _UNARY_MODULES) and not isinstance(mod, nn.PReLU):
+            return self._unary(n, out)
+        if isinstance(mod, _SPATIAL_MODULES):
+            return self._spatial(n, out)
+        if isinstance(mod, _SHAPE_MODULES) and lab is not None:
+            res = mod(lab).contiguous()
+            return res if res.shape == out.shape else self._block(n, out)
+        return self._block(n, out)
+
+    def _conv(self, name: str, mod: nn.Conv2d, lab: Tensor, out: Tensor) -> Tensor:
+        uf = self.uf
+        in_ids = _per_position(lab, 1, uf)
+        rec = self.layers.get(name)
+        out_ids = rec["out"] if rec is not None else uf.new((mod.out_channels,), self._space(name, "producer"))
+        if rec is not None:
+            uf.union_pairs(rec["in"], in_ids)
+        g, cin, cout = mod.groups, mod.in_channels, mod.out_channels
+        ipg, opg = cin // g, cout // g
+        if g > 1:
+            if ipg == 1:  # depthwise (with multiplier opg): a whole group goes with its input channel
+                uf.union_pairs(in_ids.repeat_interleave(opg), out_ids)
+            else:  # grouped: keep groups uniform by tying the same position in every group
+                by_group_in = in_ids.view(g, ipg)
+                uf.union_pairs(by_group_in[:1].expand(g, ipg), by_group_in)
+                by_group_out = out_ids.view(g, opg)
+                uf.union_pairs(by_group_out[:1].expand(g, opg), by_group_out)
+        kernel = 1
+        for k in mod.kernel_size:
+            kernel *= k
+        macs = out[0].numel() * ipg * kernel
+        self.layers[name] = {"kind": "conv", "in": in_ids, "out": out_ids, "macs": float(macs), "groups": g}
+        return _along(out_ids, 1, out.shape)
+
+    def _linear(self, name: str, mod: nn.Linear, lab: Tensor, out: Tensor) -> Tensor:
+        uf = self.uf
+        in_ids = _per_position(lab, lab.dim() - 1, uf)
+        rec = self.layers.get(name)
+        out_ids = rec["out"] if rec is not None else uf.new((mod.out_features,), self._space(name, "producer"))
+        if rec is not None:
+            uf.union_pairs(rec["in"], in_ids)
+        macs = (out[0].numel() if out.dim() > 1 else out.numel()) * mod.in_features
+        self.layers[name] = {"kind": "linear", "in": in_ids, "out": out_ids, "macs": float(macs)}
+        return _along(out_ids, out.dim() - 1, out.shape)
+
+
+def _varies(lab: Tensor, d: int) -> bool:
+    return lab.shape[d] > 1 and not bool((lab == lab.narrow(d, 0, 1)).all())
+
+
+def _reshape_groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[int]]]:
+    """Match dims of two shapes of equal numel into groups of equal product (a view's dim mapping)."""
+    groups, i, j = [], 0, 0
+    while i < len(a) and j < len(b):
+        gi, gj, pa, pb = [i], [j], a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(a):
+                gi.append(i); pa *= a[i]; i += 1
+            elif j < len(b):
+                gj.append(j); pb *= b[j]; j += 1
+            else:
+                break
+        groups.append((gi, gj))
+    return groups
+
+
+def _indexed_dims(ndim: int, index_args: tuple) -> set[int]:
+    """Dims of a tensor that ``tensor[index]`` narrows (anything but a full slice)."""
+    if not index_args:
+        return set()
+    index = index_args[0]
+    index = index if isinstance(index, tuple) else (index,)
+    consumed = [e for e in index if e is not None and e is not Ellipsis]
+    touched, d = set(), 0
+    for e in index:
+        if e is None:
+            continue
+        if e is Ellipsis:
+            d += ndim - len(consumed)
+            continue
+        if not (isinstance(e, slice) and e == slice(None)):
+            touched.add(d)
+        d += 1
+    return touched
+
+
+def _channel_axis(lab: Tensor) -> int:
+    """The axis along which labels vary the most (the channel axis: 1 for NCHW, -1 for tokens)."""
+    best, best_n = 1, -1
+    for d in range(1, lab.dim()):
+        line = lab.movedim(d, 0).reshape(lab.shape[d], -1)[:, 0]
+        k = int(torch.unique(line).numel())
+        if k > best_n:
+            best, best_n = d, k
+    return best
+
+
+class DependencyGraph:
+    """Coupled channel groups of a model, found by ``torch.fx`` tracing (see module docstring).
+
+    Attributes: ``groups`` (list of :class:`ChannelGroup`), ``layers`` (module/parameter name ->
+    :class:`LayerChannels`), ``node_channels`` (torch.fx node name -> (in, out) global channel
+    indices along the node's channel axis), ``num_channels`` (length of the flat channel vector),
+    ``other_macs`` (MACs per sample no prunable layer accounts for, e.g. attention matmuls).
+    """
+
+    def __init__(self, groups: list[ChannelGroup], layers: dict[str, LayerChannels],
+                 node_channels: dict[str, tuple[Tensor, Tensor]], other_macs: float) -> None:
+        self.groups = groups
+        self.layers = layers
+        self.node_channels = node_channels
+        self.num_channels = sum(g.size for g in groups)
+        self.other_macs = other_macs
+
+    def __repr__(self) -> str:
+        return f"DependencyGraph({len(self.groups)} groups, {self.num_channels} prunable channels, {len(self.layers)} layers)"
+
+    @classmethod
+    def build(cls, model: nn.Module, example_input: Tensor | tuple[Tensor, ...], protect: Iterable[str] = ()) -> "DependencyGraph":
+        """Trace ``model`` and group its coupled channels.
+
+        ``example_input``: a batch the model accepts (only its first sample is used). ``protect``:
+        qualified names of layers whose output channels must never be pruned (the classifier output and
+        the input are always protected). The model is traced in its current train/eval mode.
+        """
+        gm = trace(model)
+        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+        batch = 2 if model.training else 1  # train-mode BatchNorm needs two samples
+        inputs = tuple(x[:batch] if _is_tensor(x) and x.dim() > 0 else x for x in inputs)
+        uf = _UnionFind()
+        prop = _LabelPropagator(gm, uf)
+        saved = [(b, b.clone()) for b in model.buffers()]
+        try:
+            flops = FlopCounterMode(display=False)
+            with torch.no_grad():
+                with flops:
+                    model(*inputs)
+                prop.run(*inputs)
+        except _ModelRunError as exc:
+            raise UnsupportedModelError(
+                f"running {type(model).__name__} on the example input failed at {exc}. Fix: pass an "
+                f"example_input of the shape the model expects (e.g. torch.randn(1, 3, 64, 64))."
+            ) from exc
+        finally:
+            with torch.no_grad():
+                for buf, value in saved:
+                    buf.copy_(value)
+        for name in protect:
+            rec = prop.layers.get(name)
+            if rec is None:
+                raise UnsupportedModelError(f"protect names {name!r}, which is no conv/linear/bn layer of the traced model; "
+                                            f"fix the name (qualified module name, e.g. 'fc' or 'layer1.0.conv1').")
+            uf.protect(rec["out"])
+        return cls._from_labels(uf, prop, flops.get_total_flops() / 2.0 / batch)
+
+    @classmethod
+    def _from_labels(cls, uf: _UnionFind, prop: _LabelPropagator, total_macs: float) -> "DependencyGraph":
+        space_of = torch.tensor(uf.space, dtype=torch.long)
+        producer_spaces = [i for i, (_, kind) in enumerate(prop.spaces) if kind == "producer"]
+        for _ in range(4):  # protecting an unsliceable parameter can change groups; repeat until stable
+            roots = uf.roots()
+            is_producer = torch.isin(space_of, torch.tensor(producer_spaces, dtype=torch.long))
+            ids = torch.nonzero(is_producer & (roots != PROTECTED)).flatten()
+            r = roots[ids]
+            # signature of a class = the set of producer spaces its members come from
+            sig: dict[int, set[int]] = {}
+            for root, sp in torch.unique(torch.stack([r, space_of[ids]], 1), dim=0).tolist():
+                sig.setdefault(root, set()).add(sp)
+            first_id: dict[int, int] = {}
+            for root, i in zip(r.tolist(), ids.tolist()):
+                if root not in first_id:
+                    first_id[root] = i
+            by_sig: dict[frozenset[int], list[int]] = {}
+            for root in sorted(sig, key=lambda x: first_id[x]):
+                by_sig.setdefault(frozenset(sig[root]), []).append(root)
+            root_to_g = torch.full((len(roots),), -1, dtype=torch.long)
+            ordered = sorted(by_sig.values(), key=lambda rs: first_id[rs[0]])
+            offset = 0
+            groups: list[ChannelGroup] = []
+            for gid, rs in enumerate(ordered):
+                root_to_g[torch.tensor(rs)] = torch.arange(offset, offset + len(rs))
+                groups.append(ChannelGroup(gid, len(rs), offset))
+                offset += len(rs)
+            gidx = root_to_g[roots]
+            unsliceable = []
+            param_dims: dict[str, tuple[int, Tensor]] = {}
+            for pname, lab in prop.params.items():
+                g = gidx[lab]
+                if not bool((g >= 0).any()):
+                    continue
+                dim = _slice_dim(g)
+                if dim is None:
+                    unsliceable.append(lab)
+                else:
+                    param_dims[pname] = (dim, g.movedim(dim, 0).reshape(g.shape[dim], -1)[:, 0].clone())
+            if not unsliceable:
+                break
+            for lab in unsliceable:
+                uf.protect(lab)
+        layers: dict[str, LayerChannels] = {}
+        for name, rec in prop.layers.items():
+            layers[name] = LayerChannels(name, rec["kind"], gidx[rec["in"]], gidx[rec["out"]], macs=rec["macs"],
+                                         groups=rec.get("groups", 1))
+        for pname, (dim, idx) in param_dims.items():
+            layers[pname] = LayerChannels(pname, "param", idx, idx, dim=dim)
+        for layer in layers.values():
+            for gid in _groups_of(layer.out_index, groups):
+                if layer.kind in ("conv", "linear"):
+                    groups[gid].producers.append(layer.name)
+                else:
+                    groups[gid].norms.append(layer.name)
+            if layer.kind in ("conv", "linear"):
+                for gid in _groups_of(layer.in_index, groups):
+                    groups[gid].consumers.append(layer.name)
+        node_channels: dict[str, tuple[Tensor, Tensor]] = {}
+        for name, (i_ids, o_ids) in prop.node_channels.items():
+            i_idx, o_idx = gidx[i_ids], gidx[o_ids]
+            if bool((i_idx >= 0).any()) or bool((o_idx >= 0).any()):
+                node_channels[name] = (i_idx, o_idx)
+        for name, layer in layers.items():
+            if layer.kind in ("conv", "linear", "bn") and (bool((layer.in_index >= 0).any()) or bool((layer.out_index >= 0).any())):
+                node_channels[name] = (layer.in_index, layer.out_index)
+        layer_macs = sum(l.macs for l in layers.values())
+        return cls(groups, layers, node_channels, max(0.0, total_macs - layer_macs))
+
+    # -- queries used by gates, importance and the materializer -----------------------------
+    def group_of(self, channel: int) -> int:
+        for g in self.groups:
+            if g.offset <= channel < g.offset + g.size:
+                return g.id
+        raise IndexError(channel)
+
+    def macs(self, keep: Tensor | None = None) -> float:
+        """MACs per sample of the example input if only channels with ``keep`` (bool, flat) remain."""
+        total = self.other_macs
+        keep_ext = torch.ones(self.num_channels + 1) if keep is None else torch.cat([keep.float(), torch.ones(1)])
+        n = self.num_channels
+        for layer in self.layers.values():
+            if layer.kind not in ("conv", "linear"):
+                continue
+            kin = keep_ext[torch.where(layer.in_index < 0, n, layer.in_index)]
+            kout = keep_ext[torch.where(layer.out_index < 0, n, layer.out_index)]
+            fin = float(kin.mean()) if kin.numel() else 1.0
+            fout = float(kout.mean()) if kout.numel() else 1.0
+            if layer.groups > 1 and layer.in_index.numel() == layer.groups:  # depthwise: one input per group
+                fin = 1.0
+            total += layer.macs * fin * fout
+        return total
+
+
+class _ModelRunError(Exception):
+    """The model itself failed on the example input (as opposed to a bug in the label rules)."""
+
+
+def _slice_dim(g: Tensor) -> int | None:
+    """The one dim along which a parameter's channel indices vary, or None when that dim does not exist."""
+    for d in range(g.dim()):
+        if g.shape[d] < 2:
+            continue
+        line = g.movedim(d, -1).reshape(-1, g.shape[d])[0]
+        shape = [1] * g.dim()
+        shape[d] = g.shape[d]
+        if bool((g == line.view(shape)).all()):
+            return d
+    return None
+
+
+def _groups_of(index: Tensor | None, groups: list[ChannelGroup]) -> list[int]:
+    if index is None:
+        return []
+    idx = torch.unique(index[index >= 0])
+    if not idx.numel():
+        return []
+    offsets = torch.tensor([g.offset for g in groups])
+    return sorted(set((torch.searchsorted(offsets, idx, right=True) - 1).tolist()))
