@@ -1,0 +1,216 @@
+"""CLI: ``pluto profile``, ``pluto predict``, ``pluto validate``, ``pluto table import|show``."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from pluto.errors import ConfigError, TableError
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1,28,28 (C,H,W)") from exc
+    if len(shape) != 3:
+        raise argparse.ArgumentTypeError(f"input shape {text!r} must have 3 values C,H,W")
+    return shape
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("profile", help="measure a space's ops on this machine into a latency table")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime", "cudagraph"), default="onnxruntime")
+    p.add_argument("--precision", default="fp32", help="comma list of fp32,fp16,int8")
+    p.add_argument("--space", required=True, help="space config YAML, e.g. configs/space/fmnist_cifar.yaml")
+    p.add_argument("--out", required=True, help="table folder, e.g. latency_tables/cpu_ort")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads on CPU (fixed for reproducibility)")
+    p.add_argument("--energy", default="auto", choices=("auto", "nvml", "rapl", "none"))
+    p.add_argument("--samples", type=int, default=30, help="timed samples per entry (median, IQR, Tukey outliers)")
+    p.add_argument("--energy-window", type=float, default=0.3, help="seconds of sustained loop per energy reading")
+    p.add_argument("--limit", type=int, default=None, help="measure at most this many new entries, then stop")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_profile)
+
+    p = subparsers.add_parser("predict", help="predicted latency/energy of a model from a table")
+    _model_args(p)
+    p.add_argument("--metric", default="latency_ms", choices=("latency_ms", "energy_mj", "size_bytes", "macs"))
+    p.set_defaults(func=_predict)
+
+    p = subparsers.add_parser("validate", help="measure a model now on this machine and compare with the table")
+    _model_args(p)
+    p.add_argument("--tolerance", type=float, default=10.0, help="percent error counted as a pass")
+    p.set_defaults(func=_validate)
+
+    p = subparsers.add_parser("table", help="inspect tables or import external power-meter readings")
+    sub = p.add_subparsers(dest="table_command", required=True)
+    q = sub.add_parser("show", help="print a table's metadata summary")
+    q.add_argument("table")
+    q.set_defaults(func=_show)
+    q = sub.add_parser("import", help="add energy from an external power meter's CSV to a table")
+    q.add_argument("table", help="existing table folder")
+    q.add_argument("csv", help="CSV with the table's key columns + energy_mj, or time_s,power_w trace + --log")
+    q.add_argument("--out", required=True, help="folder for the table with energy")
+    q.add_argument("--meter", default="external", help="meter name recorded in the metadata")
+    q.set_defaults(func=_import)
+
+
+def _model_args(p) -> None:
+    p.add_argument("--table", required=True, help="table folder, e.g. latency_tables/cpu_ort")
+    p.add_argument("--model", required=True,
+                   help="registry name (pluto.models), 'package.module:function' returning an nn.Module, or a .pt "
+                        "checkpoint saved as {'model': registry name, 'kwargs': {...}, 'state_dict': ...}")
+    p.add_argument("--input-shape", type=_shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
+    p.add_argument("--precision", default="fp32")
+    p.add_argument("--kwargs", default="", help="model constructor kwargs, e.g. width=0.5")
+
+
+def _kwargs(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def load_model(spec: str, input_shape: tuple[int, ...], kwargs: dict | None = None):
+    """An eval-mode nn.Module from a registry name, 'module:function', or a safe (weights_only) checkpoint."""
+    import importlib
+
+    import torch
+
+    from pluto.models import create_model, list_models
+
+    kwargs = kwargs or {}
+    if spec.endswith((".pt", ".pth")):
+        if not Path(spec).exists():
+            raise ConfigError(f"no checkpoint at {spec}")
+        ckpt = torch.load(spec, weights_only=True, map_location="cpu")
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ConfigError(f"{spec} is not a pluto model checkpoint (needs keys 'model' and 'state_dict'); "
+                              "pass a registry name with --kwargs instead")
+        model = create_model(ckpt["model"], in_channels=input_shape[0], input_size=input_shape[-1],
+                             **ckpt.get("kwargs", {}))
+        model.load_state_dict(ckpt["state_dict"], strict=False)
+        return model.eval()
+    if ":" in spec:
+        module_name, _, fn = spec.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), fn)(**kwargs).eval()
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot import model factory {spec!r}: {exc}") from exc
+    if spec.endswith(".onnx"):
+        raise ConfigError("pluto predicts from PyTorch models (the table keys come from a torch.fx trace); pass the "
+                          "registry name or 'module:function' the ONNX file was exported from")
+    if spec not in list_models():
+        raise ConfigError(f"unknown model {spec!r}; registered: {', '.join(list_models())}")
+    return create_model(spec, in_channels=input_shape[0], input_size=input_shape[-1], **kwargs).eval()
+
+
+def _profile(args) -> int:
+    from pluto.cost.profiler import profile
+    from pluto.cost.space import ProfileSpace
+
+    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    command = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    table = profile(ProfileSpace.load(args.space), args.out, args.device, args.runtime, precisions, args.batch,
+                    args.threads, args.energy, args.samples, energy_window_s=args.energy_window, command=command,
+                    progress=not args.no_progress, limit=args.limit)
+    state = "complete" if table.metadata.get("complete") else "incomplete (re-run the same command to resume)"
+    print(f"{table}: {state}")
+    for precision, fit in table.metadata.get("calibration", {}).items():
+        lat = fit.get("latency_ms", {})
+        print(f"  {precision}: calibration scale={lat.get('scale', 1):.3f} offset={lat.get('offset', 0):.4f} ms, "
+              f"MAPE on {lat.get('n_models')} networks {lat.get('mape_uncalibrated_pct', 0):.1f}% -> "
+              f"{lat.get('mape_calibrated_pct', 0):.1f}%")
+    return 0
+
+
+def _predict(args) -> int:
+    from pluto.cost.expected import expected_cost
+    from pluto.cost.ops import extract_ops
+    from pluto.cost.table import LatencyTable
+
+    model = load_model(args.model, args.input_shape, _kwargs(args.kwargs))
+    ops = extract_ops(model, args.input_shape)
+    if args.metric in ("size_bytes", "macs"):
+        value = float(expected_cost(None, ops, args.metric, default_precision=args.precision))
+        print(f"{args.model}: {value:.0f} {args.metric.split('_')[0]}")
+        return 0
+    table = LatencyTable.load(args.table)
+    value = table.predict_ops(ops, args.metric, args.precision)
+    unit = "ms" if args.metric == "latency_ms" else "mJ"
+    print(f"{args.model} {'x'.join(map(str, args.input_shape))} on {table.device['name']} / {table.runtime} "
+          f"{args.precision}, batch {table.metadata['batch']}: {value:.4f} {unit} ({len(ops)} ops)")
+    return 0
+
+
+def _validate(args) -> int:
+    from pluto.cost.energy import open_meter
+    from pluto.cost.ops import extract_ops
+    from pluto.cost.profiler import measure, prepare_network
+    from pluto.cost.runtimes import Runtime, device_info
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    device = table.device["type"]
+    here = device_info(device) if device == "cpu" or _cuda() else {"name": "no CUDA device"}
+    if here["name"] != table.device["name"]:
+        raise TableError(f"table {args.table} was measured on '{table.device['name']}' but this machine has "
+                         f"'{here['name']}'; run validate on that device, or profile a table here.")
+    model = load_model(args.model, args.input_shape, _kwargs(args.kwargs))
+    ops = extract_ops(model, args.input_shape)
+    runtime = Runtime(table.runtime, device, table.metadata.get("threads") or 1)
+    meter = open_meter("auto", device) if "energy_mj" in table.metrics else None
+    work = prepare_network(runtime, model, args.input_shape, args.precision, table.metadata["batch"])
+    median, iqr, _, mj = measure(runtime, work, meter)
+    predicted = table.predict_ops(ops, "latency_ms", args.precision)
+    error = (predicted - median) / median * 100
+    print(f"{args.model}: measured {median:.4f} ms (IQR {iqr:.4f}), predicted {predicted:.4f} ms, error {error:+.1f}%")
+    ok = abs(error) <= args.tolerance
+    if meter is not None:
+        e_pred = table.predict_ops(ops, "energy_mj", args.precision)
+        e_err = (e_pred - mj) / mj * 100
+        print(f"  energy: measured {mj:.4f} mJ, predicted {e_pred:.4f} mJ, error {e_err:+.1f}%")
+        ok = ok and abs(e_err) <= args.tolerance
+    print("PASS" if ok else f"FAIL (tolerance {args.tolerance}%)")
+    return 0 if ok else 1
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _show(args) -> int:
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    m = table.metadata
+    print(table)
+    print(f"  runtime: {m['runtime']}\n  batch {m['batch']}, threads {m['threads']}, created {m['created']}")
+    print(f"  command: {m['command']}")
+    for precision, fit in m.get("calibration", {}).items():
+        for metric in table.metrics:
+            if metric in fit:
+                f = fit[metric]
+                print(f"  calibration {precision} {metric}: scale {f['scale']:.3f}, offset {f['offset']:.4g}, "
+                      f"MAPE {f['mape_uncalibrated_pct']:.1f}% -> {f['mape_calibrated_pct']:.1f}%")
+    return 0
+
+
+def _import(args) -> int:
+    from pluto.cost.importer import import_energy
+    from pluto.cost.table import LatencyTable
+
+    table = import_energy(LatencyTable.load(args.table), args.csv, args.meter)
+    table.save(args.out)
+    print(f"{table}: energy imported from {args.csv} into {args.out}")
+    return 0

@@ -1,0 +1,145 @@
+"""Expected cost of a model under soft decisions, differentiable in every decision.
+
+The optimizer sees decisions as probabilities: a channel-keep gate gives an *expected* channel
+count, a bit-width choice a probability per precision, an op choice a probability that the op
+is the one executed. The expected cost is
+
+    cost = calibrate( sum_op  w_op * sum_p P_op(p) * table(op, p, E[cin_op], E[cout_op]) )
+
+with the table read by differentiable interpolation (``pluto.cost.interp``), so gradients flow to
+the gates, the bit-width logits and the op logits. Analytic metrics need no table:
+``macs`` (multiply-accumulates) and ``size_bytes`` (weights x bytes per weight of each precision).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pluto.cost.ops import OpSpec
+from pluto.cost.table import LatencyTable
+from pluto.errors import ConfigError, TableError
+
+TABLE_METRICS = ("latency_ms", "energy_mj")
+ANALYTIC_METRICS = ("size_bytes", "macs")
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+def bits_to_precision(bits: int) -> str:
+    """Runtime precision that executes weights of ``bits`` bits: 32->fp32, 16->fp16, 8 and 4->int8.
+
+    Runtimes here have no int4 kernels, so 4-bit layers run (and are timed) as int8; their *size*
+    still counts 4 bits: pass the key 'int4' (or the int 4) in ``precisions`` to get both right.
+    """
+    mapping = {32: "fp32", 16: "fp16", 8: "int8", 4: "int8"}
+    if bits not in mapping:
+        raise ConfigError(f"no runtime precision for {bits}-bit weights; use one of {sorted(mapping)}")
+    return mapping[bits]
+
+
+def _storage_name(key: str | int) -> str:
+    """Canonical storage precision of a ``precisions`` key: 'fp32' | 'fp16' | 'bf16' | 'int8' | 'int4'."""
+    if isinstance(key, int):
+        return "int4" if key == 4 else bits_to_precision(key)
+    if key not in BYTES_PER_WEIGHT:
+        raise ConfigError(f"unknown precision {key!r}; use one of {sorted(BYTES_PER_WEIGHT)} or bit counts 32/16/8/4")
+    return key
+
+
+def _runtime_name(key: str | int) -> str:
+    name = _storage_name(key)
+    return "int8" if name == "int4" else name
+
+
+def _channels(op: OpSpec, channels: dict[str, tuple[Tensor, Tensor]] | None) -> tuple[Tensor, Tensor]:
+    if channels and op.name in channels:
+        cin, cout = channels[op.name]
+        return torch.as_tensor(cin, dtype=torch.float64), torch.as_tensor(cout, dtype=torch.float64)
+    return torch.tensor(float(op.cin), dtype=torch.float64), torch.tensor(float(op.cout), dtype=torch.float64)
+
+
+def _analytic(op: OpSpec, metric: str, cin: Tensor, cout: Tensor) -> Tensor:
+    """MACs or weight count of ``op`` at real-valued channel counts (weights: bytes applied by caller)."""
+    k2 = op.kernel * op.kernel
+    if op.kind == "dwconv":
+        if metric == "macs":
+            return k2 * cout * op.hw_out ** 2
+        return k2 * cout + (cout if op.bn or op.bias else 0.0)
+    if op.kind == "conv":
+        per_group = cin / op.groups
+        if metric == "macs":
+            return k2 * per_group * cout * op.hw_out ** 2
+        return k2 * per_group * cout + (cout if op.bn or op.bias else 0.0)
+    if op.kind == "linear":
+        return cin * cout + (cout if op.bias and metric == "size_bytes" else 0.0)
+    if op.kind == "bn" and metric == "size_bytes":
+        return 2 * cout
+    return torch.zeros((), dtype=torch.float64)
+
+
+def _op_cost(table: LatencyTable | None, op: OpSpec, metric: str, cin: Tensor, cout: Tensor,
+             probs: dict[str | int, Tensor]) -> Tensor:
+    total = torch.zeros((), dtype=torch.float64)
+    if metric == "macs":
+        return _analytic(op, metric, cin, cout)
+    for key, p in probs.items():
+        p = torch.as_tensor(p, dtype=torch.float64)
+        if metric == "size_bytes":
+            total = total + p * BYTES_PER_WEIGHT[_storage_name(key)] * _analytic(op, metric, cin, cout)
+        else:
+            total = total + p * table.lookup(op, metric, _runtime_name(key), cin, cout)
+    return total
+
+
+def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
+                  channels: dict[str, tuple[Tensor, Tensor]] | None = None,
+                  precisions: dict[str, dict[str | int, Tensor]] | None = None,
+                  weights: dict[str, Tensor] | None = None,
+                  default_precision: str = "fp32", calibrated: bool = True) -> Tensor:
+    """Expected ``metric`` of one inference under soft decisions, as a differentiable scalar tensor.
+
+    - ``metric``: 'latency_ms' or 'energy_mj' (read from ``table``), 'size_bytes' or 'macs' (analytic).
+    - ``channels``: op name -> (expected cin, expected cout); ops not listed keep nominal channels.
+    - ``precisions``: op name -> {precision or bits: probability}; ops not listed run at
+      ``default_precision`` (keys 'fp32'/'fp16'/'int8'/'int4' or 32/16/8/4; int4 is timed as int8).
+    - ``weights``: op name -> probability that the op is executed (NAS op choice); default 1.
+    Units: ms, mJ, bytes or MACs per inference at the table's batch size (batch 1 for shipped tables).
+    """
+    if metric in TABLE_METRICS:
+        if table is None:
+            raise TableError(f"'{metric}' needs a latency table (pass one, e.g. LatencyTable.load('latency_tables/"
+                             "cpu_ort')); only 'size_bytes' and 'macs' are computed without one.")
+    elif metric not in ANALYTIC_METRICS:
+        raise ConfigError(f"unknown cost metric {metric!r}; use one of {TABLE_METRICS + ANALYTIC_METRICS}")
+    total = torch.zeros((), dtype=torch.float64)
+    for op in ops:
+        cin, cout = _channels(op, channels)
+        probs = (precisions or {}).get(op.name) or {default_precision: torch.tensor(1.0, dtype=torch.float64)}
+        cost = _op_cost(table, op, metric, cin, cout, probs)
+        if weights and op.name in weights:
+            cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
+        total = total + cost
+    if metric in TABLE_METRICS and calibrated:
+        precision = default_precision if not precisions else _runtime_name(default_precision)
+        total = table.calibrate(total, metric, precision)
+    return total
+
+
+def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
+                 min_channels: dict[str, tuple[float, float]] | None = None,
+                 allowed_precisions: dict[str, list[str | int]] | None = None,
+                 default_precisions: list[str | int] = ("fp32",)) -> float:
+    """Cheapest achievable ``metric``: every op at its minimum channels and its cheapest allowed precision.
+
+    The optimizer compares a constraint target against this to reject infeasible targets early
+    (``InfeasibleConstraintError``) instead of training towards an unreachable budget.
+    """
+    total = 0.0
+    for op in ops:
+        cin, cout = _channels(op, {k: tuple(map(float, v)) for k, v in (min_channels or {}).items()})
+        options = (allowed_precisions or {}).get(op.name) or list(default_precisions)
+        costs = [float(_op_cost(table, op, metric, cin, cout, {p: torch.tensor(1.0)})) for p in options]
+        total += min(costs)
+    if metric in TABLE_METRICS:
+        total = float(table.calibrate(torch.tensor(total, dtype=torch.float64), metric,
+                                      _runtime_name(list(default_precisions)[0])))
+    return total

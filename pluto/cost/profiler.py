@@ -1,0 +1,210 @@
+"""``profile``: measure every entry of a space on this machine into a resumable latency table.
+
+Order of work: check/resume the output folder, write provisional metadata (``complete: false``),
+measure the runtime's fixed per-call overhead, then every (precision, op) entry not yet in
+``entries.csv``, appending each row as soon as it is measured (a killed run resumes where it
+stopped), then time whole calibration networks, fit ``end_to_end = scale * sum(entries) + offset``
+per precision and metric, and seal the table (row count + SHA-256 in the metadata).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pluto.cost import energy as energy_mod
+from pluto.cost.ops import extract_ops
+from pluto.cost.runtimes import Prepared, Runtime, device_info, export_onnx, quantize_qdq, time_call
+from pluto.cost.space import Network, ProfileSpace
+from pluto.cost.table import ENTRIES, KEY_COLUMNS, METADATA, SCHEMA_VERSION, VALUE_COLUMNS, LatencyTable, \
+    entry_key, read_entries
+from pluto.cost.units import Identity, build_unit
+from pluto.errors import TableError
+
+COLUMNS = (*KEY_COLUMNS, *VALUE_COLUMNS)
+
+
+def _read_intact_rows(path: Path) -> list[list[str]]:
+    """Rows of an entries CSV that a kill left intact (a half-written last line is dropped)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or tuple(rows[0]) != COLUMNS:
+        raise TableError(f"{path} is not an entries file of table schema {SCHEMA_VERSION}; delete it or choose "
+                         "another --out.")
+    good = []
+    for row in rows[1:]:
+        try:
+            if len(row) == len(COLUMNS) and math.isfinite(float(row[COLUMNS.index("latency_ms")])):
+                good.append(row)
+        except ValueError:
+            continue
+    return good
+
+
+def _check_resumable(meta_path: Path, settings: dict) -> dict:
+    if not meta_path.exists():
+        return {}
+    try:
+        old = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TableError(f"{meta_path} is corrupt ({exc}); delete the folder or choose another --out.") from exc
+    for key, value in settings.items():
+        if old.get("settings", {}).get(key) != value:
+            raise TableError(f"{meta_path.parent} holds a table made with {key}={old.get('settings', {}).get(key)!r}, "
+                             f"not {value!r}; resuming would mix measurements. Choose another --out or delete it.")
+    return old
+
+
+def measure(runtime: Runtime, work: Prepared, meter=None, samples: int = 30, min_sample_s: float = 0.002,
+            energy_window_s: float = 0.3) -> tuple[float, float, int, float]:
+    """(median ms, IQR ms, kept samples, mJ per inference or NaN) of one prepared workload."""
+    timing = time_call(work, samples=samples, min_sample_s=min_sample_s)
+    mj = float("nan")
+    if meter is not None:
+        mj = energy_mod.measure_energy(meter, work, timing.median_ms / 1e3, energy_window_s)
+    return timing.median_ms, timing.iqr_ms, timing.n, mj
+
+
+def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, ...], precision: str,
+                    batch: int = 1) -> Prepared:
+    """A whole network as the runtime would deploy it (ORT: exported, int8 QDQ-quantized; GPU: one graph)."""
+    x = torch.randn(batch, *shape[-3:])
+    if runtime.name == "onnxruntime":
+        model_bytes = export_onnx(model.eval(), (x,))
+        if precision == "int8":
+            model_bytes = quantize_qdq(model_bytes, (x,))
+        return runtime.prepare_onnx(model_bytes, (x,))
+    return runtime.prepare(model, (x,), precision)
+
+
+def fit_calibration(points: list[tuple[float, float]]) -> dict:
+    """Least-squares ``measured = scale * summed + offset`` (offset >= 0) with its before/after MAPE in %."""
+    sums, meas = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+    if len(points) >= 3 and np.ptp(sums) > 0:
+        scale, offset = np.polyfit(sums, meas, 1)
+        if scale <= 0 or offset < 0:
+            scale, offset = float(np.sum(sums * meas) / np.sum(sums * sums)), 0.0
+    else:
+        scale, offset = float(np.sum(sums * meas) / np.sum(sums * sums)), 0.0
+    mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
+    return {"scale": float(scale), "offset": float(offset), "n_models": len(points),
+            "mape_uncalibrated_pct": mape(sums), "mape_calibrated_pct": mape(scale * sums + offset)}
+
+
+def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: str = "onnxruntime",
+            precisions: tuple[str, ...] = ("fp32",), batch: int = 1, threads: int = 1, energy: str = "auto",
+            samples: int = 30, min_sample_s: float = 0.002, energy_window_s: float = 0.3, unroll: int = 10,
+            command: str | None = None, progress: bool = True, limit: int | None = None) -> LatencyTable:
+    """Measure ``space`` on this machine into table folder ``out`` and return the sealed table.
+
+    ``threads``: intra-op threads (CPU); ``energy``: 'auto' | 'nvml' | 'rapl' | 'none';
+    ``unroll``: unit copies per CUDA graph (amortises the graph launch); ``limit``: stop after that
+    many new entries (the table stays incomplete; re-run to resume).
+    """
+    rt = Runtime(runtime, device, threads)
+    for precision in precisions:
+        rt.check_precision(precision)
+    meter = energy_mod.open_meter(energy, device)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path, entries_path = out / METADATA, out / ENTRIES
+    dev = device_info(device)
+    settings = {"device_type": device, "device_name": dev["name"], "runtime": runtime, "batch": batch,
+                "threads": threads if device == "cpu" else None}
+    old = _check_resumable(meta_path, settings)
+    rows = _read_intact_rows(entries_path)
+    with open(entries_path, "w", newline="") as f:  # rewrite without a torn last line
+        csv.writer(f).writerows([COLUMNS, *rows])
+    done = {tuple(r[:len(KEY_COLUMNS)]) for r in rows}
+
+    all_precisions = sorted(set(old.get("precisions", [])) | set(precisions))
+    metrics = ["latency_ms", "energy_mj"] if meter is not None or "energy_mj" in old.get("metrics", []) else ["latency_ms"]
+    metadata = {
+        "schema_version": SCHEMA_VERSION, "name": out.name, "complete": False, "settings": settings,
+        "device": dev, "runtime": rt.describe(), "precisions": all_precisions, "metrics": metrics,
+        "batch": batch, "threads": threads if device == "cpu" else None, "align": space.align,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "method": {
+            "warmup": ">= 0.05 s and >= 3 runs", "samples": samples, "min_sample_s": min_sample_s,
+            "statistic": "median of per-run time over samples; IQR as spread",
+            "outliers": "Tukey fences (samples outside [Q1 - 1.5 IQR, Q3 + 1.5 IQR] dropped)",
+            "overhead": "the runtime's per-call time of an empty unit is subtracted from each entry "
+                        "(floored at 5% of the raw time)",
+            "unroll": unroll if runtime == "cudagraph" else 1,
+            "energy": (f"{meter.name} counter, tick-aligned sustained loop >= {energy_window_s} s per entry, total "
+                       "(not idle-subtracted) energy per inference" if meter else "none: no readable meter"),
+            "noise": "CPU tables were measured on a shared 2-core VM: medians of many repetitions, expect a few % "
+                     "noise" if device == "cpu" else "dedicated GPU",
+        },
+        "space": space.source, "overhead_ms": old.get("overhead_ms", {}), "calibration": old.get("calibration", {}),
+    }
+    if meter is not None:
+        metadata["energy"] = {"meter": meter.name, "idle_power_w": energy_mod.idle_power_w(meter)}
+    elif "energy" in old:
+        metadata["energy"] = old["energy"]
+    meta_path.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+
+    for precision in precisions:
+        work = rt.prepare(Identity(), (torch.randn(batch, 8, 8, 8),), precision, unroll)
+        metadata["overhead_ms"][precision] = time_call(work, samples=samples, min_sample_s=min_sample_s).median_ms
+
+    ops = space.unit_ops()
+    todo = [(p, op) for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in done]
+    if limit is not None:
+        todo = todo[:limit]
+    with open(entries_path, "a", newline="") as f:
+        writer = csv.writer(f)
+        for precision, op in tqdm(todo, desc=f"profile {out.name}", unit="op", disable=not progress):
+            module, inputs = build_unit(op, batch)
+            work = rt.prepare(module, inputs, precision, unroll)
+            median, iqr, n, mj = measure(rt, work, meter, samples, min_sample_s, energy_window_s)
+            latency = max(median - metadata["overhead_ms"][precision], 0.05 * median)
+            writer.writerow([*map(str, entry_key(op, precision)), f"{latency:.6g}", f"{iqr:.6g}",
+                             "" if math.isnan(mj) else f"{mj:.6g}", n])
+            f.flush()
+            del work
+    meta_path.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+    remaining = [1 for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in
+                 {tuple(r[:len(KEY_COLUMNS)]) for r in _read_intact_rows(entries_path)}]
+    if remaining:
+        return LatencyTable.load(out, allow_incomplete=True)
+
+    table = LatencyTable(read_entries(entries_path), metadata)
+    calibrate(table, rt, space.calibration_networks(), precisions, meter, samples, min_sample_s, energy_window_s,
+              progress)
+    table.save(out)
+    return table
+
+
+def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisions, meter=None, samples: int = 30,
+              min_sample_s: float = 0.002, energy_window_s: float = 0.3, progress: bool = True) -> None:
+    """Time whole ``networks`` end to end and store the per-precision, per-metric linear fit in the metadata."""
+    batch = table.metadata["batch"]
+    for precision in precisions:
+        points: dict[str, list] = {m: [] for m in table.metrics}
+        records = []
+        for label, model, shape in tqdm(networks, desc=f"calibrate {precision}", disable=not progress):
+            ops = extract_ops(model, shape)
+            work = prepare_network(rt, model, shape, precision, batch)
+            median, _, _, mj = measure(rt, work, meter, samples, min_sample_s, energy_window_s)
+            record = {"model": label, "measured_latency_ms": median,
+                      "summed_latency_ms": table.predict_ops(ops, "latency_ms", precision, calibrated=False)}
+            points["latency_ms"].append((record["summed_latency_ms"], median))
+            if "energy_mj" in table.metrics and not math.isnan(mj):
+                record["measured_energy_mj"] = mj
+                record["summed_energy_mj"] = table.predict_ops(ops, "energy_mj", precision, calibrated=False)
+                points["energy_mj"].append((record["summed_energy_mj"], mj))
+            records.append(record)
+        fits = {m: fit_calibration(p) for m, p in points.items() if p}
+        table.metadata.setdefault("calibration", {})[precision] = {**fits, "networks": records}

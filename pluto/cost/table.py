@@ -1,0 +1,309 @@
+"""``LatencyTable``: per-op latency/energy measured on one chip + runtime, validated on load.
+
+On disk a table is a folder with two files (no pickle anywhere):
+
+- ``entries.csv``: one row per measured unit, columns ``KEY_COLUMNS`` + ``VALUE_COLUMNS``.
+  ``latency_ms`` is the median time of one batch's unit in milliseconds after the runtime's fixed
+  per-call overhead is subtracted; ``latency_iqr_ms`` its interquartile range; ``energy_mj`` the
+  energy of one run of the unit in millijoules (empty where the chip has no meter).
+- ``metadata.json``: schema version, device, runtime and versions, threads, batch, date, the
+  measuring method, the command that made it, the whole-network calibration and a SHA-256 of
+  ``entries.csv`` (so a truncated or edited table is caught).
+
+Lookups of shapes that were not measured interpolate over channels (differentiably, see
+``pluto.cost.interp``) and over resolution (linearly in pixel count). ``predict`` sums a concrete
+model's ops and applies the table's calibration ``scale * sum + offset``, fitted at profile time
+on whole networks so fusion and per-call overhead the unit sum misses are accounted for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from pluto.cost.interp import interp1d, interp2d, monotone
+from pluto.cost.ops import MATRIX_KINDS, OpSpec, extract_ops
+from pluto.errors import TableError
+
+SCHEMA_VERSION = 1
+KEY_COLUMNS = ("precision", "kind", "kernel", "stride", "hw", "act", "bn", "variant", "cin", "cout")
+VALUE_COLUMNS = ("latency_ms", "latency_iqr_ms", "energy_mj", "n_samples")
+METRICS = ("latency_ms", "energy_mj")
+ENTRIES, METADATA = "entries.csv", "metadata.json"
+REQUIRED_METADATA = ("schema_version", "device", "runtime", "precisions", "metrics", "batch", "threads",
+                     "created", "command", "method")
+_DTYPES = {"precision": str, "kind": str, "act": str, "variant": str, "kernel": int, "stride": int, "hw": int,
+           "cin": int, "cout": int, "bn": bool, "n_samples": int}
+
+
+def entry_key(op: OpSpec, precision: str) -> tuple:
+    """The table row key of ``op`` at its nominal channels (grouped convs priced at cin / groups)."""
+    cin = op.cin // op.groups if op.kind == "conv" else op.cin
+    return (precision, op.kind, op.kernel, op.stride, op.hw, op.act, bool(op.bn), op.variant, cin, op.cout)
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_entries(path: Path) -> pd.DataFrame:
+    """Read an entries CSV with the schema's dtypes; TableError if it is not one."""
+    try:
+        frame = pd.read_csv(path, keep_default_na=False, na_values={"energy_mj": [""], "latency_iqr_ms": [""]})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TableError(f"{path} is corrupt ({exc}); delete the table and re-run `pluto profile`.") from exc
+    missing = [c for c in (*KEY_COLUMNS, *VALUE_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise TableError(f"{path} lacks columns {missing}: it is not a pluto table of schema {SCHEMA_VERSION}; "
+                         "re-run `pluto profile` to make one.")
+    try:
+        frame["bn"] = frame["bn"].map(lambda v: str(v).strip().lower() in ("true", "1"))
+        frame = frame.astype({k: v for k, v in _DTYPES.items() if k != "bn"})
+        frame["latency_ms"] = pd.to_numeric(frame["latency_ms"])
+        frame["energy_mj"] = pd.to_numeric(frame["energy_mj"])
+        frame["latency_iqr_ms"] = pd.to_numeric(frame["latency_iqr_ms"])
+    except (ValueError, TypeError) as exc:
+        raise TableError(f"{path} has malformed values ({exc}); it is truncated or edited. Delete it and re-run "
+                         "`pluto profile` (profiling resumes from the intact rows).") from exc
+    return frame
+
+
+class LatencyTable:
+    """Measured per-op costs of one device + runtime, for several precisions and metrics."""
+
+    def __init__(self, entries: pd.DataFrame, metadata: dict):
+        self.entries = entries.reset_index(drop=True)
+        self.metadata = metadata
+        self._grids: dict[tuple, tuple] = {}
+        self._by_key: dict[tuple, dict[tuple, list[int]]] = {}
+        self.path: Path | None = None
+
+    # ---- identity -------------------------------------------------------------------------
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.metadata["metrics"])
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.metadata["precisions"])
+
+    @property
+    def device(self) -> dict:
+        return self.metadata["device"]
+
+    @property
+    def runtime(self) -> str:
+        return self.metadata["runtime"]["name"]
+
+    def __repr__(self) -> str:
+        return (f"LatencyTable({self.metadata.get('name', '?')}: {self.device.get('name')} / {self.runtime}, "
+                f"precisions={self.precisions}, metrics={self.metrics}, {len(self.entries)} entries)")
+
+    # ---- disk -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, expect_device: str | None = None, expect_runtime: str | None = None,
+             allow_incomplete: bool = False) -> "LatencyTable":
+        """Read and validate a table folder (or its metadata.json); TableError names any problem and the fix.
+
+        ``expect_device``: 'cpu'/'cuda' or a substring of the chip name the caller needs the table for.
+        """
+        path = Path(path)
+        folder = path.parent if path.name in (ENTRIES, METADATA) else path
+        meta_path, entries_path = folder / METADATA, folder / ENTRIES
+        if not meta_path.exists():
+            raise TableError(f"no latency table at {folder} (missing {METADATA}); make one with `pluto profile --out "
+                             f"{folder}` or use a shipped one from latency_tables/.")
+        try:
+            metadata = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TableError(f"{meta_path} is corrupt ({exc}); restore it from git or re-run `pluto profile`.") from exc
+        version = metadata.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise TableError(f"{folder} has table schema version {version!r} but this pluto reads version "
+                             f"{SCHEMA_VERSION}; re-profile it with this pluto's `pluto profile`.")
+        missing = [k for k in REQUIRED_METADATA if k not in metadata]
+        if missing:
+            raise TableError(f"{meta_path} lacks {missing}; it was not written by `pluto profile`. Re-run it.")
+        if not entries_path.exists():
+            raise TableError(f"{folder} has metadata but no {ENTRIES}; re-run the command that made it: "
+                             f"{metadata.get('command')}")
+        if not metadata.get("complete", False) and not allow_incomplete:
+            raise TableError(f"{folder} is incomplete: profiling stopped before the end. Resume it by re-running "
+                             f"the same command (measured entries are kept): {metadata.get('command')}")
+        if metadata.get("complete") and metadata.get("sha256") != file_sha256(entries_path):
+            raise TableError(f"{entries_path} does not match its checksum in {METADATA}: it was truncated or edited. "
+                             f"Restore it from git or re-run: {metadata.get('command')}")
+        entries = read_entries(entries_path)
+        if metadata.get("complete") and len(entries) != metadata.get("n_entries"):
+            raise TableError(f"{entries_path} has {len(entries)} rows, metadata says {metadata.get('n_entries')}; "
+                             "restore the table or re-profile.")
+        if len(entries) and (entries["latency_ms"].isna().any() or (entries["latency_ms"] < 0).any()):
+            raise TableError(f"{entries_path} has missing or negative latencies; re-profile the table.")
+        table = cls(entries, metadata)
+        table.path = folder
+        table.check_device(expect_device, expect_runtime)
+        return table
+
+    def check_device(self, expect_device: str | None = None, expect_runtime: str | None = None) -> None:
+        """TableError if this table was measured on another device kind/chip or runtime than expected."""
+        if expect_device:
+            kind, name = self.device.get("type", ""), str(self.device.get("name", ""))
+            if expect_device != kind and expect_device.lower() not in name.lower():
+                raise TableError(f"table {self.metadata.get('name')} was measured on {kind} '{name}', not "
+                                 f"'{expect_device}'; pick a table made on that device (or profile one there).")
+        if expect_runtime and expect_runtime != self.runtime:
+            raise TableError(f"table {self.metadata.get('name')} models runtime '{self.runtime}', not "
+                             f"'{expect_runtime}'; pick a matching table.")
+
+    def save(self, path: str | Path) -> None:
+        """Write entries.csv + metadata.json (with row count and checksum) into folder ``path``."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        columns = [*KEY_COLUMNS, *VALUE_COLUMNS]
+        self.entries[columns].to_csv(folder / ENTRIES, index=False, float_format="%.6g")
+        self.metadata.update(schema_version=SCHEMA_VERSION, n_entries=len(self.entries), complete=True,
+                             sha256=file_sha256(folder / ENTRIES))
+        (folder / METADATA).write_text(json.dumps(self.metadata, indent=2, sort_keys=True, default=str) + "\n")
+        self.path = folder
+
+    # ---- lookup ---------------------------------------------------------------------------
+    def _require(self, metric: str, precision: str) -> None:
+        if metric not in self.metrics:
+            raise TableError(f"table {self.metadata.get('name')} has no '{metric}' (it has {list(self.metrics)}); "
+                             + ("energy needs a table profiled with a meter (NVML on NVIDIA GPUs, RAPL) or an "
+                                "external meter's readings added with `pluto table import`." if metric == "energy_mj"
+                                else "use one of those metrics."))
+        if precision not in self.precisions:
+            raise TableError(f"table {self.metadata.get('name')} has no {precision} entries (it has "
+                             f"{list(self.precisions)}); profile with --precision {precision} or choose another.")
+
+    @property
+    def align(self) -> int:
+        """Channel multiple the runtime's fast kernels need (8 for ORT's NCHWc on x86); 1 if not profiled."""
+        return int(self.metadata.get("align", 1))
+
+    def _row_class(self, kind: str, cin: int, cout: int) -> tuple[bool, ...]:
+        a = self.align
+        return (cin % a == 0, cout % a == 0) if kind in MATRIX_KINDS else (cout % a == 0,)
+
+    def _query_class(self, kind: str, cin: Tensor, cout: Tensor) -> tuple[bool, ...]:
+        """Alignment class of a query: integer, fixed counts by residue; real-valued (expected) counts
+        count as aligned, since the materializer rounds pruned widths to multiples of ``align``."""
+        def aligned(x: Tensor) -> bool:
+            v = float(x)
+            return x.requires_grad or v != round(v) or round(v) % self.align == 0
+        return (aligned(cin), aligned(cout)) if kind in MATRIX_KINDS else (aligned(cout),)
+
+    def _grid(self, key: tuple, metric: str, cls: tuple[bool, ...]) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(cin grid, cout grid, monotone values) for one key (entry_key without channels) and alignment class.
+
+        A missing class falls back to the fully aligned grid (tables profiled without unaligned points)."""
+        cache_key = (*key, metric, cls)
+        if cache_key not in self._grids:
+            if not self._by_key:
+                for i, row in enumerate(self.entries[list(KEY_COLUMNS)].itertuples(index=False)):
+                    row_cls = self._row_class(row.kind, row.cin, row.cout)
+                    self._by_key.setdefault(tuple(row)[:-2], {}).setdefault(row_cls, []).append(i)
+            classes = self._by_key.get(key)
+            if not classes:
+                return None
+            rows = classes.get(cls) or classes.get(tuple(True for _ in cls)) or max(classes.values(), key=len)
+            sub = self.entries.iloc[rows]
+            if sub[metric].isna().any():
+                raise TableError(f"table {self.metadata.get('name')} lacks {metric} for some {key[1]} entries; "
+                                 "re-profile with the meter on, or import readings with `pluto table import`.")
+            kind = key[1]
+            index = "cin" if kind in MATRIX_KINDS else "cout"
+            pivot = sub.pivot_table(index=index, columns="cout", values=metric, aggfunc="median") \
+                if kind in MATRIX_KINDS else sub.groupby("cout")[metric].median().to_frame()
+            if pivot.isna().any().any():
+                raise TableError(f"table {self.metadata.get('name')} has an incomplete channel grid for {key}: "
+                                 "resume or re-run the `pluto profile` command that made it.")
+            values = torch.tensor(pivot.to_numpy(dtype=np.float64))
+            grid_in = torch.tensor(pivot.index.to_numpy(dtype=np.float64))
+            grid_out = torch.tensor(pivot.columns.to_numpy(dtype=np.float64)) if kind in MATRIX_KINDS else grid_in
+            self._grids[cache_key] = (grid_in, grid_out, monotone(values))
+        return self._grids[cache_key]
+
+    def _at_hw(self, key: tuple, metric: str, cin: Tensor, cout: Tensor) -> Tensor | None:
+        grid = self._grid(key, metric, self._query_class(key[1], cin, cout))
+        if grid is None:
+            return None
+        grid_in, grid_out, values = grid
+        if key[1] in MATRIX_KINDS:
+            return interp2d(grid_in, grid_out, values, cin, cout)
+        return interp1d(grid_in, values[:, 0], cout)
+
+    def lookup(self, op: OpSpec, metric: str = "latency_ms", precision: str = "fp32",
+               cin: Tensor | float | None = None, cout: Tensor | float | None = None) -> Tensor:
+        """Uncalibrated cost of one op, differentiable in (expected) ``cin``/``cout`` (defaults: nominal)."""
+        self._require(metric, precision)
+        cin = torch.as_tensor(op.cin if cin is None else cin, dtype=torch.float64)
+        cout = torch.as_tensor(op.cout if cout is None else cout, dtype=torch.float64)
+        if op.kind == "conv" and op.groups > 1:
+            cin = cin / op.groups  # grouped conv priced as a dense conv of the same MACs
+        key = entry_key(op, precision)[:-2]
+        value = self._at_hw(key, metric, cin, cout)
+        if value is not None:
+            return value
+        hws = sorted({k[4] for k in self._hws_for(key)})
+        if not hws:
+            raise TableError(
+                f"table {self.metadata.get('name')} has no entry for {op.kind} k={op.kernel} s={op.stride} "
+                f"act={op.act} bn={op.bn} {op.variant} at {precision} (op '{op.name}'); add a model with this op to "
+                "the space config and re-profile (`pluto profile --space ...` resumes and adds it).")
+        pixels = op.hw ** 2
+        below = [h for h in hws if h < op.hw]
+        above = [h for h in hws if h > op.hw]
+        if below and above:
+            lo, hi = below[-1], above[0]
+            v_lo = self._at_hw((*key[:4], lo, *key[5:]), metric, cin, cout)
+            v_hi = self._at_hw((*key[:4], hi, *key[5:]), metric, cin, cout)
+            t = (pixels - lo ** 2) / (hi ** 2 - lo ** 2)
+            return v_lo + t * (v_hi - v_lo)
+        near = below[-1] if below else above[0]
+        return self._at_hw((*key[:4], near, *key[5:]), metric, cin, cout) * (pixels / near ** 2)
+
+    def _hws_for(self, key: tuple) -> list[tuple]:
+        if not self._by_key:
+            self._grid(key, "latency_ms", ())
+        return [k for k in self._by_key if k[:4] == key[:4] and k[5:] == key[5:]]
+
+    def has_entry(self, op: OpSpec, precision: str) -> bool:
+        """Whether ``op`` can be priced (measured at its resolution or at a neighbouring one)."""
+        try:
+            self.lookup(op, "latency_ms", precision)
+            return True
+        except TableError:
+            return False
+
+    # ---- calibration and whole models --------------------------------------------------------
+    def calibrate(self, total: Tensor, metric: str, precision: str) -> Tensor:
+        """Whole-network cost from the sum of its entries: ``scale * total + offset`` (identity if uncalibrated)."""
+        fit = self.metadata.get("calibration", {}).get(precision, {}).get(metric)
+        if not fit:
+            return total
+        return total * fit["scale"] + fit["offset"]
+
+    def predict_ops(self, ops: list[OpSpec], metric: str = "latency_ms", precision: str = "fp32",
+                    calibrated: bool = True) -> float:
+        total = sum((self.lookup(op, metric, precision) for op in ops), torch.zeros((), dtype=torch.float64))
+        return float(self.calibrate(total, metric, precision) if calibrated else total)
+
+    def predict(self, model: nn.Module, input_shape: tuple[int, ...], metric: str = "latency_ms",
+                precision: str = "fp32", calibrated: bool = True) -> float:
+        """Predicted cost of running ``model`` once (batch = the table's batch) in ms or mJ."""
+        self._require(metric, precision)
+        return self.predict_ops(extract_ops(model, input_shape), metric, precision, calibrated)
+
+
+def rename_table(table: LatencyTable, **metadata) -> LatencyTable:
+    """A copy of ``table`` with some metadata replaced (used by `pluto table import`)."""
+    return LatencyTable(table.entries.copy(), {**table.metadata, **metadata})
+
+
