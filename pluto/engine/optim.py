@@ -34,3 +34,33 @@ def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: DictConfig, total_st
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class OptimizerGroup:
+    """Several optimizers stepped as one (e.g. SGD on weights, Adam on decision logits).
+
+    Quacks like ``torch.optim.Optimizer`` for the training loop: ``param_groups``,
+    ``zero_grad``, ``step``, ``state_dict`` / ``load_state_dict``.
+    """
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = [o for o in optimizers if o is not None]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            o.load_state_dict(s)

@@ -1,0 +1,92 @@
+"""The cost the Lagrangian sees: expected latency / energy / size / MACs of a model under its soft decisions.
+
+One object per run binds the model's traced ops (or its supernet) to a table, and reads the
+decisions each step: channel gates give expected channel counts, bit-width choices give
+precision probabilities, op choices give candidate probabilities. Every figure is in the
+table's units (ms, mJ per inference at its batch size), bytes, or MACs, and differentiable.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from pluto.cost.expected import bits_to_precision, expected_cost, minimum_cost
+from pluto.cost.ops import OpSpec, extract_ops
+from pluto.cost.table import LatencyTable
+from pluto.decisions.ops.supernet import Supernet
+from pluto.errors import TableError
+
+METRICS = ("latency_ms", "energy_mj", "size_bytes", "macs")
+
+
+def precision_key(bits: int) -> str:
+    """Key of a bit-width in cost precisions: 4-bit keeps its own key so size counts 4 bits (timed as int8)."""
+    return "int4" if bits == 4 else bits_to_precision(bits)
+
+
+class CostModel:
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], table: LatencyTable | None,
+                 default_precision: str = "fp32"):
+        """Trace ``model`` *before* decisions are attached; ``default_precision`` prices layers without a bit choice."""
+        self.table = table
+        self.input_shape = tuple(input_shape)
+        self.default_precision = default_precision
+        self.supernet = model if isinstance(model, Supernet) else None
+        self.ops: list[OpSpec] = [] if self.supernet is not None else extract_ops(model, self.input_shape)
+        if table is not None and default_precision not in table.precisions:
+            raise TableError(f"table {table.metadata.get('name', '')!r} has no {default_precision!r} entries "
+                             f"(it has {', '.join(table.precisions)}); set hw.precision to one of those.")
+
+    def check_metric(self, metric: str) -> None:
+        if metric in ("latency_ms", "energy_mj"):
+            if self.table is None:
+                raise TableError(f"a {metric} constraint needs a latency table: set hw.table=latency_tables/<name>.")
+            if metric not in self.table.metrics:
+                raise TableError(
+                    f"table {self.table.metadata.get('name', '?')} ({self.table.device.get('name', '?')}) has no "
+                    f"{metric} entries (it measured {', '.join(self.table.metrics)}); profile a table with an energy "
+                    "meter (NVML on NVIDIA GPUs, RAPL on Intel/AMD) or import one with `pluto table import`.")
+
+    def expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+                 precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+        """Differentiable expected ``metric`` for the current soft decisions."""
+        self.check_metric(metric)
+        table = self.table if metric in ("latency_ms", "energy_mj") else None
+        if self.supernet is not None:
+            from pluto.decisions.ops.cost import expected_supernet_cost
+
+            return expected_supernet_cost(self.supernet, table, self.input_shape, metric,
+                                          dict(precisions) if precisions else None, self.default_precision)
+        return expected_cost(table, self.ops, metric, dict(channels) if channels else None,
+                             dict(precisions) if precisions else None, default_precision=self.default_precision)
+
+    def minimum(self, metric: str, min_channels: Mapping[str, tuple[float, float]] | None = None,
+                allowed_bits: Mapping[str, list[int]] | None = None) -> float:
+        """The cheapest model the decisions can reach: each layer at its fewest channels and cheapest bit-width."""
+        self.check_metric(metric)
+        table = self.table if metric in ("latency_ms", "energy_mj") else None
+        allowed = {k: [precision_key(b) for b in v] for k, v in (allowed_bits or {}).items()}
+        if self.supernet is not None:
+            from pluto.decisions.ops.cost import min_cost_architecture
+
+            precision = self.default_precision
+            if allowed:
+                options = next(iter(allowed.values()))
+                precision = min(options, key=lambda p: {"int4": 0, "int8": 1, "fp16": 2, "fp32": 3}.get(p, 4))
+                if precision == "int4" and metric != "size_bytes":
+                    precision = "int8"
+            return float(min_cost_architecture(self.supernet, table, self.input_shape, metric, precision)[1])
+        return minimum_cost(table, self.ops, metric, dict(min_channels or {}), allowed,
+                            default_precisions=[self.default_precision])
+
+    def of_model(self, model: nn.Module, metric: str, bits: Mapping[str, int] | None = None) -> float:
+        """Predicted ``metric`` of a concrete (materialized) model with per-layer ``bits`` (name -> bits)."""
+        self.check_metric(metric)
+        table = self.table if metric in ("latency_ms", "energy_mj") else None
+        ops = extract_ops(model, self.input_shape)
+        precisions = {name: {precision_key(b): torch.tensor(1.0)} for name, b in (bits or {}).items()}
+        with torch.no_grad():
+            return float(expected_cost(table, ops, metric, precisions=precisions or None,
+                                       default_precision=self.default_precision))

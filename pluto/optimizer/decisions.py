@@ -1,0 +1,160 @@
+"""The soft decisions of one compression run, attached to one model, and their hard resolution.
+
+Three kinds, each optional: op choices (the model is a NAS supernet), channel gates (pruning,
+aligned through the dependency graph), bit-width choices (mixed-precision QAT). This module
+attaches them, tells the optimizer which parameters are decisions, feeds the cost model, and
+turns them into a concrete smaller model (`harden`), in an order that a resumed run repeats
+exactly.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pluto.decisions.channels import ChannelGates, DependencyGraph, attach_gates
+from pluto.decisions.ops.supernet import Supernet
+from pluto.optimizer.cost_model import precision_key
+
+
+@dataclass
+class Decisions:
+    model: nn.Module
+    supernet: Supernet | None = None
+    gates: ChannelGates | None = None
+    quantized: bool = False
+    bits: tuple[int, ...] = ()
+    trail: dict[str, Any] = field(default_factory=dict)
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Decision logits (op choice, channel keep, bit-width): trained by their own optimizer."""
+        params: list[nn.Parameter] = []
+        if self.supernet is not None:
+            params += list(self.supernet.arch_parameters())
+        if self.gates is not None:
+            params += list(self.gates.parameters())
+        if self.quantized:
+            from pluto.decisions.bits import bit_parameters
+
+            params += list(bit_parameters(self.model))
+        return params
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        ids = {id(p) for p in self.parameters()}
+        return [p for p in self.model.parameters() if id(p) not in ids]
+
+    def channels(self) -> dict[str, tuple[Tensor, Tensor]] | None:
+        return self.gates.expected_channels() if self.gates is not None else None
+
+    def precisions(self) -> dict[str, dict[str, Tensor]] | None:
+        if not self.quantized:
+            return None
+        from pluto.decisions.bits import bit_probabilities
+
+        probs = bit_probabilities(self.model)
+        return {name: {precision_key(int(b)) if str(b).isdigit() else b: p for b, p in choice.items()}
+                for name, choice in probs.items()}
+
+    def logs(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.gates is not None:
+            for gid, p in self.gates.keep_probabilities().items():
+                out[f"widths/group{gid}"] = float(p.detach().sum())
+        if self.quantized:
+            from pluto.decisions.bits import expected_bits
+
+            for name, b in expected_bits(self.model).items():
+                out[f"bits/{name}"] = float(b)
+        if self.supernet is not None:
+            for name, p in self.supernet.choice_probabilities().items():
+                out[f"ops/{name}/entropy"] = float(-(p * p.clamp_min(1e-9).log()).sum())
+        return out
+
+
+def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits: tuple[int, ...],
+           gate_init_keep: float = 0.95, calibration: Tensor | None = None) -> Decisions:
+    """Attach the decisions in a fixed order (gates first, then quantizers) so hooks compose the same way each time."""
+    supernet = model if isinstance(model, Supernet) else None
+    gates = None
+    if prune and supernet is None:
+        graph = DependencyGraph.build(model, example)
+        gates = attach_gates(model, graph, init_keep=gate_init_keep)
+    if quantize:
+        from pluto.decisions.bits import prepare_qat
+
+        model = prepare_qat(model, bits=tuple(bits), example_input=example, calibrate=calibration) or model
+    return Decisions(model, supernet, gates, quantize, tuple(bits))
+
+
+def round_gates_to_expectation(gates: ChannelGates) -> None:
+    """Hard widths equal to the expected widths: keep the round(sum p) most probable channels of each group.
+
+    The Lagrangian prices *expected* channel counts; thresholding at p > 0.5 instead could land far
+    from the budget it met in expectation.
+    """
+    keep = []
+    for group, p in zip(gates.graph.groups, gates.keep_probabilities().values()):
+        k = max(1, int(round(float(p.detach().sum()))))
+        mask = torch.zeros(group.size, dtype=torch.bool)
+        mask[torch.topk(p.detach().cpu(), k).indices] = True
+        keep.append(mask)
+    if keep:
+        gates.set_keep(torch.cat(keep))
+
+
+def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Fix every decision and build the concrete model: derived ops, physically pruned channels, fixed bits.
+
+    Returns the new model (fake-quantized at its chosen bit-widths when QAT is on) and the trail of
+    what was decided (architecture, widths, bits).
+    """
+    model = decisions.model
+    trail: dict[str, Any] = {}
+    chosen_bits: dict[str, int] = {}
+    if decisions.quantized:
+        from pluto.decisions.bits import harden_bits, strip_quantization
+
+        harden_bits(model)
+        model, chosen_bits = strip_quantization(model)
+    if decisions.supernet is not None:
+        from pluto.decisions.ops.derive import derive
+
+        supernet = model if isinstance(model, Supernet) else decisions.supernet
+        trail["architecture"] = dict(supernet.architecture())
+        chosen_bits = _derived_bits(chosen_bits, supernet)
+        model = derive(supernet)
+    if decisions.gates is not None:
+        from pluto.decisions.channels import width_report
+        from pluto.materialize.prune import materialize
+
+        round_gates_to_expectation(decisions.gates)
+        report = width_report(model)
+        trail["widths"] = report.to_dict(orient="records")
+        model = materialize(model)
+    else:
+        model = copy.deepcopy(model) if decisions.supernet is None else model
+    if decisions.quantized:
+        from pluto.decisions.bits import prepare_qat
+
+        trail["bits"] = dict(chosen_bits)
+        model = prepare_qat(model, bits=chosen_bits, example_input=example, calibrate=calibration) or model
+    return model, trail
+
+
+def _derived_bits(bits: dict[str, int], supernet: Supernet) -> dict[str, int]:
+    """Bits of the chosen candidates, renamed: ``stages.1.0.candidates.2.dw.0`` -> ``stages.1.0.dw.0``."""
+    blocks = supernet.choice_blocks()
+    out = {}
+    for name, b in bits.items():
+        parts = name.split(".")
+        if "candidates" in parts:
+            i = parts.index("candidates")
+            block = ".".join(parts[:i])
+            if int(parts[i + 1]) != blocks[block].chosen_index():
+                continue
+            del parts[i:i + 2]
+        out[".".join(parts)] = b
+    return out
