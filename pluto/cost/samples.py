@@ -101,24 +101,26 @@ class MBConvSpace:
         return out
 
 
-def _prune(rng: random.Random, width: int, min_width: float) -> int:
-    return max(1, int(round(width * rng.uniform(min_width, 1.0))))
+def _prune(rng: random.Random, width: int, min_width: float, align: int = 1) -> int:
+    """A random kept width in [min_width * width, width], rounded to a multiple of ``align``."""
+    kept = width * rng.uniform(min_width, 1.0)
+    return min(width, max(align, int(round(kept / align)) * align)) if align > 1 else max(1, int(round(kept)))
 
 
-def random_mbconv(rng: random.Random, space: MBConvSpace, prune: bool = True) -> MBConvNet:
-    """A random subnet: per block kernel and expansion, stage depth in [1, max], widths pruned."""
-    stem = _prune(rng, space.stem, space.min_width) if prune else space.stem
+def random_mbconv(rng: random.Random, space: MBConvSpace, prune: bool = True, align: int = 1) -> MBConvNet:
+    """A random subnet: per block kernel and expansion, stage depth in [1, max], widths pruned (to ``align``)."""
+    stem = _prune(rng, space.stem, space.min_width, align) if prune else space.stem
     blocks, cin = [], stem
     for width, depth, stride in space.stages:
-        out = _prune(rng, width, space.min_width) if prune else width
+        out = _prune(rng, width, space.min_width, align) if prune else width
         for i in range(rng.randint(1, depth)):
             e, k = rng.choice(space.expansions), rng.choice(space.kernels)
             hidden = cin * e
             if prune:
-                hidden = _prune(rng, hidden, space.min_width)
+                hidden = _prune(rng, hidden, space.min_width, align)
             blocks.append(BlockChoice(cin, out, stride if i == 0 else 1, k, hidden))
             cin = out
-    head = _prune(rng, space.head, space.min_width) if prune and space.head else space.head
+    head = _prune(rng, space.head, space.min_width, align) if prune and space.head else space.head
     return MBConvNet(stem, blocks, head, space.in_channels)
 
 
@@ -156,10 +158,13 @@ class PrunedResNet(nn.Module):
 RESNET18_WIDTHS = (64, 128, 256, 512)
 
 
-def random_resnet(rng: random.Random, in_channels: int = 1, min_width: float = 0.25) -> PrunedResNet:
-    """ResNet-18 with each stage width and each block's inner width kept at a random fraction in [min_width, 1]."""
-    uniform = rng.random() < 0.3  # some models uniformly width-scaled, the rest pruned layer by layer
+def random_resnet(rng: random.Random, in_channels: int = 1, min_width: float = 0.25, align: int = 1) -> PrunedResNet:
+    """ResNet-18 with each stage width and each block's inner width kept at a random fraction in [min_width, 1].
+
+    About 30% are uniformly width-scaled (one fraction for all layers), the rest pruned layer by layer."""
+    uniform = rng.random() < 0.3
     scale = rng.uniform(min_width, 1.0)
-    widths = [max(1, round(w * scale)) if uniform else _prune(rng, w, min_width) for w in RESNET18_WIDTHS]
-    inner = [max(1, round(w * scale)) if uniform else _prune(rng, w, min_width) for w in RESNET18_WIDTHS for _ in (0, 1)]
+    fixed = lambda w: max(align, int(round(w * scale / align)) * align)  # noqa: E731
+    widths = [fixed(w) if uniform else _prune(rng, w, min_width, align) for w in RESNET18_WIDTHS]
+    inner = [fixed(w) if uniform else _prune(rng, w, min_width, align) for w in RESNET18_WIDTHS for _ in (0, 1)]
     return PrunedResNet(widths, inner, in_channels)

@@ -195,8 +195,10 @@ class LatencyTable:
         """Alignment class of a query: integer, fixed counts by residue; real-valued (expected) counts
         count as aligned, since the materializer rounds pruned widths to multiples of ``align``."""
         def aligned(x: Tensor) -> bool:
+            if x.requires_grad:
+                return True
             v = float(x)
-            return x.requires_grad or v != round(v) or round(v) % self.align == 0
+            return v != round(v) or round(v) % self.align == 0
         return (aligned(cin), aligned(cout)) if kind in MATRIX_KINDS else (aligned(cout),)
 
     def _grid(self, key: tuple, metric: str, cls: tuple[bool, ...]) -> tuple[Tensor, Tensor, Tensor] | None:

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+
+from pluto.cost.ops import OpSpec, extract_ops
+from pluto.cost.table import ENTRIES, METADATA, LatencyTable
+from pluto.errors import TableError
+from pluto.models import create_model
+
+from conftest import make_table, synthetic_value
+
+
+def test_round_trip_and_predict_matches_sum(tmp_path, table):
+    table.save(tmp_path / "t")
+    loaded = LatencyTable.load(tmp_path / "t")
+    assert loaded.precisions == ("fp32", "int8") and loaded.metrics == ("latency_ms", "energy_mj")
+    assert len(loaded.entries) == len(table.entries)
+    model = create_model("small_cnn", width=0.5)
+    ops = extract_ops(model, (1, 28, 28))
+    expected = sum(synthetic_value(op, "fp32") for op in ops)
+    assert loaded.predict(model, (1, 28, 28)) == pytest.approx(expected, rel=1e-4)
+    assert loaded.predict(model, (1, 28, 28), precision="int8") == pytest.approx(expected / 2, rel=1e-4)
+    assert loaded.predict(model, (1, 28, 28), metric="energy_mj") == pytest.approx(5 * expected, rel=1e-4)
+
+
+def test_pruned_widths_interpolate_between_knots(table):
+    model = create_model("small_cnn", width=0.4)  # 13/26/51 channels: not on the grid
+    ops = extract_ops(model, (1, 28, 28))
+    exact = sum(synthetic_value(op, "fp32") for op in ops)
+    assert table.predict(model, (1, 28, 28)) == pytest.approx(exact, rel=0.15)
+
+
+def test_calibration_applied(table):
+    table.metadata["calibration"] = {"fp32": {"latency_ms": {"scale": 2.0, "offset": 0.5}}}
+    model = create_model("small_cnn", width=0.5)
+    raw = table.predict(model, (1, 28, 28), calibrated=False)
+    assert table.predict(model, (1, 28, 28)) == pytest.approx(2 * raw + 0.5)
+
+
+def test_unmeasured_resolution_interpolates_in_pixels(table):
+    at14 = table.lookup(OpSpec("conv", "c", 16, 16, 3, 1, hw=14, act="relu", bn=True))
+    at28 = table.lookup(OpSpec("conv", "c", 16, 16, 3, 1, hw=28, act="relu", bn=True))
+    mid = table.lookup(OpSpec("conv", "c", 16, 16, 3, 1, hw=20, act="relu", bn=True))
+    assert at14 < mid < at28
+
+
+def test_missing_entry_and_metric_errors(tiny_space):
+    table = make_table(tiny_space, precisions=("fp32",), energy=False)
+    with pytest.raises(TableError, match="no entry for conv k=7"):
+        table.lookup(OpSpec("conv", "big", 16, 16, kernel=7, hw=28))
+    with pytest.raises(TableError, match="no 'energy_mj'.*import"):
+        table.lookup(OpSpec("conv", "c", 16, 16, 3, hw=28, act="relu", bn=True), metric="energy_mj")
+    with pytest.raises(TableError, match="no int8 entries"):
+        table.lookup(OpSpec("conv", "c", 16, 16, 3, hw=28, act="relu", bn=True), precision="int8")
+
+
+@pytest.fixture
+def saved(tmp_path, table):
+    table.save(tmp_path / "t")
+    return tmp_path / "t"
+
+
+def test_missing_table(tmp_path):
+    with pytest.raises(TableError, match="no latency table.*pluto profile"):
+        LatencyTable.load(tmp_path / "nope")
+
+
+def test_corrupt_metadata(saved):
+    (saved / METADATA).write_text("{not json")
+    with pytest.raises(TableError, match="corrupt"):
+        LatencyTable.load(saved)
+
+
+def test_wrong_schema(saved):
+    meta = json.loads((saved / METADATA).read_text())
+    meta["schema_version"] = 99
+    (saved / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(TableError, match="schema version 99"):
+        LatencyTable.load(saved)
+
+
+def test_truncated_entries(saved):
+    text = (saved / ENTRIES).read_text()
+    (saved / ENTRIES).write_text(text[: len(text) // 2])
+    with pytest.raises(TableError, match="truncated or edited"):
+        LatencyTable.load(saved)
+
+
+def test_wrong_device_and_runtime(saved):
+    with pytest.raises(TableError, match="measured on cpu"):
+        LatencyTable.load(saved, expect_device="cuda")
+    with pytest.raises(TableError, match="models runtime 'onnxruntime'"):
+        LatencyTable.load(saved, expect_runtime="cudagraph")
+    assert LatencyTable.load(saved, expect_device="Test CPU").device["name"] == "Test CPU"
+
+
+def test_incomplete_table_refused(saved):
+    meta = json.loads((saved / METADATA).read_text())
+    meta["complete"] = False
+    (saved / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(TableError, match="incomplete.*re-running"):
+        LatencyTable.load(saved)
+
+
+def test_alignment_classes(tiny_space):
+    table = make_table(tiny_space, precisions=("fp32",))
+    table.metadata["align"] = 8
+    op = OpSpec("conv", "c", 16, 16, 3, hw=28, act="relu", bn=True)
+    # an unaligned query with no unaligned grid falls back to the aligned grid
+    assert float(table.lookup(op, cin=15, cout=15)) > 0
+    grad_in = torch.tensor(15.0, requires_grad=True)
+    table.lookup(op, cin=grad_in, cout=16).backward()
+    assert grad_in.grad > 0
