@@ -189,11 +189,16 @@ class _RecordingTracer(Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.path: list[str] = []
+        self.failed_at: str | None = None
 
     def call_module(self, m, forward, args, kwargs):
         self.path.append(self.path_of_module(m))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:  # the innermost module is the culprit
+                self.failed_at = self.path[-1]
+            raise
         finally:
             self.path.pop()
 
@@ -204,8 +209,8 @@ def trace(model: nn.Module) -> GraphModule:
     try:
         graph = tracer.trace(model)
     except Exception as exc:  # torch.fx raises many types (TraceError, TypeError, RuntimeError...)
-        where = tracer.path[-1] if tracer.path else "<top level forward>"
-        mod = model.get_submodule(where) if tracer.path and where else model
+        where = tracer.failed_at or "<top level forward>"
+        mod = model.get_submodule(where) if tracer.failed_at else model
         raise UnsupportedModelError(
             f"torch.fx cannot trace {type(model).__name__}: module '{where}' ({type(mod).__name__}) "
             f"failed with {type(exc).__name__}: {exc}. Fix: remove data-dependent Python control flow from "
@@ -614,9 +619,9 @@ class DependencyGraph:
         try:
             flops = FlopCounterMode(display=False)
             with torch.no_grad():
+                prop.run(*inputs)
                 with flops:
                     model(*inputs)
-                prop.run(*inputs)
         except _ModelRunError as exc:
             raise UnsupportedModelError(
                 f"running {type(model).__name__} on the example input failed at {exc}. Fix: pass an "
