@@ -22,6 +22,12 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, float]:
     """Run one job described by ``cfg``; returns its final metrics (accuracy, cost, ...)."""
+    return execute(cfg, run_dir)[0]
+
+
+def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: torch.nn.Module | None = None,
+            datasets: tuple | None = None) -> tuple[dict[str, float], torch.nn.Module]:
+    """Like :func:`run`, optionally with a model and ``(train, test)`` datasets given as objects; also returns the model."""
     from pluto.data import build_datasets
     from pluto.engine.plain import fit_plain
     from pluto.engine.run import RunContext, pick_device
@@ -33,11 +39,18 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         torch.set_num_threads(cfg.trainer.threads)
     run_dir = Path(run_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
     dkw = {k: v for k, v in cfg.data.items() if k not in ("name", "root", "train_limit", "test_limit")}
-    train_set, test_set, spec = build_datasets(cfg.data.name, cfg.data.get("root"), cfg.data.get("train_limit"),
-                                               cfg.data.get("test_limit"), **dkw)
+    if datasets is None:
+        train_set, test_set, spec = build_datasets(cfg.data.name, cfg.data.get("root"), cfg.data.get("train_limit"),
+                                                   cfg.data.get("test_limit"), **dkw)
+    else:
+        from pluto.data import infer_spec
+
+        train_set, test_set = datasets
+        spec = infer_spec(train_set)
     test_loader = DataLoader(test_set, batch_size=512, shuffle=False, generator=torch.Generator())
     mkw = {k: v for k, v in cfg.model.items() if k != "name"}
-    model = create_model(cfg.model.name, spec.num_classes, spec.in_channels, spec.input_size, **mkw)
+    if model is None:
+        model = create_model(cfg.model.name, spec.num_classes, spec.in_channels, spec.input_size, **mkw)
     device = pick_device(cfg.trainer.device)
     ctx = RunContext(run_dir, cfg, resume=cfg.trainer.resume, tensorboard=cfg.logger.tensorboard)
     try:
@@ -46,13 +59,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
         else:
             from pluto.optimizer.joint import compress_run
 
-            metrics = compress_run(model, train_set, test_loader, spec, cfg, ctx, device)
-        ctx.write_json("metrics.json", metrics)
+            metrics, model = compress_run(model, train_set, test_loader, spec, cfg, ctx, device)
+        ctx.write_json("metrics.json", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:
         ctx.close()
     print(f"run dir: {run_dir}")
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
-    return metrics
+    return metrics, model
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:

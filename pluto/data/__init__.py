@@ -11,7 +11,7 @@ from pluto.data.folders import load_cifar10, load_image_folder
 from pluto.data.synthetic import make_synthetic
 from pluto.errors import ConfigError
 
-__all__ = ["DataSpec", "build_loaders", "load_fashion_mnist", "load_cifar10", "load_image_folder", "make_synthetic"]
+__all__ = ["DataSpec", "build_loaders", "build_datasets", "infer_spec", "load_fashion_mnist", "load_cifar10", "load_image_folder", "make_synthetic"]
 
 
 @dataclass
@@ -25,6 +25,21 @@ class DataSpec:
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
         return (1, self.in_channels, self.input_size, self.input_size)
+
+
+def infer_spec(dataset: Dataset, num_classes: int | None = None) -> DataSpec:
+    """Shape of a user's dataset of ``(image CxHxW, label)`` pairs; classes counted from labels unless given."""
+    x, _ = dataset[0]
+    if x.dim() != 3 or x.shape[1] != x.shape[2]:
+        raise ConfigError(f"expected square CxHxW image tensors, got shape {tuple(x.shape)}")
+    if num_classes is None:
+        targets = getattr(dataset, "targets", None)
+        if targets is None and hasattr(dataset, "tensors"):
+            targets = dataset.tensors[1]
+        if targets is None:
+            targets = torch.tensor([int(dataset[i][1]) for i in range(min(len(dataset), 5000))])
+        num_classes = int(torch.as_tensor(targets).max()) + 1
+    return DataSpec(num_classes, int(x.shape[0]), int(x.shape[1]))
 
 
 def build_datasets(name: str, root: str | None = None, train_limit: int | None = None, test_limit: int | None = None,

@@ -87,3 +87,13 @@ TORCHVISION_MODELS = [
 ]
 for _name in TORCHVISION_MODELS:
     register(_name)(_torchvision(_name))
+
+
+@register("supernet")
+def supernet(num_classes: int, in_channels: int, input_size: int, space: str = "mbconv_28", **overrides) -> nn.Module:
+    """A NAS supernet (``pluto.decisions.ops``) from a preset space, resized to the data's shape."""
+    from pluto.decisions.ops.config import space_config
+    from pluto.decisions.ops.supernet import Supernet
+
+    config = space_config(space, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **overrides)
+    return Supernet(config)

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from pluto.decisions.channels import ChannelGates, DependencyGraph, attach_gates
 from pluto.decisions.ops.supernet import Supernet
-from pluto.optimizer.cost_model import precision_key
+from pluto.optimizer.constraints import Constraint
+from pluto.optimizer.cost_model import CostModel, precision_key
 
 
 @dataclass
@@ -89,15 +90,17 @@ def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits:
     return Decisions(model, supernet, gates, quantize, tuple(bits))
 
 
-def round_gates_to_expectation(gates: ChannelGates) -> None:
-    """Hard widths equal to the expected widths: keep the round(sum p) most probable channels of each group.
+def round_gates_to_expectation(gates: ChannelGates, expected: dict[int, Tensor] | None = None, scale: float = 1.0) -> None:
+    """Hard widths equal to (``scale`` x) the expected widths: keep the most probable channels of each group.
 
     The Lagrangian prices *expected* channel counts; thresholding at p > 0.5 instead could land far
-    from the budget it met in expectation.
+    from the budget it met in expectation. ``expected`` are the keep-probabilities to round (default:
+    the current ones).
     """
     keep = []
-    for group, p in zip(gates.graph.groups, gates.keep_probabilities().values()):
-        k = max(1, int(round(float(p.detach().sum()))))
+    probs = expected if expected is not None else {k: v.detach() for k, v in gates.keep_probabilities().items()}
+    for group, p in zip(gates.graph.groups, probs.values()):
+        k = max(1, int(round(scale * float(p.sum()))))
         mask = torch.zeros(group.size, dtype=torch.bool)
         mask[torch.topk(p.detach().cpu(), k).indices] = True
         keep.append(mask)
@@ -105,19 +108,87 @@ def round_gates_to_expectation(gates: ChannelGates) -> None:
         gates.set_keep(torch.cat(keep))
 
 
-def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def violated(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint]) -> list[Constraint]:
+    """Constraints whose predicted cost under the current decisions exceeds the target."""
+    with torch.no_grad():
+        channels, precisions = decisions.channels(), decisions.precisions()
+        return [c for c in constraints if float(cost_model.expected(c.metric, channels, precisions)) > c.target]
+
+
+def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint]) -> dict[str, Any]:
+    """Make the *hard* decisions meet every target as predicted by the table.
+
+    Expected cost can meet a budget while its rounding does not. Op choices: while a constraint is
+    violated, switch the block to the cheaper candidate the search rated most probable. Channels:
+    round expected widths, and if that is over budget shrink every group by the largest common
+    factor (bisection) that fits. Returns what was changed, for the run's trail.
+    """
+    notes: dict[str, Any] = {}
+    sn = decisions.supernet
+    if sn is not None:
+        from pluto.decisions.ops.cost import block_costs
+
+        probs = {k: v.detach() for k, v in sn.choice_probabilities().items()}
+        sn.fix_architecture(sn.architecture())
+        switches = []
+        while bad := violated(decisions, cost_model, constraints):
+            metric = bad[0].metric
+            table = cost_model.table if metric in ("latency_ms", "energy_mj") else None
+            _, deltas = block_costs(sn, table, cost_model.input_shape, metric,
+                                    default_precision=cost_model.default_precision)
+            blocks, arch, best = sn.choice_blocks(), sn.architecture(), None
+            for name, d in deltas.items():
+                current = blocks[name].names.index(arch[name])
+                for j in range(len(d)):
+                    if float(d[j]) < float(d[current]) - 1e-12 and (best is None or probs[name][j] > best[0]):
+                        best = (float(probs[name][j]), name, blocks[name].names[j])
+            if best is None:
+                break
+            sn.fix_architecture({best[1]: best[2]})
+            switches.append(f"{best[1]}->{best[2]}")
+        if switches:
+            notes["op_switches_to_fit_budget"] = switches
+    gates = decisions.gates
+    if gates is not None:
+        expected = {k: v.detach().clone() for k, v in gates.keep_probabilities().items()}
+        round_gates_to_expectation(gates, expected)
+        if violated(decisions, cost_model, constraints):
+            lo, hi = 0.0, 1.0
+            for _ in range(16):
+                mid = (lo + hi) / 2
+                round_gates_to_expectation(gates, expected, mid)
+                lo, hi = (lo, mid) if violated(decisions, cost_model, constraints) else (mid, hi)
+            round_gates_to_expectation(gates, expected, lo)
+            notes["width_scale_to_fit_budget"] = lo
+    remaining = violated(decisions, cost_model, constraints)
+    if remaining:
+        notes["still_violated"] = [str(c) for c in remaining]
+    return notes
+
+
+def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = None,
+           cost_model: CostModel | None = None, constraints: list[Constraint] | None = None
+           ) -> tuple[nn.Module, dict[str, Any]]:
     """Fix every decision and build the concrete model: derived ops, physically pruned channels, fixed bits.
 
-    Returns the new model (fake-quantized at its chosen bit-widths when QAT is on) and the trail of
-    what was decided (architecture, widths, bits).
+    Bits are fixed first (argmax), then op choices and widths are projected onto the budget
+    (:func:`project_to_budget`). Returns the new model (fake-quantized at its chosen bit-widths when
+    QAT is on) and the trail of what was decided (architecture, widths, bits, projections).
     """
     model = decisions.model
     trail: dict[str, Any] = {}
     chosen_bits: dict[str, int] = {}
     if decisions.quantized:
-        from pluto.decisions.bits import harden_bits, strip_quantization
+        from pluto.decisions.bits import harden_bits
 
         harden_bits(model)
+    if cost_model is not None and constraints:
+        trail["projection"] = project_to_budget(decisions, cost_model, constraints)
+    elif decisions.gates is not None:
+        round_gates_to_expectation(decisions.gates)
+    if decisions.quantized:
+        from pluto.decisions.bits import strip_quantization
+
         model, chosen_bits = strip_quantization(model)
     if decisions.supernet is not None:
         from pluto.decisions.ops.derive import derive
@@ -130,7 +201,6 @@ def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = N
         from pluto.decisions.channels import width_report
         from pluto.materialize.prune import materialize
 
-        round_gates_to_expectation(decisions.gates)
         report = width_report(model)
         trail["widths"] = report.to_dict(orient="records")
         model = materialize(model)

@@ -81,7 +81,7 @@ class _Teacher:
 
 
 def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, spec: DataSpec, cfg: DictConfig,
-                 ctx: RunContext, device: torch.device) -> dict[str, Any]:
+                 ctx: RunContext, device: torch.device) -> tuple[dict[str, Any], nn.Module]:
     c, t = cfg.compress, cfg.trainer
     if isinstance(model, Supernet) and c.prune:
         raise ConfigError("compress.prune=true with a NAS supernet: the supernet searches widths through its op "
@@ -104,7 +104,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
         allowed = {"*": list(bits)}
     minimum = {con.metric: cost_model.minimum(con.metric, min_channels, allowed) for con in constraints}
     check_feasible(constraints, minimum)
-    start = {con.metric: float(cost_model.expected(con.metric)) for con in constraints}
+    start = {con.metric: float(cost_model.expected(con.metric).detach()) for con in constraints}
     ctx.write_json("feasibility.json", {"minimum": minimum, "uncompressed": start,
                                         "targets": {con.metric: con.target for con in constraints}})
     del probe
@@ -217,7 +217,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     _load_if_exists(net, ctx, "search.pt")
 
     # 3. harden ---------------------------------------------------------------------------------
-    final, trail = harden(decisions, example.to(device), calibration.to(device))
+    final, trail = harden(decisions, example.to(device), calibration.to(device), cost_model, constraints)
     final.to(device)
     ctx.write_json("decisions.json", trail)
 
@@ -232,5 +232,6 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     # 5. report ---------------------------------------------------------------------------------
     from pluto.optimizer.report import final_report
 
-    return final_report(final, trail, decisions, cost_model, constraints, objective, test_loader, spec, cfg, ctx,
-                        device, minimum, start)
+    result = final_report(final, trail, decisions, cost_model, constraints, objective, test_loader, spec, cfg, ctx,
+                          device, minimum, start)
+    return result, final
