@@ -20,6 +20,12 @@ class AffineTable:
         return 1.3 * total + 0.07
 
 
+@pytest.fixture(scope="module")
+def mbconv():
+    """One mbconv_28 supernet shared by tests (its candidate prices are cached per supernet)."""
+    return Supernet("mbconv_28")
+
+
 def test_candidate_modules_cover_every_block_with_consistent_shapes():
     net = Supernet("tiny_28")
     cands = candidate_modules(net, (1, 1, 28, 28))
@@ -34,8 +40,8 @@ def test_candidate_modules_cover_every_block_with_consistent_shapes():
     assert [n for n, _, _ in fixed_modules(net)] == ["stem", "head"]
 
 
-def test_expected_macs_of_one_hot_choice_equals_derived_network_macs():
-    net = Supernet("mbconv_28")
+def test_expected_macs_of_one_hot_choice_equals_derived_network_macs(mbconv):
+    net = mbconv
     arch = {n: b.names[i % len(b.names)] for i, (n, b) in enumerate(net.choice_blocks().items())}
     net.fix_architecture(arch)
     net.set_temperature(1e-3)  # probabilities become one-hot
@@ -70,8 +76,8 @@ def test_expected_cost_lies_between_cheapest_and_dearest():
     assert cheapest < value < dearest
 
 
-def test_min_cost_architecture_is_cheapest_and_skips_where_possible():
-    net = Supernet("mbconv_28")
+def test_min_cost_architecture_is_cheapest_and_skips_where_possible(mbconv):
+    net = mbconv
     arch, cost = min_cost_architecture(net)
     assert all(arch[n] == "skip" for n, b in net.choice_blocks().items() if "skip" in b.names)
     assert all(arch[n] == "mb_k3_e3" for n, b in net.choice_blocks().items() if "skip" not in b.names)
@@ -97,3 +103,15 @@ def test_profile_modules_lists_distinct_blocks_and_fixed_ops():
         assert isinstance(module, nn.Module) and len(shape) == 4 and not module.training
         module(torch.zeros(shape))
     assert len(profile_modules("mbconv_28")) > len(pairs)
+
+
+def test_shipped_spaces_hook_dedups_and_is_importable_by_name():
+    import importlib
+
+    fn = getattr(importlib.import_module("pluto.decisions.ops"), "profile_shipped_spaces")
+    pairs = fn()
+    keys = [(repr(m), s) for m, s in pairs]
+    assert len(keys) == len(set(keys))
+    shapes = {s for _, s in pairs}
+    assert (1, 1, 28, 28) in shapes and (1, 3, 32, 32) in shapes and {s[2] for s in shapes} >= {28, 32, 14, 16, 4}
+    assert any(type(m).__name__ == "BasicBlock" and m.kernel == 5 for m, _ in pairs)

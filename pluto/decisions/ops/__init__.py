@@ -18,7 +18,7 @@ MixedOp = OpChoice  # the DARTS / ProxylessNAS name for the same thing
 def __getattr__(name: str):
     # the cost hooks import pluto.cost; load them lazily so the space itself has no cost dependency
     if name in ("candidate_modules", "fixed_modules", "profile_modules", "block_costs", "expected_supernet_cost",
-                "min_cost_architecture", "architecture_cost"):
+                "min_cost_architecture", "architecture_cost", "profile_shipped_spaces"):
         from pluto.decisions.ops import cost
         return getattr(cost, name)
     raise AttributeError(f"module 'pluto.decisions.ops' has no attribute {name!r}")
@@ -28,5 +28,5 @@ __all__ = [
     "Supernet", "SpaceConfig", "StageSpec", "PRESETS", "space_config", "OpChoice", "MixedOp", "TemperatureSchedule",
     "InvertedResidual", "BasicBlock", "ConvBNAct", "ChildNet", "derive", "build_child",
     "candidate_modules", "fixed_modules", "profile_modules", "block_costs", "expected_supernet_cost",
-    "min_cost_architecture", "architecture_cost",
+    "min_cost_architecture", "architecture_cost", "profile_shipped_spaces",
 ]

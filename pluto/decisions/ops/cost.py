@@ -101,6 +101,21 @@ def profile_modules(config: SpaceConfig | Mapping[str, Any] | str | None = None,
     return [(module.eval(), shape) for module, shape in out]
 
 
+SHIPPED_SPACES = ("mbconv_28", "mbconv_32", "resnet_28", "resnet_32")
+
+
+def profile_shipped_spaces() -> list[tuple[nn.Module, Shape]]:
+    """:func:`profile_modules` of every preset the recipes use, duplicates removed (no-argument hook for YAML)."""
+    out, seen = [], set()
+    for name in SHIPPED_SPACES:
+        for module, shape in profile_modules(name):
+            key = (repr(module), shape)
+            if key not in seen:
+                seen.add(key)
+                out.append((module, shape))
+    return out
+
+
 def _prefixed(ops: list[OpSpec], prefix: str) -> list[OpSpec]:
     return [dataclasses.replace(op, name=f"{prefix}.{op.name}") for op in ops]
 
