@@ -119,3 +119,22 @@ def test_bad_mode_and_temperature_raise():
         block.temperature = 0.0
     with pytest.raises(ConfigError):
         block.fix("mb_k3_e3")
+
+
+def test_fix_makes_choice_final_and_probabilities_exactly_one_hot():
+    net = Supernet("tiny_28", temperature=5.0)
+    net.fix_architecture({"stages.0.1": "skip"})
+    block = net.choice_blocks()["stages.0.1"]
+    assert block.mode == "hard" and net.choice_blocks()["stages.0.0"].mode == "soft"
+    p = block.probabilities()
+    assert p.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]
+    p[0].backward()  # straight-through: the softmax's gradient still reaches alpha
+    assert block.alpha.grad.abs().sum() > 0
+
+
+def test_random_architecture_is_valid_and_seeded():
+    net = Supernet("mbconv_28")
+    a = net.random_architecture(torch.Generator().manual_seed(1))
+    assert a == net.random_architecture(torch.Generator().manual_seed(1))
+    assert all(choice in net.choice_blocks()[name].names for name, choice in a.items())
+    assert len({tuple(net.random_architecture().values()) for _ in range(5)}) > 1

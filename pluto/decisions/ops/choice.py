@@ -70,8 +70,17 @@ class OpChoice(nn.Module):
         self._temperature = float(value)
 
     def probabilities(self) -> Tensor:
-        """``softmax(alpha / T)``: differentiable candidate probabilities, in ``names`` order."""
-        return F.softmax(self.alpha / self.temperature, dim=0)
+        """Differentiable candidate probabilities, in ``names`` order: ``softmax(alpha / T)``.
+
+        In ``hard`` mode the forward runs only the argmax op, so the probabilities are its
+        one-hot vector (straight-through: the value is exact, the gradient is the softmax's),
+        which makes the expected cost of a fixed block its exact cost.
+        """
+        soft = F.softmax(self.alpha / self.temperature, dim=0)
+        if self._mode != "hard":
+            return soft
+        hard = F.one_hot(torch.argmax(self.alpha.detach()), len(self.names)).to(soft.dtype)
+        return hard - soft.detach() + soft
 
     def chosen_index(self) -> int:
         """The index of the most probable candidate (ties -> first)."""
@@ -82,12 +91,17 @@ class OpChoice(nn.Module):
         return self.names[self.chosen_index()]
 
     def fix(self, name: str) -> None:
-        """Make ``name`` the argmax choice (logits set to 0 with a +10 margin on the chosen one)."""
+        """Make ``name`` the final choice: the argmax (logits 0, +10 on ``name``) and ``hard`` mode.
+
+        A fixed block runs only ``name`` and its probabilities are exactly one-hot; set another
+        mode afterwards to search again from this choice.
+        """
         if name not in self.names:
             raise ConfigError(f"{name!r} is not a candidate of this block; candidates: {', '.join(self.names)}")
         with torch.no_grad():
             self.alpha.zero_()
             self.alpha[self.names.index(name)] = 10.0
+        self.mode = "hard"
 
     def forward(self, x: Tensor) -> Tensor:
         if self._mode == "hard":

@@ -99,13 +99,20 @@ class Supernet(nn.Module):
         return {name: block.chosen for name, block in self.choice_blocks().items()}
 
     def fix_architecture(self, choices: Mapping[str, str]) -> None:
-        """Set the argmax of each named block (e.g. from :func:`min_cost_architecture`); others unchanged."""
+        """Fix each named block to a candidate (argmax and ``hard`` mode, see ``OpChoice.fix``); others unchanged."""
         blocks = self.choice_blocks()
         unknown = set(choices) - set(blocks)
         if unknown:
             raise ConfigError(f"unknown choice blocks {sorted(unknown)}; this supernet has {list(blocks)}")
         for name, candidate in choices.items():
             blocks[name].fix(candidate)
+
+    def random_architecture(self, generator: torch.Generator | None = None) -> dict[str, str]:
+        """A uniformly random architecture (block -> candidate), e.g. for cost-model fidelity checks."""
+        out = {}
+        for name, block in self.choice_blocks().items():
+            out[name] = block.names[int(torch.randint(len(block.names), (), generator=generator))]
+        return out
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture logits ``alpha`` of every choice block."""
