@@ -129,13 +129,17 @@ class _UnionFind:
     def __init__(self) -> None:
         self.parent: list[int] = [PROTECTED]
         self.space: list[int] = [-1]
-        self.marks: list[Tensor] = []
+        self.marked = torch.zeros(1024, dtype=torch.bool)
 
     def new(self, shape: tuple[int, ...] | torch.Size, space: int) -> Tensor:
         n = 1
         for s in shape:
             n *= int(s)
         start = len(self.parent)
+        if start + n > self.marked.numel():
+            grown = torch.zeros(max(2 * self.marked.numel(), start + n), dtype=torch.bool)
+            grown[: self.marked.numel()] = self.marked
+            self.marked = grown
         self.parent.extend(range(start, start + n))
         self.space.extend([space] * n)
         return torch.arange(start, start + n, dtype=torch.long).view(*shape) if n else torch.zeros(shape, dtype=torch.long)
@@ -160,13 +164,14 @@ class _UnionFind:
         differ = a != b
         if not bool(differ.any()):
             return
-        pairs = torch.unique(torch.stack([a[differ], b[differ]], dim=1), dim=0)
-        for x, y in pairs.tolist():
+        k = len(self.parent)
+        keys = torch.unique(a[differ] * k + b[differ])
+        for x, y in zip((keys // k).tolist(), (keys % k).tolist()):
             self.union(x, y)
 
     def protect(self, labels: Tensor) -> None:
         """Mark labels as never prunable; applied to their whole class in :meth:`roots`."""
-        self.marks.append(torch.unique(labels))
+        self.marked[labels.reshape(-1)] = True
 
     def roots(self) -> Tensor:
         """Class id of every label (pointer jumping); classes holding a protected label map to PROTECTED."""
@@ -176,10 +181,10 @@ class _UnionFind:
             if torch.equal(nxt, parent):
                 break
             parent = nxt
-        if self.marks:
-            bad = torch.unique(parent[torch.cat(self.marks)])
-            parent[torch.isin(parent, bad)] = PROTECTED
-        return parent
+        bad = torch.zeros(len(parent), dtype=torch.bool)
+        bad[parent[self.marked[: len(parent)]]] = True
+        bad[PROTECTED] = True
+        return torch.where(bad[parent], PROTECTED, parent)
 
 
 class _RecordingTracer(Tracer):
@@ -645,7 +650,9 @@ class DependencyGraph:
         producer_spaces = [i for i, (_, kind) in enumerate(prop.spaces) if kind == "producer"]
         for _ in range(4):  # protecting an unsliceable parameter can change groups; repeat until stable
             roots = uf.roots()
-            is_producer = torch.isin(space_of, torch.tensor(producer_spaces, dtype=torch.long))
+            producer_space = torch.zeros(len(prop.spaces) + 1, dtype=torch.bool)
+            producer_space[torch.tensor(producer_spaces, dtype=torch.long)] = True
+            is_producer = producer_space[space_of]
             ids = torch.nonzero(is_producer & (roots != PROTECTED)).flatten()
             r = roots[ids]
             # signature of a class = the set of producer spaces its members come from
