@@ -1,0 +1,214 @@
+"""A per-layer bit-width decision (``BitWidthChoice``): which precision a conv/linear layer runs at.
+
+One ``BitWidthChoice`` sits on one conv/linear layer as the parametrization of its ``weight``
+(``torch.nn.utils.parametrize``), so the layer keeps its qualified name and class and other
+decisions (channel gates, pruning) still find it. The same bit-width applies to the layer's
+weights and, floored at ``min_activation_bits`` (default 8), to its input activation: the
+candidates are bit counts from :data:`SUPPORTED_BITS`: 4 and 8 are integer quantization
+(:class:`LsqQuantizer`), i.e. "W8A8" and "W4A8" by default (4-bit weights on int8 kernels, as
+int8 runtimes execute them; pass ``min_activation_bits=4`` for W4A4, which no runtime here runs
+in integer kernels), 16 is fp16 (values rounded to fp16) and 32 is the float layer unchanged.
+
+Logits ``alpha`` (one per candidate, zero = uniform) give the probabilities the cost model reads
+(:meth:`BitWidthChoice.precision_probabilities`, keyed by the precision strings of the cost
+tables: 'int4', 'int8', 'fp16', 'fp32'). How the layer mixes its candidates is its ``mode``:
+
+- ``"soft"``: the layer sees the probability mixture of the quantized candidates,
+  ``w_hat = sum_b p_b Q_b(w)`` and ``x_hat = sum_b p_b Q_b(x)``; one conv runs on the mixed
+  weight and input (EdMIPS-style: the mixture of the inputs and of the weights, not of the
+  |B|^2 output pairs, which costs one conv instead of |B|).
+- ``"gumbel"``: straight-through Gumbel-softmax (training only): one candidate ``k`` is sampled per
+  layer call (shared by weight and input); the forward value is exactly ``Q_k`` (weight 1, the
+  others 0) and the gradient is that of the soft sample, so ``alpha`` learns from the candidates
+  it did not pick (all candidates are computed for that gradient). In eval mode: the argmax.
+- ``"hard"``: only the chosen candidate (``harden()``, the argmax) runs; no gradient to ``alpha``.
+
+With a conv followed by BatchNorm, the choice quantizes the **folded** weight
+``w * gamma / sqrt(var + eps)`` and divides the factor back out (simulated BN folding, as in
+torch.ao's ConvBn QAT): the BN stays in the model, and folding it for export gives exactly the
+integer weights that were trained.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pluto.decisions.bits.quantizer import LsqQuantizer, fp16_ste
+from pluto.errors import ConfigError
+
+SUPPORTED_BITS = (4, 8, 16, 32)
+MODES = ("soft", "gumbel", "hard")
+PRECISION_OF_BITS = {4: "int4", 8: "int8", 16: "fp16", 32: "fp32"}
+
+
+def bn_fold_factor(bn: nn.Module) -> Tensor:
+    """``gamma / sqrt(running_var + eps)`` per output channel: what BN multiplies the conv output by at inference."""
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    return gamma / torch.sqrt(bn.running_var + bn.eps)
+
+
+class BitWidthChoice(nn.Module):
+    """Weight parametrization + input quantizer choosing among ``candidates`` bit-widths for one layer.
+
+    Args:
+        out_channels: rows of the layer's weight (one weight step per output channel).
+        candidates: bit counts from :data:`SUPPORTED_BITS`, e.g. ``(4, 8)`` or ``(4, 8, 32)``.
+        mode: ``"soft"`` | ``"gumbel"`` | ``"hard"`` (see the module docstring).
+        temperature: softmax temperature of the probabilities (> 0).
+        bn: the BatchNorm that follows the layer, for simulated folding; held by reference only
+            (not registered as a child, so the model's state dict does not duplicate it).
+        min_activation_bits: the fewest bits an integer candidate's input activation gets
+            (8: a 4-bit candidate is W4A8; 4: W4A4).
+    """
+
+    def __init__(self, out_channels: int, candidates: tuple[int, ...] = (4, 8), mode: str = "soft",
+                 temperature: float = 1.0, bn: nn.Module | None = None, min_activation_bits: int = 8):
+        super().__init__()
+        candidates = tuple(sorted({int(b) for b in candidates}))
+        bad = [b for b in candidates if b not in SUPPORTED_BITS]
+        if not candidates or bad:
+            raise ConfigError(f"unsupported bit-width candidates {bad or candidates}; choose from {SUPPORTED_BITS} "
+                              "(4/8 = integer, 16 = fp16, 32 = fp32)")
+        self.candidates = candidates
+        self.alpha = nn.Parameter(torch.zeros(len(candidates)))
+        self.weight_quantizers = nn.ModuleDict({str(b): LsqQuantizer(b, signed=True, symmetric=True,
+                                                                     channels=out_channels) for b in candidates if b <= 8})
+        # candidate bits -> bits of its input activation (integer candidates only)
+        self.activation_bits = {b: min(8, max(b, int(min_activation_bits))) for b in candidates if b <= 8}
+        self.input_quantizers = nn.ModuleDict({str(a): LsqQuantizer(a, signed=False, symmetric=False)
+                                               for a in sorted(set(self.activation_bits.values()))})
+        self.register_buffer("chosen", torch.tensor(-1))  # index into candidates once hardened, else -1
+        self._bn = [bn]  # a list hides it from nn.Module registration
+        self._step_weights: Tensor | None = None
+        self.mode = mode
+        self.temperature = temperature
+
+    # --- configuration -------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"unknown bit-width mode {mode!r}; use one of {', '.join(MODES)}")
+        self._mode = mode
+
+    @property
+    def temperature(self) -> float:
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        if not value > 0:
+            raise ConfigError(f"bit-width softmax temperature must be > 0, got {value}")
+        self._temperature = float(value)
+
+    @property
+    def bn(self) -> nn.Module | None:
+        return self._bn[0]
+
+    def extra_repr(self) -> str:
+        chosen = f", chosen={self.chosen_bits}" if self.is_hard else ""
+        return f"candidates={self.candidates}, mode={self.mode}{chosen}, folds_bn={self.bn is not None}"
+
+    # --- probabilities the cost model reads ------------------------------------------------
+    def probabilities(self) -> Tensor:
+        """``softmax(alpha / T)`` over ``candidates`` (one-hot once hardened); differentiable."""
+        if self.is_hard:
+            return F.one_hot(self.chosen, len(self.candidates)).to(self.alpha.dtype)
+        return F.softmax(self.alpha / self.temperature, dim=0)
+
+    def precision_probabilities(self) -> dict[str, Tensor]:
+        """Probability per precision string of the cost tables ('int4', 'int8', 'fp16', 'fp32')."""
+        p = self.probabilities()
+        return {PRECISION_OF_BITS[b]: p[i] for i, b in enumerate(self.candidates)}
+
+    def expected_bits(self) -> Tensor:
+        """``sum_b p_b * b``: the expected bit-width (bits per weight), differentiable, for model-size costs."""
+        bits = torch.tensor(self.candidates, dtype=self.alpha.dtype, device=self.alpha.device)
+        return (self.probabilities() * bits).sum()
+
+    # --- hard choice -----------------------------------------------------------------------
+    @property
+    def is_hard(self) -> bool:
+        return int(self.chosen) >= 0
+
+    @property
+    def chosen_bits(self) -> int:
+        """The bit-width in use: the hardened one, else the most probable (ties -> fewest bits)."""
+        index = int(self.chosen) if self.is_hard else int(torch.argmax(self.alpha.detach()))
+        return self.candidates[index]
+
+    def harden(self, bits: int | None = None) -> int:
+        """Fix the layer to ``bits`` (default: the argmax of ``alpha``) and switch to ``"hard"`` mode."""
+        bits = self.chosen_bits if bits is None else int(bits)
+        if bits not in self.candidates:
+            raise ConfigError(f"cannot fix this layer to {bits} bits; its candidates are {self.candidates}")
+        self.chosen.fill_(self.candidates.index(bits))
+        self.mode = "hard"
+        return bits
+
+    @torch.no_grad()
+    def init_weight_steps(self, weight: Tensor, method: str = "mse") -> None:
+        """Initialize each integer candidate's per-channel weight step from the (BN-folded) ``weight``."""
+        if self.bn is not None:
+            weight = weight * bn_fold_factor(self.bn).reshape(-1, *([1] * (weight.dim() - 1)))
+        for q in self.weight_quantizers.values():
+            q.init_from(weight, method)
+
+    # --- forward ---------------------------------------------------------------------------
+    def _mixture_weights(self) -> Tensor:
+        """Per-candidate weights for this forward pass (shared by weight and input)."""
+        if self.is_hard or self.mode == "hard":
+            index = int(self.chosen) if self.is_hard else int(torch.argmax(self.alpha.detach()))
+            return F.one_hot(torch.tensor(index), len(self.candidates)).to(self.alpha)
+        if self.mode == "gumbel" and self.training:
+            return F.gumbel_softmax(self.alpha, tau=self.temperature, hard=True)
+        if self.mode == "gumbel":  # eval: the most probable candidate, deterministic
+            return F.one_hot(self.alpha.detach().argmax(), len(self.candidates)).to(self.alpha)
+        return self.probabilities()
+
+    def _quantize(self, value: Tensor, bits: int, quantizers: nn.ModuleDict) -> Tensor:
+        if bits == 32:
+            return value
+        if bits == 16:
+            return fp16_ste(value)
+        return quantizers[str(bits)](value)
+
+    def _mix(self, value: Tensor, quantizers: nn.ModuleDict, is_input: bool = False) -> Tensor:
+        weights = self._step_weights if self._step_weights is not None else self._mixture_weights()
+        out, cache = None, {}
+        for i, bits in enumerate(self.candidates):
+            w = weights[i]
+            if not w.requires_grad and float(w) == 0.0:
+                continue  # a candidate with exactly zero weight and no gradient contributes nothing
+            if is_input and bits <= 8:
+                bits = self.activation_bits[bits]
+            if bits not in cache:  # candidates sharing an activation quantizer compute it once
+                cache[bits] = self._quantize(value, bits, quantizers)
+            term = cache[bits]
+            term = term if (not w.requires_grad and float(w) == 1.0) else term * w
+            out = term if out is None else out + term
+        return out if out is not None else value
+
+    def begin_call(self) -> None:
+        """Draw this layer call's mixture weights (one Gumbel sample per call, shared by weight and input)."""
+        self._step_weights = self._mixture_weights()
+
+    def end_call(self) -> None:
+        self._step_weights = None
+
+    def quantize_input(self, x: Tensor) -> Tensor:
+        """The layer's input as the chosen precision (mixture) represents it."""
+        return self._mix(x, self.input_quantizers, is_input=True)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        """Parametrization of the layer weight: quantized (with BN folded in, then divided back out)."""
+        bn = self.bn
+        if bn is None or self.candidates == (32,):
+            return self._mix(weight, self.weight_quantizers)
+        factor = bn_fold_factor(bn).detach().reshape(-1, *([1] * (weight.dim() - 1)))
+        factor = torch.where(factor.abs() < 1e-12, torch.full_like(factor, 1e-12), factor)
+        return self._mix(weight * factor, self.weight_quantizers) / factor

@@ -1,0 +1,170 @@
+"""Learned-step-size fake quantization (LSQ, Esser et al. 2020) with straight-through gradients.
+
+A :class:`LsqQuantizer` maps a float tensor ``x`` to the float value of its integer code::
+
+    q     = clamp(round(x / s) + z, qmin, qmax)      # the integer the runtime stores
+    x_hat = (q - z) * s                              # what the next op sees
+
+which is exactly ONNX ``QuantizeLinear`` followed by ``DequantizeLinear`` (both round half to
+even, as ``torch.round`` does), so the exported int8 model computes what the fake-quant model
+trained on.
+
+Conventions (chosen so that the int8 kernels of onnxruntime on x86/ARM, "U8S8", apply):
+
+- **weights**: signed, **symmetric** (``z = 0``), **per output channel** (one step per row of
+  the weight), range ``[-2^(b-1), 2^(b-1) - 1]``, e.g. ``[-128, 127]`` at 8 bits.
+- **activations**: unsigned, **asymmetric** (a learned zero point ``z``, rounded in the forward
+  pass and straight-through in the backward pass), **per tensor**, range ``[0, 2^b - 1]``.
+  After a ReLU the zero point settles at 0 and the full range holds positive values.
+
+Gradients: ``round`` passes its gradient straight through (STE); values clipped by ``clamp`` get
+no gradient w.r.t. ``x``, and the step gets the LSQ gradient ``-x/s + round(x/s)`` inside the
+range and ``qmin - z`` / ``qmax - z`` outside. The step's gradient is multiplied by
+``g = 1 / sqrt(n * qmax)`` (``n`` = values per step: weights per output channel, or activation
+values per sample), which LSQ shows keeps the step's update size in proportion to the weights'.
+
+Initialization from statistics (:meth:`LsqQuantizer.init_from`): ``"mse"`` (default) picks the
+clipping range, a fraction of ``[min, max]``, that minimizes the squared quantization error
+of the observed values; ``"minmax"`` uses the full observed range; ``"lsq"`` is the paper's
+``s = 2 mean|x| / sqrt(qmax)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pluto.errors import ConfigError
+
+INIT_METHODS = ("mse", "minmax", "lsq")
+_MSE_GRID = torch.linspace(0.15, 1.0, 35)
+_EPS = 1e-8
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` (half to even) forward, identity gradient backward."""
+    return x + (torch.round(x) - x).detach()
+
+
+def grad_scale(x: Tensor, scale: float) -> Tensor:
+    """Value ``x``, gradient multiplied by ``scale`` (LSQ's step-size gradient scaling)."""
+    return x * scale + (x - x * scale).detach()
+
+
+def fp16_ste(x: Tensor) -> Tensor:
+    """Round to the nearest fp16 value forward (what an fp16 kernel stores), identity gradient backward."""
+    return x + (x.to(torch.float16).to(x.dtype) - x).detach()
+
+
+def integer_range(bits: int, signed: bool) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a ``bits``-bit integer: signed two's complement or unsigned."""
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1
+
+
+class LsqQuantizer(nn.Module):
+    """Fake-quantize to ``bits`` bits with a learned step (and, if asymmetric, a learned zero point).
+
+    ``channels > 1`` makes it per-channel along ``axis`` (weights: axis 0, the output channel).
+    The step is in the units of the quantized values (e.g. volts of activation, weight units);
+    until :meth:`init_from` has run (or the first training forward initializes it from that
+    batch) ``initialized`` is False.
+    """
+
+    def __init__(self, bits: int, signed: bool, symmetric: bool, channels: int = 1, axis: int = 0):
+        super().__init__()
+        if not 2 <= bits <= 16:
+            raise ConfigError(f"integer quantization needs 2..16 bits, got {bits}; use 16/32 for float precisions")
+        if symmetric and not signed:
+            raise ConfigError("a symmetric quantizer must be signed (zero point 0 in the middle of the range)")
+        self.bits, self.signed, self.symmetric, self.axis = bits, signed, symmetric, axis
+        self.qmin, self.qmax = integer_range(bits, signed)
+        self.step = nn.Parameter(torch.ones(channels))
+        if symmetric:
+            self.register_buffer("zero_point", torch.zeros(channels))
+        else:
+            self.zero_point = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def per_channel(self) -> bool:
+        return self.step.numel() > 1
+
+    def extra_repr(self) -> str:
+        kind = "symmetric signed" if self.symmetric else ("asymmetric signed" if self.signed else "asymmetric unsigned")
+        return f"bits={self.bits}, {kind}, range=[{self.qmin}, {self.qmax}], channels={self.step.numel()}"
+
+    def _shape(self, x: Tensor, t: Tensor) -> Tensor:
+        """Broadcast a per-channel vector against ``x`` along ``axis``."""
+        if not self.per_channel:
+            return t.reshape(())
+        shape = [1] * x.dim()
+        shape[self.axis] = -1
+        return t.reshape(shape)
+
+    def _per_channel_rows(self, x: Tensor) -> Tensor:
+        """``x`` as (channels, values) rows, or one row when per-tensor."""
+        if not self.per_channel:
+            return x.detach().reshape(1, -1)
+        return x.detach().transpose(0, self.axis).reshape(x.shape[self.axis], -1)
+
+    def scale_and_zero_point(self) -> tuple[Tensor, Tensor]:
+        """The step ``s`` (> 0) and the integer zero point ``z`` as used in the forward pass (detached)."""
+        s = self.step.detach().abs().clamp_min(_EPS)
+        z = torch.round(self.zero_point.detach()).clamp(self.qmin, self.qmax)
+        return s, z
+
+    @torch.no_grad()
+    def init_from(self, x: Tensor, method: str = "mse") -> None:
+        """Set step (and zero point) from observed values ``x`` (weights, or a sample of activations)."""
+        if method not in INIT_METHODS:
+            raise ConfigError(f"unknown quantizer init {method!r}; use one of {', '.join(INIT_METHODS)}")
+        rows = self._per_channel_rows(x).float()
+        if method == "lsq":
+            step = 2 * rows.abs().mean(dim=1) / math.sqrt(self.qmax)
+            self.step.copy_(step.clamp_min(_EPS).to(self.step))
+            if not self.symmetric:
+                lo = rows.min(dim=1).values.clamp_max(0)
+                self.zero_point.copy_(torch.round(self.qmin - lo / step.clamp_min(_EPS)).clamp(self.qmin, self.qmax))
+            self.initialized.fill_(True)
+            return
+        grid = _MSE_GRID.to(rows.device) if method == "mse" else torch.ones(1, device=rows.device)
+        best_err = torch.full((rows.shape[0],), float("inf"), device=rows.device)
+        best_s = torch.ones(rows.shape[0], device=rows.device)
+        best_z = torch.zeros(rows.shape[0], device=rows.device)
+        for ratio in grid:
+            s, z = self._range_to_params(rows, float(ratio))
+            q = torch.clamp(torch.round(rows / s[:, None]) + z[:, None], self.qmin, self.qmax)
+            err = ((q - z[:, None]) * s[:, None] - rows).pow(2).mean(dim=1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_s = torch.where(better, s, best_s)
+            best_z = torch.where(better, z, best_z)
+        self.step.copy_(best_s.to(self.step))
+        self.zero_point.copy_(best_z.to(self.zero_point))
+        self.initialized.fill_(True)
+
+    def _range_to_params(self, rows: Tensor, ratio: float) -> tuple[Tensor, Tensor]:
+        if self.symmetric:
+            amax = rows.abs().amax(dim=1) * ratio
+            return (amax / self.qmax).clamp_min(_EPS), torch.zeros_like(amax)
+        lo = rows.amin(dim=1).clamp_max(0) * ratio
+        hi = rows.amax(dim=1).clamp_min(0) * ratio
+        s = ((hi - lo) / (self.qmax - self.qmin)).clamp_min(_EPS)
+        z = torch.round(self.qmin - lo / s).clamp(self.qmin, self.qmax)
+        return s, z
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not bool(self.initialized):
+            if not self.training:
+                raise ConfigError("quantizer used in eval mode before calibration; pass calibrate=... to prepare_qat, "
+                                  "call pluto.decisions.bits.calibrate(model, data), or run one training step first")
+            self.init_from(x if self.per_channel else x.detach().flatten()[: 1 << 20])
+        n = x[0].numel() if not self.per_channel else x.numel() // self.step.numel()
+        g = 1.0 / math.sqrt(max(1, n) * self.qmax)
+        s = self._shape(x, grad_scale(self.step, g).abs().clamp_min(_EPS))
+        z = self._shape(x, round_ste(self.zero_point).clamp(self.qmin, self.qmax))
+        q = torch.clamp(round_ste(x / s) + z, self.qmin, self.qmax)
+        return (q - z) * s

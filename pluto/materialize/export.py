@@ -1,0 +1,115 @@
+"""Export to ONNX: fp32 (BN folded) or int8 QDQ that onnxruntime executes with real int8 kernels.
+
+``export_onnx(qmodel, x, "m.int8.onnx")`` writes the quantized model with QuantizeLinear /
+DequantizeLinear nodes (see :mod:`pluto.materialize.quantize`) and, beside it, ``m.int8.json``:
+one entry per quantized layer saying its trained bit-width, the kernel onnxruntime runs and
+whether that is *simulated* (4-bit values on int8 kernels, fp16 values on fp32 kernels), so
+measured latency is never attributed to a precision the runtime did not execute.
+
+The TorchScript-based exporter (``dynamo=False``) is used because it writes
+``fake_quantize_per_{tensor,channel}_affine`` as QDQ pairs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pluto.decisions.bits import bit_choices, fold_bn, strip_quantization
+from pluto.errors import ConfigError, UnsupportedModelError
+from pluto.materialize.quantize import to_qdq_model
+
+DEFAULT_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def _export(model: nn.Module, example_input: Tensor, path: Path, opset: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example_input,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    except Exception as exc:  # the exporter raises many types for unsupported ops
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedModelError(f"ONNX export of {type(model).__name__} failed ({type(exc).__name__}: {first}). "
+                                    "Replace the unsupported op or layer, or export a traceable wrapper.") from exc
+
+
+def float_export_model(model: nn.Module) -> nn.Module:
+    """The float model an fp32 export runs: quantizers removed (if any), BN folded, eval mode."""
+    model = copy.deepcopy(model)
+    if bit_choices(model):
+        model, _ = strip_quantization(model)
+    return fold_bn(model.eval(), inplace=True)
+
+
+def export_onnx(qmodel: nn.Module, example_input: Tensor, path: str | os.PathLike, int8: bool = True,
+                opset: int = DEFAULT_OPSET) -> Path:
+    """Write ``qmodel`` to ``path`` as ONNX (batch dimension dynamic); returns the path.
+
+    ``int8=True``: the quantized model as QDQ ONNX (needs a model from ``prepare_qat`` / ``ptq``
+    that has been calibrated or trained), plus the per-layer report ``<path stem>.json``.
+    ``int8=False``: the float model (quantizers stripped, BN folded).
+    """
+    path = Path(path)
+    example_input = example_input.detach().cpu()
+    if int8:
+        model, report = to_qdq_model(qmodel.cpu())
+        _export(model, example_input, path, opset)
+        layers = [r.as_dict() for r in report]
+        meta = {"format": "onnx-qdq", "opset": opset, "layers": layers,
+                "simulated_layers": [r["name"] for r in layers if r["simulated"]],
+                "int8_kernel_layers": sum(r["kernel"] == "int8" for r in layers)}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    else:
+        _export(float_export_model(qmodel.cpu()), example_input, path, opset)
+    return path
+
+
+def onnx_session(path: str | os.PathLike, threads: int = 1):
+    """An onnxruntime CPU session with ``threads`` intra-op threads and all graph optimizations (QDQ fusion)."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise ConfigError(f"ONNX file {path} does not exist; export it first (pluto export ...)")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x: Tensor | np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Logits of ``x`` from an onnxruntime session, in batches."""
+    x = x.detach().cpu().numpy() if isinstance(x, Tensor) else x
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32)})[0]
+            for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs)
+
+
+def optimized_op_types(path: str | os.PathLike) -> dict[str, int]:
+    """Count of each op type in the graph onnxruntime actually runs (after QDQ fusion), e.g. ``{'QLinearConv': 6}``."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
