@@ -108,10 +108,20 @@ def round_gates_to_expectation(gates: ChannelGates, expected: dict[int, Tensor] 
         gates.set_keep(torch.cat(keep))
 
 
+def hard_channels(gates: ChannelGates) -> dict[str, tuple[Tensor, Tensor]]:
+    """Channel counts each op will have after materialize (the hard keep decision, not probabilities)."""
+    keep = gates.hard_flat().to(torch.float64)
+    ext = torch.cat([keep, torch.ones(1, dtype=keep.dtype)])
+    n = gates.graph.num_channels
+    return {name: (ext[torch.where(i < 0, n, i).cpu()].sum(), ext[torch.where(o < 0, n, o).cpu()].sum())
+            for name, (i, o) in gates.graph.node_channels.items()}
+
+
 def violated(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint]) -> list[Constraint]:
-    """Constraints whose predicted cost under the current decisions exceeds the target."""
+    """Constraints whose predicted cost under the current *hard* decisions exceeds the target."""
     with torch.no_grad():
-        channels, precisions = decisions.channels(), decisions.precisions()
+        channels = hard_channels(decisions.gates) if decisions.gates is not None else None
+        precisions = decisions.precisions()
         return [c for c in constraints if float(cost_model.expected(c.metric, channels, precisions)) > c.target]
 
 

@@ -204,7 +204,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
                  for con in constraints}
         loss, lag_logs = objective(task, costs)
         objective.dual_step({k: v.detach() for k, v in costs.items()})
-        if state.global_step % t.log_every == 0:
+        if (state.global_step + 1) % t.log_every == 0:  # the loop logs after it counts this step
             logs.update(decisions.logs())
         return loss, {**logs, **{f"lagrangian/{k}": v for k, v in lag_logs.items()}}
 
