@@ -181,7 +181,9 @@ def trace(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModul
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(shape))
+            param = next(model.parameters(), None)
+            ShapeProp(gm).propagate(torch.zeros(shape, device=param.device if param is not None else "cpu",
+                                                dtype=param.dtype if param is not None else torch.float32))
     except Exception as exc:
         raise UnsupportedModelError(
             f"{type(model).__name__} fails on an input of shape {shape}: {exc}. Pass the input shape the model "

@@ -8,6 +8,7 @@ per precision and metric, and seal the table (row count + SHA-256 in the metadat
 """
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import json
@@ -79,6 +80,7 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
                     batch: int = 1) -> Prepared:
     """A whole network as the runtime would deploy it (ORT: exported, int8 QDQ-quantized; GPU: one graph)."""
     x = torch.randn(batch, *shape[-3:])
+    model = copy.deepcopy(model)  # the runtime moves/casts it; callers keep their CPU fp32 model
     if runtime.name == "onnxruntime":
         model_bytes = export_onnx(model.eval(), (x,))
         if precision == "int8":
