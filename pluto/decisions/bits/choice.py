@@ -79,6 +79,10 @@ class BitWidthChoice(nn.Module):
         self.input_quantizers = nn.ModuleDict({str(a): LsqQuantizer(a, signed=False, symmetric=False)
                                                for a in sorted(set(self.activation_bits.values()))})
         self.register_buffer("chosen", torch.tensor(-1))  # index into candidates once hardened, else -1
+        # recorded in the state dict so a checkpoint can be re-prepared (prepare_from_state_dict)
+        self.register_buffer("candidate_bits", torch.tensor(candidates))
+        self.register_buffer("min_activation_bits", torch.tensor(int(min_activation_bits)))
+        self.register_buffer("folds_bn", torch.tensor(bn is not None))
         self._bn = [bn]  # a list hides it from nn.Module registration
         self._step_weights: Tensor | None = None
         self.mode = mode

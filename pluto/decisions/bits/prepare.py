@@ -268,6 +268,42 @@ def strip_quantization(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     return model, bits
 
 
+def is_qat_state_dict(state_dict: Mapping[str, Tensor]) -> bool:
+    """Whether ``state_dict`` was saved from a model prepared with :func:`prepare_qat`."""
+    return any(k.endswith("parametrizations.weight.0.candidate_bits") for k in state_dict)
+
+
+def prepare_from_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Prepare a float ``model`` the way the QAT model that saved ``state_dict`` was, then load it (in place).
+
+    Reads each layer's candidate bits, activation floor and BN folding from the buffers
+    :class:`BitWidthChoice` stores, so a QAT checkpoint loads without knowing its configuration.
+    """
+    suffix = ".parametrizations.weight.0.candidate_bits"
+    layers = {k[: -len(suffix)]: [int(b) for b in v.tolist()] for k, v in state_dict.items() if k.endswith(suffix)}
+    if not layers:
+        raise ConfigError("this state dict holds no quantized layers; load it into the float model directly")
+    floors = {int(state_dict[f"{n}.parametrizations.weight.0.min_activation_bits"]) for n in layers}
+    folds = {bool(state_dict[f"{n}.parametrizations.weight.0.folds_bn"]) for n in layers}
+    prepare_qat(model, bits=layers, fold_bn=any(folds), min_activation_bits=min(floors))
+    for name, choice in bit_choices(model).items():
+        saved = bool(state_dict[f"{name}.parametrizations.weight.0.folds_bn"])
+        if saved != (choice.bn is not None):
+            raise ConfigError(f"layer {name!r}: the checkpoint was {'with' if saved else 'without'} BN folding but "
+                              "this model's structure differs; build the same architecture as the checkpoint")
+        for q in [*choice.weight_quantizers.values(), *choice.input_quantizers.values()]:
+            q.initialized.fill_(True)  # the loaded state sets the real flag
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ConfigError(f"QAT checkpoint does not fit this model ({str(exc).splitlines()[0]}); "
+                          "build the same architecture (and num_classes/in_channels) it was saved from") from exc
+    for name, choice in bit_choices(model).items():
+        if choice.is_hard:
+            choice.mode = "hard"
+    return model
+
+
 def _remove_weight_parametrization(layer: nn.Module) -> None:
     """Restore the float ``weight`` of ``layer``.
 
