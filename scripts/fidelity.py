@@ -33,7 +33,7 @@ from pluto.cost.profiler import measure, prepare_network  # noqa: E402
 from pluto.cost.runtimes import Runtime  # noqa: E402
 from pluto.cost.samples import MBConvSpace, random_mbconv, random_resnet  # noqa: E402
 from pluto.cost.space import ProfileSpace  # noqa: E402
-from pluto.cost.table import LatencyTable  # noqa: E402
+from pluto.cost.table import LatencyTable, weight_bytes  # noqa: E402
 from pluto.models import create_model  # noqa: E402
 
 
@@ -125,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         median, iqr, _, mj = measure(runtime, work, meter, samples=args.samples)
         row = {"model": name, "input": "x".join(map(str, shape)), "macs": sum(o.macs for o in ops),
                "measured_latency_ms": median, "iqr_ms": iqr,
+               "weight_bytes": weight_bytes(ops, args.precision),
+               "summed_latency_ms": table.predict_ops(ops, "latency_ms", args.precision, calibrated=False),
                "predicted_latency_ms": table.predict_ops(ops, "latency_ms", args.precision)}
         if meter is not None and not math.isnan(mj):
-            row.update(measured_energy_mj=mj, predicted_energy_mj=table.predict_ops(ops, "energy_mj", args.precision))
+            row.update(measured_energy_mj=mj, predicted_energy_mj=table.predict_ops(ops, "energy_mj", args.precision),
+                       summed_energy_mj=table.predict_ops(ops, "energy_mj", args.precision, calibrated=False))
         rows.append(row)
     frame = pd.DataFrame(rows)
     out = Path(args.out)

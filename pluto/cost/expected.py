@@ -21,7 +21,7 @@ from pluto.errors import ConfigError, TableError
 
 TABLE_METRICS = ("latency_ms", "energy_mj")
 ANALYTIC_METRICS = ("size_bytes", "macs")
-BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+from pluto.cost.table import BYTES_PER_WEIGHT
 
 
 def bits_to_precision(bits: int) -> str:
@@ -119,8 +119,8 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
             cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
         total = total + cost
     if metric in TABLE_METRICS and calibrated:
-        precision = default_precision if not precisions else _runtime_name(default_precision)
-        total = table.calibrate(total, metric, precision)
+        size = expected_cost(None, ops, "size_bytes", channels, precisions, weights, default_precision)
+        total = table.calibrate(total, metric, _runtime_name(default_precision), size)
     return total
 
 
@@ -140,6 +140,7 @@ def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
         costs = [float(_op_cost(table, op, metric, cin, cout, {p: torch.tensor(1.0)})) for p in options]
         total += min(costs)
     if metric in TABLE_METRICS:
+        size = minimum_cost(None, ops, "size_bytes", min_channels, allowed_precisions, default_precisions)
         total = float(table.calibrate(torch.tensor(total, dtype=torch.float64), metric,
-                                      _runtime_name(list(default_precisions)[0])))
+                                      _runtime_name(list(default_precisions)[0]), size))
     return total

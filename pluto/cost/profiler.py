@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from pluto.cost import energy as energy_mod
 from pluto.cost.ops import extract_ops
+from pluto.cost.table import weight_bytes
 from pluto.cost.runtimes import Prepared, Runtime, device_info, export_onnx, quantize_qdq, time_call
 from pluto.cost.space import Network, ProfileSpace
 from pluto.cost.table import ENTRIES, KEY_COLUMNS, METADATA, SCHEMA_VERSION, VALUE_COLUMNS, LatencyTable, \
@@ -89,18 +90,36 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
     return runtime.prepare(model, (x,), precision)
 
 
-def fit_calibration(points: list[tuple[float, float]]) -> dict:
-    """Least-squares ``measured = scale * summed + offset`` (offset >= 0) with its before/after MAPE in %."""
-    sums, meas = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-    if len(points) >= 3 and np.ptp(sums) > 0:
-        scale, offset = np.polyfit(sums, meas, 1)
-        if scale <= 0 or offset < 0:
-            scale, offset = float(np.sum(sums * meas) / np.sum(sums * sums)), 0.0
+def fit_calibration(points: list[tuple[float, float, float]]) -> dict:
+    """Fit ``measured = scale * summed + per_mb * weight_mb + offset`` (all >= 0) on whole networks.
+
+    ``points``: (sum of the network's entries, its weight megabytes, its measured cost). The
+    weight term is the memory traffic units timed alone miss: a unit's weights stay in cache
+    across repeated runs, a whole network's weights (MBs) stream from DRAM on every inference.
+    Non-negative least squares on *relative* errors (rows scaled by 1 / measured), so small and
+    large networks count alike; the before/after MAPE (%) is recorded.
+    """
+    from scipy.optimize import nnls
+
+    sums, mbs, meas = (np.array([p[i] for p in points], dtype=float) for i in range(3))
+    if len(points) >= 3:
+        design = np.stack([sums / meas, mbs / meas, 1.0 / meas], axis=1)
+        (scale, per_mb, offset), _ = nnls(design, np.ones_like(meas))
     else:
-        scale, offset = float(np.sum(sums * meas) / np.sum(sums * sums)), 0.0
+        scale, per_mb, offset = float(np.sum(sums / meas) / np.sum((sums / meas) ** 2)), 0.0, 0.0
     mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
-    return {"scale": float(scale), "offset": float(offset), "n_models": len(points),
-            "mape_uncalibrated_pct": mape(sums), "mape_calibrated_pct": mape(scale * sums + offset)}
+    return {"scale": float(scale), "per_mb": float(per_mb), "offset": float(offset), "n_models": len(points),
+            "mape_uncalibrated_pct": mape(sums), "mape_calibrated_pct": mape(scale * sums + per_mb * mbs + offset)}
+
+
+def refit(table: LatencyTable) -> None:
+    """Re-fit the calibration from the whole-network measurements stored in the metadata (no re-measuring)."""
+    for precision, cal in table.metadata.get("calibration", {}).items():
+        for metric in table.metrics:
+            pts = [(r[f"summed_{metric}"], r["weight_bytes"] / 1e6, r[f"measured_{metric}"])
+                   for r in cal.get("networks", []) if f"measured_{metric}" in r]
+            if pts:
+                cal[metric] = fit_calibration(pts)
 
 
 def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: str = "onnxruntime",
@@ -202,13 +221,14 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
             ops = extract_ops(model, shape)
             work = prepare_network(rt, model, shape, precision, batch)
             median, _, _, mj = measure(rt, work, meter, samples, min_sample_s, energy_window_s)
-            record = {"model": label, "measured_latency_ms": median,
+            mb = weight_bytes(ops, precision) / 1e6
+            record = {"model": label, "measured_latency_ms": median, "weight_bytes": mb * 1e6,
                       "summed_latency_ms": table.predict_ops(ops, "latency_ms", precision, calibrated=False)}
-            points["latency_ms"].append((record["summed_latency_ms"], median))
+            points["latency_ms"].append((record["summed_latency_ms"], mb, median))
             if "energy_mj" in table.metrics and not math.isnan(mj):
                 record["measured_energy_mj"] = mj
                 record["summed_energy_mj"] = table.predict_ops(ops, "energy_mj", precision, calibrated=False)
-                points["energy_mj"].append((record["summed_energy_mj"], mj))
+                points["energy_mj"].append((record["summed_energy_mj"], mb, mj))
             records.append(record)
         fits = {m: fit_calibration(p) for m, p in points.items() if p}
         table.metadata.setdefault("calibration", {})[precision] = {**fits, "networks": records}

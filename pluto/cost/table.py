@@ -47,6 +47,14 @@ def entry_key(op: OpSpec, precision: str) -> tuple:
     return (precision, op.kind, op.kernel, op.stride, op.hw, op.act, bool(op.bn), op.variant, cin, op.cout)
 
 
+BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
+
+
+def weight_bytes(ops: list[OpSpec], precision: str) -> float:
+    """Bytes of weights the ops read per inference at ``precision`` (BN folded)."""
+    return float(sum(op.params for op in ops) * BYTES_PER_WEIGHT[precision])
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -285,17 +293,22 @@ class LatencyTable:
             return False
 
     # ---- calibration and whole models --------------------------------------------------------
-    def calibrate(self, total: Tensor, metric: str, precision: str) -> Tensor:
-        """Whole-network cost from the sum of its entries: ``scale * total + offset`` (identity if uncalibrated)."""
+    def calibrate(self, total: Tensor, metric: str, precision: str, weight_bytes: Tensor | float = 0.0) -> Tensor:
+        """Whole-network cost: ``scale * total + per_mb * weight_bytes / 1e6 + offset`` (identity if uncalibrated).
+
+        ``total`` is the sum of the network's entries, ``weight_bytes`` its weight storage (the
+        DRAM traffic that isolated unit timings, with weights in cache, do not see)."""
         fit = self.metadata.get("calibration", {}).get(precision, {}).get(metric)
         if not fit:
             return total
-        return total * fit["scale"] + fit["offset"]
+        return total * fit["scale"] + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit["offset"]
 
     def predict_ops(self, ops: list[OpSpec], metric: str = "latency_ms", precision: str = "fp32",
                     calibrated: bool = True) -> float:
         total = sum((self.lookup(op, metric, precision) for op in ops), torch.zeros((), dtype=torch.float64))
-        return float(self.calibrate(total, metric, precision) if calibrated else total)
+        if not calibrated:
+            return float(total)
+        return float(self.calibrate(total, metric, precision, weight_bytes(ops, precision)))
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...], metric: str = "latency_ms",
                 precision: str = "fp32", calibrated: bool = True) -> float:
