@@ -318,7 +318,9 @@ def _remove_weight_parametrization(layer: nn.Module) -> None:
     original = parametrizations.weight.original
     del layer._modules["parametrizations"]
     layer.__class__ = layer.__class__.__bases__[0]
-    layer.register_parameter("weight", original)
+    others = {k: v for k, v in layer._parameters.items() if k != "weight"}
+    layer._parameters.clear()  # keep the float layer's parameter order (weight first) in its state dict
+    layer._parameters.update({"weight": original, **others})
 
 
 def ptq(model: nn.Module, calib_data: Tensor | Iterable, bits: int | Mapping[str, int] = 8, fold_bn: bool = True,
