@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 StepFn = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]
@@ -38,10 +38,31 @@ class TrainState:
         return cls(**{**d, "phases_done": tuple(d.get("phases_done", ()))})
 
 
+def in_memory_tensors(dataset: Dataset) -> tuple[Tensor, Tensor] | None:
+    """``(images, labels)`` when ``dataset`` is a TensorDataset (or a Subset of one): batches are then sliced, not collated."""
+    indices = None
+    while isinstance(dataset, Subset):
+        idx = torch.as_tensor(list(dataset.indices))
+        indices = idx if indices is None else idx[indices]
+        dataset = dataset.dataset
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        x, y = dataset.tensors
+        return (x, y) if indices is None else (x[indices], y[indices])
+    return None
+
+
 def epoch_batches(dataset: Dataset, batch_size: int, seed: int, phase: str, epoch: int, skip: int = 0,
                   num_workers: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(phase.encode()) % 100_000 * 1_000 + epoch)
-    order = torch.randperm(len(dataset), generator=g)[skip * batch_size:].tolist()
+    permutation = torch.randperm(len(dataset), generator=g)[skip * batch_size:]
+    tensors = in_memory_tensors(dataset)
+    if tensors is not None:
+        x, y = tensors
+        for start in range(0, len(permutation), batch_size):
+            index = permutation[start:start + batch_size]
+            yield x[index], y[index]
+        return
+    order = permutation.tolist()
     # the loader gets its own generator: iterating must not draw from the global RNG, or a resumed
     # run's dropout noise would drift from the uninterrupted run's
     yield from DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=num_workers, generator=g)
@@ -57,7 +78,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = 
     was_training = model.training
     model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=None):
+    tensors = in_memory_tensors(loader.dataset)
+    if tensors is not None:  # slice instead of collating one sample at a time
+        batches = [(tensors[0][i:i + loader.batch_size], tensors[1][i:i + loader.batch_size])
+                   for i in range(0, len(tensors[1]), loader.batch_size)]
+    else:
+        batches = loader
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=None):
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()

@@ -38,7 +38,7 @@ class Decisions:
         if self.gates is not None:
             params += list(self.gates.parameters())
         if self.quantized:
-            from pluto.decisions.bits import bit_parameters
+            from pluto.decisions.bits import bit_logits as bit_parameters
 
             params += list(bit_parameters(self.model))
         return params
@@ -68,7 +68,7 @@ class Decisions:
             from pluto.decisions.bits import expected_bits
 
             for name, b in expected_bits(self.model).items():
-                out[f"bits/{name}"] = float(b)
+                out[f"bits/{name}"] = float(b.detach())
         if self.supernet is not None:
             for name, p in self.supernet.choice_probabilities().items():
                 out[f"ops/{name}/entropy"] = float(-(p * p.clamp_min(1e-9).log()).sum())
