@@ -110,25 +110,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--align", type=int, default=1, help="round pruned widths to this multiple (8 = materializer)")
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--recompute", default=None, metavar="CSV",
+                    help="re-predict a previous run's networks (same --n/--seed/--align) from the table as it is now, "
+                         "keeping that run's measurements: for tables re-fitted on another machine than the chip")
     args = ap.parse_args(argv)
 
     table = LatencyTable.load(args.table)
     device = table.device["type"]
-    runtime = Runtime(table.runtime, device, table.metadata.get("threads") or 1)
-    meter = open_meter("auto", device) if "energy_mj" in table.metrics else None
+    runtime = meter = None
+    if not args.recompute:
+        runtime = Runtime(table.runtime, device, table.metadata.get("threads") or 1)
+        meter = open_meter("auto", device) if "energy_mj" in table.metrics else None
     space = ProfileSpace.from_dict(table.metadata["space"])
     rows = []
     start = time.time()
+    previous = pd.read_csv(args.recompute).set_index("model") if args.recompute else None
     for name, model, shape in held_out(space, args.n, args.seed, args.align):
         ops = extract_ops(model, shape)
-        work = prepare_network(runtime, model, shape, args.precision, table.metadata["batch"])
-        median, iqr, _, mj = measure(runtime, work, meter, samples=args.samples)
+        if previous is not None:
+            old = previous.loc[name]
+            median, iqr, mj = old["measured_latency_ms"], old["iqr_ms"], old.get("measured_energy_mj", float("nan"))
+        else:
+            work = prepare_network(runtime, model, shape, args.precision, table.metadata["batch"])
+            median, iqr, _, mj = measure(runtime, work, meter, samples=args.samples)
         row = {"model": name, "input": "x".join(map(str, shape)), "macs": sum(o.macs for o in ops),
                "measured_latency_ms": median, "iqr_ms": iqr,
                "weight_bytes": weight_bytes(ops, args.precision),
                "summed_latency_ms": table.predict_ops(ops, "latency_ms", args.precision, calibrated=False),
                "predicted_latency_ms": table.predict_ops(ops, "latency_ms", args.precision)}
-        if meter is not None and not math.isnan(mj):
+        if not math.isnan(mj):
             row.update(measured_energy_mj=mj, predicted_energy_mj=table.predict_ops(ops, "energy_mj", args.precision),
                        summed_energy_mj=table.predict_ops(ops, "energy_mj", args.precision, calibrated=False))
         rows.append(row)

@@ -50,6 +50,9 @@ def register(subparsers) -> None:
     q = sub.add_parser("show", help="print a table's metadata summary")
     q.add_argument("table")
     q.set_defaults(func=_show)
+    q = sub.add_parser("refit", help="re-fit a table's calibration from its stored whole-network measurements")
+    q.add_argument("table")
+    q.set_defaults(func=_refit)
     q = sub.add_parser("import", help="add energy from an external power meter's CSV to a table")
     q.add_argument("table", help="existing table folder")
     q.add_argument("csv", help="CSV with the table's key columns + energy_mj, or time_s,power_w trace + --log")
@@ -126,7 +129,7 @@ def _profile(args) -> int:
     print(f"{table}: {state}")
     for precision, fit in table.metadata.get("calibration", {}).items():
         lat = fit.get("latency_ms", {})
-        print(f"  {precision}: calibration scale={lat.get('scale', 1):.3f} offset={lat.get('offset', 0):.4f} ms, "
+        print(f"  {precision}: calibration scales={lat.get('scales')} offset={lat.get('offset', 0):.4f} ms, "
               f"MAPE on {lat.get('n_models')} networks {lat.get('mape_uncalibrated_pct', 0):.1f}% -> "
               f"{lat.get('mape_calibrated_pct', 0):.1f}%")
     return 0
@@ -201,7 +204,9 @@ def _show(args) -> int:
         for metric in table.metrics:
             if metric in fit:
                 f = fit[metric]
-                print(f"  calibration {precision} {metric}: scale {f['scale']:.3f}, offset {f['offset']:.4g}, "
+                scales = ", ".join(f"{g} {v:.2f}" for g, v in f.get("scales", {"all": f.get("scale", 1)}).items())
+                print(f"  calibration {precision} {metric}: scales [{scales}], per MB {f.get('per_mb', 0):.4g}, "
+                      f"offset {f['offset']:.4g}, "
                       f"MAPE {f['mape_uncalibrated_pct']:.1f}% -> {f['mape_calibrated_pct']:.1f}%")
     return 0
 
@@ -214,3 +219,13 @@ def _import(args) -> int:
     table.save(args.out)
     print(f"{table}: energy imported from {args.csv} into {args.out}")
     return 0
+
+
+def _refit(args) -> int:
+    from pluto.cost.profiler import refit
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    refit(table)
+    table.save(args.table)
+    return _show(args)

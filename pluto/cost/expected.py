@@ -21,7 +21,7 @@ from pluto.errors import ConfigError, TableError
 
 TABLE_METRICS = ("latency_ms", "energy_mj")
 ANALYTIC_METRICS = ("size_bytes", "macs")
-from pluto.cost.table import BYTES_PER_WEIGHT
+from pluto.cost.table import BYTES_PER_WEIGHT, calibration_group
 
 
 def bits_to_precision(bits: int) -> str:
@@ -110,17 +110,19 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
                              "cpu_ort')); only 'size_bytes' and 'macs' are computed without one.")
     elif metric not in ANALYTIC_METRICS:
         raise ConfigError(f"unknown cost metric {metric!r}; use one of {TABLE_METRICS + ANALYTIC_METRICS}")
-    total = torch.zeros((), dtype=torch.float64)
+    parts: dict[str, Tensor] = {}
     for op in ops:
         cin, cout = _channels(op, channels)
         probs = (precisions or {}).get(op.name) or {default_precision: torch.tensor(1.0, dtype=torch.float64)}
         cost = _op_cost(table, op, metric, cin, cout, probs)
         if weights and op.name in weights:
             cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
-        total = total + cost
+        group = calibration_group(op)
+        parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + cost
+    total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
     if metric in TABLE_METRICS and calibrated:
         size = expected_cost(None, ops, "size_bytes", channels, precisions, weights, default_precision)
-        total = table.calibrate(total, metric, _runtime_name(default_precision), size)
+        total = table.calibrate(parts, metric, _runtime_name(default_precision), size)
     return total
 
 
@@ -133,14 +135,14 @@ def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
     The optimizer compares a constraint target against this to reject infeasible targets early
     (``InfeasibleConstraintError``) instead of training towards an unreachable budget.
     """
-    total = 0.0
+    parts: dict[str, Tensor] = {}
     for op in ops:
         cin, cout = _channels(op, {k: tuple(map(float, v)) for k, v in (min_channels or {}).items()})
         options = (allowed_precisions or {}).get(op.name) or list(default_precisions)
         costs = [float(_op_cost(table, op, metric, cin, cout, {p: torch.tensor(1.0)})) for p in options]
-        total += min(costs)
+        group = calibration_group(op)
+        parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + min(costs)
     if metric in TABLE_METRICS:
         size = minimum_cost(None, ops, "size_bytes", min_channels, allowed_precisions, default_precisions)
-        total = float(table.calibrate(torch.tensor(total, dtype=torch.float64), metric,
-                                      _runtime_name(list(default_precisions)[0]), size))
-    return total
+        return float(table.calibrate(parts, metric, _runtime_name(list(default_precisions)[0]), size))
+    return float(sum(parts.values()))

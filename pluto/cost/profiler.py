@@ -90,36 +90,56 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
     return runtime.prepare(model, (x,), precision)
 
 
-def fit_calibration(points: list[tuple[float, float, float]]) -> dict:
-    """Fit ``measured = scale * summed + per_mb * weight_mb + offset`` (all >= 0) on whole networks.
+def fit_calibration(points: list[tuple[dict[str, float], float, float]], prior: float = 0.05) -> dict:
+    """Fit ``measured = sum_g scale_g * summed_g + per_mb * weight_mb + offset`` (all >= 0) on whole networks.
 
-    ``points``: (sum of the network's entries, its weight megabytes, its measured cost). The
-    weight term is the memory traffic units timed alone miss: a unit's weights stay in cache
-    across repeated runs, a whole network's weights (MBs) stream from DRAM on every inference.
-    Non-negative least squares on *relative* errors (rows scaled by 1 / measured), so small and
-    large networks count alike; the before/after MAPE (%) is recorded.
+    ``points``: (entry sums per calibration group, weight megabytes, measured cost) per network.
+    Non-negative least squares on *relative* errors (rows scaled by 1 / measured, so small and
+    large networks count alike), with a weak pull (``prior``) of every group scale towards 1 so a
+    group the networks barely exercise keeps its measured entries. Records before/after MAPE (%).
     """
     from scipy.optimize import nnls
 
-    sums, mbs, meas = (np.array([p[i] for p in points], dtype=float) for i in range(3))
-    if len(points) >= 3:
-        design = np.stack([sums / meas, mbs / meas, 1.0 / meas], axis=1)
-        (scale, per_mb, offset), _ = nnls(design, np.ones_like(meas))
-    else:
-        scale, per_mb, offset = float(np.sum(sums / meas) / np.sum((sums / meas) ** 2)), 0.0, 0.0
+    groups = sorted({g for parts, _, _ in points for g in parts})
+    meas = np.array([p[2] for p in points], dtype=float)
+    sums = np.array([[p[0].get(g, 0.0) for g in groups] for p in points], dtype=float)
+    mbs = np.array([p[1] for p in points], dtype=float)
+    design = np.concatenate([sums, mbs[:, None], np.ones((len(points), 1))], axis=1) / meas[:, None]
+    target = np.ones(len(points))
+    k = len(groups)
+    reg = np.zeros((k, k + 2))
+    reg[:, :k] = np.eye(k) * math.sqrt(prior * len(points))
+    coef, _ = nnls(np.concatenate([design, reg]), np.concatenate([target, np.full(k, math.sqrt(prior * len(points)))]))
+    scales, per_mb, offset = coef[:k], coef[k], coef[k + 1]
+    fitted = sums @ scales + per_mb * mbs + offset
     mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
-    return {"scale": float(scale), "per_mb": float(per_mb), "offset": float(offset), "n_models": len(points),
-            "mape_uncalibrated_pct": mape(sums), "mape_calibrated_pct": mape(scale * sums + per_mb * mbs + offset)}
+    return {"scales": {g: float(v) for g, v in zip(groups, scales)}, "per_mb": float(per_mb), "offset": float(offset),
+            "n_models": len(points), "mape_uncalibrated_pct": mape(sums.sum(axis=1)), "mape_calibrated_pct": mape(fitted)}
 
 
-def refit(table: LatencyTable) -> None:
-    """Re-fit the calibration from the whole-network measurements stored in the metadata (no re-measuring)."""
+def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
+    """(Re-)fit the calibration from the whole-network *measurements* stored in the metadata.
+
+    The networks are rebuilt from the table's space (they are seeded), their entry sums recomputed
+    with the current lookup, and the fit redone; nothing is re-measured, so this runs anywhere."""
+    if networks is None:
+        networks = ProfileSpace.from_dict(table.metadata["space"]).calibration_networks()
+    by_label = {label: (model, shape) for label, model, shape in networks}
     for precision, cal in table.metadata.get("calibration", {}).items():
+        for record in cal.get("networks", []):
+            model, shape = by_label[record["model"]]
+            ops = extract_ops(model, shape)
+            record["weight_bytes"] = weight_bytes(ops, precision)
+            for metric in table.metrics:
+                if f"measured_{metric}" in record:
+                    parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
+                    record[f"summed_{metric}"] = sum(parts.values())
+                    record[f"summed_{metric}_groups"] = parts
         for metric in table.metrics:
-            pts = [(r[f"summed_{metric}"], r["weight_bytes"] / 1e6, r[f"measured_{metric}"])
-                   for r in cal.get("networks", []) if f"measured_{metric}" in r]
-            if pts:
-                cal[metric] = fit_calibration(pts)
+            points = [(r[f"summed_{metric}_groups"], r["weight_bytes"] / 1e6, r[f"measured_{metric}"])
+                      for r in cal.get("networks", []) if f"measured_{metric}" in r]
+            if points:
+                cal[metric] = fit_calibration(points)
 
 
 def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: str = "onnxruntime",
@@ -153,7 +173,7 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
     metadata = {
         "schema_version": SCHEMA_VERSION, "name": out.name, "complete": False, "settings": settings,
         "device": dev, "runtime": rt.describe(), "precisions": all_precisions, "metrics": metrics,
-        "batch": batch, "threads": threads if device == "cpu" else None, "align": space.align,
+        "batch": batch, "threads": threads if device == "cpu" else None, "align": space.align, "unaligned": space.unaligned,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
         "method": {
@@ -212,23 +232,16 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
 
 def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisions, meter=None, samples: int = 30,
               min_sample_s: float = 0.002, energy_window_s: float = 0.3, progress: bool = True) -> None:
-    """Time whole ``networks`` end to end and store the per-precision, per-metric linear fit in the metadata."""
+    """Time whole ``networks`` end to end, store the measurements and fit the calibration (``refit``)."""
     batch = table.metadata["batch"]
     for precision in precisions:
-        points: dict[str, list] = {m: [] for m in table.metrics}
         records = []
         for label, model, shape in tqdm(networks, desc=f"calibrate {precision}", disable=not progress):
-            ops = extract_ops(model, shape)
             work = prepare_network(rt, model, shape, precision, batch)
             median, _, _, mj = measure(rt, work, meter, samples, min_sample_s, energy_window_s)
-            mb = weight_bytes(ops, precision) / 1e6
-            record = {"model": label, "measured_latency_ms": median, "weight_bytes": mb * 1e6,
-                      "summed_latency_ms": table.predict_ops(ops, "latency_ms", precision, calibrated=False)}
-            points["latency_ms"].append((record["summed_latency_ms"], mb, median))
+            record = {"model": label, "measured_latency_ms": median}
             if "energy_mj" in table.metrics and not math.isnan(mj):
                 record["measured_energy_mj"] = mj
-                record["summed_energy_mj"] = table.predict_ops(ops, "energy_mj", precision, calibrated=False)
-                points["energy_mj"].append((record["summed_energy_mj"], mb, mj))
             records.append(record)
-        fits = {m: fit_calibration(p) for m, p in points.items() if p}
-        table.metadata.setdefault("calibration", {})[precision] = {**fits, "networks": records}
+        table.metadata.setdefault("calibration", {})[precision] = {"networks": records}
+    refit(table, networks)

@@ -55,6 +55,16 @@ def weight_bytes(ops: list[OpSpec], precision: str) -> float:
     return float(sum(op.params for op in ops) * BYTES_PER_WEIGHT[precision])
 
 
+CALIBRATION_GROUPS = ("conv_kxk", "conv_1x1", "dwconv", "other")
+
+
+def calibration_group(op: OpSpec) -> str:
+    """The group whose whole-network scale applies to ``op``: dense kxk conv, 1x1 conv, depthwise, the rest."""
+    if op.kind == "conv":
+        return "conv_kxk" if op.kernel > 1 else "conv_1x1"
+    return "dwconv" if op.kind == "dwconv" else "other"
+
+
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -195,13 +205,23 @@ class LatencyTable:
         """Channel multiple the runtime's fast kernels need (8 for ORT's NCHWc on x86); 1 if not profiled."""
         return int(self.metadata.get("align", 1))
 
+    @property
+    def unaligned(self) -> bool:
+        """Whether the table measured unaligned channel counts on their own grid (space ``unaligned: true``)."""
+        return bool(self.metadata.get("unaligned", self.metadata.get("space", {}).get("unaligned", False)))
+
     def _row_class(self, kind: str, cin: int, cout: int) -> tuple[bool, ...]:
+        if not self.unaligned:
+            return ()
         a = self.align
         return (cin % a == 0, cout % a == 0) if kind in MATRIX_KINDS else (cout % a == 0,)
 
     def _query_class(self, kind: str, cin: Tensor, cout: Tensor) -> tuple[bool, ...]:
         """Alignment class of a query: integer, fixed counts by residue; real-valued (expected) counts
         count as aligned, since the materializer rounds pruned widths to multiples of ``align``."""
+        if not self.unaligned:
+            return ()
+
         def aligned(x: Tensor) -> bool:
             if x.requires_grad:
                 return True
@@ -293,22 +313,42 @@ class LatencyTable:
             return False
 
     # ---- calibration and whole models --------------------------------------------------------
-    def calibrate(self, total: Tensor, metric: str, precision: str, weight_bytes: Tensor | float = 0.0) -> Tensor:
-        """Whole-network cost: ``scale * total + per_mb * weight_bytes / 1e6 + offset`` (identity if uncalibrated).
+    def calibrate(self, parts: dict[str, Tensor] | Tensor, metric: str, precision: str,
+                  weight_bytes: Tensor | float = 0.0) -> Tensor:
+        """Whole-network cost from its entry sums per calibration group (see ``calibration_group``):
 
-        ``total`` is the sum of the network's entries, ``weight_bytes`` its weight storage (the
-        DRAM traffic that isolated unit timings, with weights in cache, do not see)."""
+        ``sum_g scale_g * parts[g] + per_mb * weight_bytes / 1e6 + offset``; identity if uncalibrated.
+        The per-group scales absorb fusion and layout effects that differ by op kind (e.g. dense
+        kxk convs running from cold caches in a whole network); ``weight_bytes`` is the weight
+        storage, the DRAM traffic that isolated unit timings (weights in cache) do not see."""
+        if not isinstance(parts, dict):
+            parts = {"all": parts}
+        total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
         fit = self.metadata.get("calibration", {}).get(precision, {}).get(metric)
         if not fit:
             return total
-        return total * fit["scale"] + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit["offset"]
+        scales = fit.get("scales", {})
+        if "all" in parts or not scales:
+            value = total * fit.get("scale", 1.0)
+        else:
+            value = sum((part * scales.get(group, fit.get("scale", 1.0)) for group, part in parts.items()),
+                        torch.zeros((), dtype=torch.float64))
+        return value + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit["offset"]
+
+    def summed(self, ops: list[OpSpec], metric: str = "latency_ms", precision: str = "fp32") -> dict[str, Tensor]:
+        """Uncalibrated entry sums of ``ops`` per calibration group."""
+        parts: dict[str, Tensor] = {}
+        for op in ops:
+            group = calibration_group(op)
+            parts[group] = parts.get(group, 0.0) + self.lookup(op, metric, precision)
+        return parts
 
     def predict_ops(self, ops: list[OpSpec], metric: str = "latency_ms", precision: str = "fp32",
                     calibrated: bool = True) -> float:
-        total = sum((self.lookup(op, metric, precision) for op in ops), torch.zeros((), dtype=torch.float64))
+        parts = self.summed(ops, metric, precision)
         if not calibrated:
-            return float(total)
-        return float(self.calibrate(total, metric, precision, weight_bytes(ops, precision)))
+            return float(sum(parts.values()))
+        return float(self.calibrate(parts, metric, precision, weight_bytes(ops, precision)))
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...], metric: str = "latency_ms",
                 precision: str = "fp32", calibrated: bool = True) -> float:

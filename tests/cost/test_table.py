@@ -105,10 +105,18 @@ def test_incomplete_table_refused(saved):
 
 def test_alignment_classes(tiny_space):
     table = make_table(tiny_space, precisions=("fp32",))
-    table.metadata["align"] = 8
     op = OpSpec("conv", "c", 16, 16, 3, hw=28, act="relu", bn=True)
-    # an unaligned query with no unaligned grid falls back to the aligned grid
-    assert float(table.lookup(op, cin=15, cout=15)) > 0
-    grad_in = torch.tensor(15.0, requires_grad=True)
-    table.lookup(op, cin=grad_in, cout=16).backward()
-    assert grad_in.grad > 0
+    single_grid = float(table.lookup(op, cin=15, cout=15))
+    # a table profiled with unaligned points keeps them on their own grid: make those 3x slower
+    table = make_table(tiny_space.__class__.from_dict({**tiny_space.source, "unaligned": True, "align": 8}),
+                       precisions=("fp32",))
+    table.metadata.update(align=8, unaligned=True)
+    slow = table.entries["cin"] % 8 != 0
+    table.entries.loc[slow & (table.entries["kind"] == "conv"), "latency_ms"] *= 3
+    unaligned = float(table.lookup(op, cin=15, cout=16))
+    aligned = float(table.lookup(op, cin=16, cout=16))
+    assert unaligned > 2 * aligned and single_grid < 1.5 * aligned
+    grad_in = torch.tensor(15.0, requires_grad=True)  # expected (real) counts use the aligned grid
+    value = table.lookup(op, cin=grad_in, cout=16)
+    value.backward()
+    assert grad_in.grad > 0 and float(value) < 1.5 * aligned
