@@ -2,7 +2,7 @@
 
 :func:`materialize` copies a gated model, drops the gates and slices every layer the
 dependency graph lists: Conv out/in channels (group count kept for grouped convs, reduced for
-depthwise ones), Linear features, BatchNorm affine parameters and running statistics, and
+depthwise ones), Linear features, BatchNorm affine parameters and running statistics, LayerNorm affine parameters, and
 tensor attributes used element-wise (layer scales, class tokens). Module qualified names and
 types are unchanged, so per-layer decisions keyed by name (bit widths) still apply, and the
 result computes exactly what the gated model computes in ``'hard'`` mode.
@@ -45,6 +45,8 @@ def prune_channels(model: nn.Module, graph: DependencyGraph, keep: Tensor) -> nn
             _slice_linear(module, kin, kout)
         elif layer.kind == "bn":
             _slice_bn(module, kout)
+        elif layer.kind == "ln":
+            _slice_ln(module, kout)
     return small
 
 
@@ -113,6 +115,14 @@ def _slice_bn(bn: nn.Module, keep: Tensor) -> None:
         if getattr(bn, name, None) is not None:
             _set(bn, name, 0, idx)
     bn.num_features = int(keep.sum())
+
+
+def _slice_ln(ln: nn.LayerNorm, keep: Tensor) -> None:
+    idx = _positions(keep)
+    for name in ("weight", "bias"):
+        if getattr(ln, name, None) is not None:
+            _set(ln, name, 0, idx)
+    ln.normalized_shape = (int(keep.sum()),)
 
 
 def _slice_attr(model: nn.Module, layer: LayerChannels, keep: Tensor) -> None:

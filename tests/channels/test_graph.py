@@ -231,3 +231,42 @@ def test_macs_count_matches_layers():
     keep[g.offset:g.offset + 4] = False  # half of the 8 residual channels
     expect_half = 64 * (4 * 3 * 9) + 64 * (4 * 4 * 9) + 64 * (6 * 4) + 6 * 4
     assert graph.macs(keep) == pytest.approx(expect_half, rel=0.01)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Channels-first LayerNorm as in ConvNeXt (traced through by torch.fx)."""
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                                        self.eps).permute(0, 3, 1, 2)
+
+
+class LayerNormNet(nn.Module):
+    """ConvNeXt-like: channels-first and channels-last LayerNorms, a layer-scale parameter, a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.norm = nn.Conv2d(3, 8, 2, 2), LayerNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.ln = nn.LayerNorm(8)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.layer_scale = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.norm(self.stem(x))
+        y = self.ln(self.dw(x).permute(0, 2, 3, 1))
+        y = self.fc2(torch.nn.functional.gelu(self.fc1(y))).permute(0, 3, 1, 2)
+        return self.head((x + self.layer_scale * y).mean((2, 3)))
+
+
+def test_layernorm_and_layer_scale_prune_with_the_stream():
+    graph = DependencyGraph.build(LayerNormNet().eval(), torch.randn(1, 3, 8, 8))
+    (g,) = _group_with(graph, "stem")
+    assert {"norm", "ln", "layer_scale"} <= set(g.norms) and "fc2" in g.producers and "dw" in g.producers
+    assert graph.layers["layer_scale"].kind == "param" and graph.layers["layer_scale"].dim == 0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ref, out, small = gated_vs_materialized(LayerNormNet(), torch.randn(2, 3, 8, 8), 0.5, seed)
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        assert small.layer_scale.shape[0] == small.norm.weight.shape[0] == small.ln.normalized_shape[0] < 8

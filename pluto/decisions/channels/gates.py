@@ -14,7 +14,8 @@ We prefer this to hard-concrete gates because the decision is deterministic (wha
 materializes) and keep-probabilities are plain sigmoids the cost model can differentiate.
 
 Where the mask is applied: every channel is masked where it is *consumed* (a forward pre-hook on each
-Conv/Linear whose input channels are prunable multiplies its input by the mask). This is exactly
+Conv/Linear whose input channels are prunable multiplies its input by the mask; a LayerNorm over
+prunable channels gets a forward hook that takes its statistics over the kept channels only). This is exactly
 "removing the input channel" and is unaffected by BatchNorm biases, residual adds or SE scales on the
 way; modules keep their names and types, so weight parametrizations and other pre-hooks (fake
 quantization) coexist, and :meth:`ChannelGates.remove` restores the model.
@@ -51,6 +52,29 @@ class _InputMask:
         return (x * mask,) + tuple(args[1:])
 
 
+class _LayerNormMask:
+    """Forward hook: recompute a LayerNorm's statistics over the kept channels only (weighted by the mask),
+    which is what the pruned LayerNorm computes."""
+
+    def __init__(self, gates: "ChannelGates", buffer: str, channel_dim: int) -> None:
+        self.gates = gates
+        self.buffer = buffer
+        self.channel_dim = channel_dim
+
+    def __call__(self, module: nn.LayerNorm, args: tuple, output: Tensor) -> Tensor:
+        x = args[0].movedim(self.channel_dim, -1)
+        mask = self.gates.extended_mask()[getattr(self.gates, self.buffer)].to(x.dtype)
+        count = mask.sum().clamp_min(1e-6)
+        mean = (x * mask).sum(-1, keepdim=True) / count
+        var = ((x - mean).pow(2) * mask).sum(-1, keepdim=True) / count
+        y = (x - mean) * torch.rsqrt(var + module.eps)
+        if module.weight is not None:
+            y = y * module.weight
+        if module.bias is not None:
+            y = y + module.bias
+        return y.movedim(-1, self.channel_dim)
+
+
 class ChannelGates(nn.Module):
     """Per-channel gate logits for every :class:`~pluto.decisions.channels.ChannelGroup` of a graph.
 
@@ -68,7 +92,6 @@ class ChannelGates(nn.Module):
         self.logits = nn.ParameterList([nn.Parameter(torch.full((g.size,), logit)) for g in graph.groups])
         self.mode = "soft"
         self._handles: list = []
-        self._hooked: list[tuple[nn.Module, _InputMask]] = []
 
     # -- probabilities and masks -----------------------------------------------------------
     def flat_probabilities(self) -> Tensor:
@@ -170,21 +193,22 @@ class ChannelGates(nn.Module):
     def _attach(self, model: nn.Module) -> None:
         n = self.graph.num_channels
         for k, layer in enumerate(self.graph.layers.values()):
-            if layer.kind not in ("conv", "linear") or not bool((layer.in_index >= 0).any()):
+            if layer.kind not in ("conv", "linear", "ln") or not bool((layer.in_index >= 0).any()):
                 continue
             module = model.get_submodule(layer.name)
             buffer = f"_index_{k}"
             self.register_buffer(buffer, torch.where(layer.in_index < 0, n, layer.in_index), persistent=False)
-            hook = _InputMask(self, buffer, 1 if layer.kind == "conv" else -1)
-            self._handles.append(module.register_forward_pre_hook(hook))
-            self._hooked.append((module, hook))
+            if layer.kind == "ln":
+                self._handles.append(module.register_forward_hook(_LayerNormMask(self, buffer, layer.dim)))
+            else:
+                hook = _InputMask(self, buffer, 1 if layer.kind == "conv" else -1)
+                self._handles.append(module.register_forward_pre_hook(hook))
 
     def remove(self) -> None:
         """Detach the gates: remove every hook (the model computes as before attach_gates)."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self._hooked.clear()
 
 
 def attach_gates(model: nn.Module, graph: DependencyGraph, init_keep: float = 0.95, temperature: float = 1.0) -> ChannelGates:
@@ -210,9 +234,10 @@ def detach_gates(model: nn.Module) -> None:
         gates.remove()
         delattr(model, GATES_ATTR)
     for module in model.modules():  # also clears hooks carried over by copy.deepcopy
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, _InputMask):
-                del module._forward_pre_hooks[key]
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            for key, hook in list(hooks.items()):
+                if isinstance(hook, (_InputMask, _LayerNormMask)):
+                    del hooks[key]
 
 
 def find_gates(model_or_gates: nn.Module) -> ChannelGates:

@@ -109,8 +109,9 @@ class ChannelGroup:
 class LayerChannels:
     """How one layer's channel dimensions map onto global channel indices (-1: never pruned).
 
-    ``kind`` is 'conv', 'linear', 'bn' or 'param' (a tensor attribute used element-wise,
-    e.g. a layer-scale or class token, sliced along ``dim``). ``macs`` is the layer's
+    ``kind`` is 'conv', 'linear', 'bn', 'ln' (LayerNorm over channels; ``dim`` is the channel dim of
+    its input) or 'param' (a tensor attribute used element-wise, e.g. a layer-scale or class token,
+    sliced along ``dim``). ``macs`` is the layer's
     multiply-accumulates per sample on the example input.
     """
 
@@ -257,8 +258,9 @@ def _along(ids: Tensor, dim: int, shape: torch.Size) -> Tensor:
 class _LabelPropagator(Interpreter):
     """Runs the traced model while propagating channel labels (see module docstring)."""
 
-    def __init__(self, gm: GraphModule, uf: _UnionFind) -> None:
+    def __init__(self, gm: GraphModule, uf: _UnionFind, root: nn.Module) -> None:
         super().__init__(gm)
+        self.root = root  # the original model (a GraphModule keeps only the submodules it calls)
         self.uf = uf
         self.lab: dict[Node, Any] = {}
         self.layers: dict[str, dict[str, Any]] = {}
@@ -341,6 +343,11 @@ class _LabelPropagator(Interpreter):
             dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else -1)
             return self._mix_along(n, out, dim)
         if not is_method and target is F.layer_norm:
+            stack = n.meta.get("nn_module_stack") or {}
+            owner_name = next(reversed(stack)) if stack else None
+            owner = self.root.get_submodule(owner_name) if owner_name else None
+            if isinstance(owner, nn.LayerNorm) and type(owner) is not nn.LayerNorm:
+                return self._layer_norm(n, out, owner_name, owner, dim=1, functional=True)  # e.g. LayerNorm2d
             shape = n.args[1] if len(n.args) > 1 else n.kwargs["normalized_shape"]
             return self._mix_along(n, out, *range(-len(shape), 0))
         if getattr(target, "__name__", "") == "stochastic_depth":
@@ -482,7 +489,7 @@ class _LabelPropagator(Interpreter):
             self.layers[name] = {"kind": "bn", "in": ids, "out": ids, "macs": 0.0}
             return lab
         if isinstance(mod, nn.LayerNorm):
-            return self._mix_along(n, out, *range(-len(mod.normalized_shape), 0))
+            return self._layer_norm(n, out, name, mod, dim=-1, functional=False)
         if isinstance(mod, nn.GroupNorm):
             return self._mix_along(n, out, 1)
         if isinstance(mod, nn.Softmax):
@@ -497,6 +504,19 @@ class _LabelPropagator(Interpreter):
             res = mod(lab).contiguous()
             return res if res.shape == out.shape else self._block(n, out)
         return self._block(n, out)
+
+    def _layer_norm(self, n: Node, out: Tensor, name: str, mod: nn.LayerNorm, dim: int, functional: bool) -> Any:
+        """LayerNorm over the channel dim: prunable, because the gates recompute its statistics over kept
+        channels only (a forward hook). ``dim`` is the channel dim of the LayerNorm module's own input."""
+        lab = self._input_labels(n)
+        if lab is None or not _is_tensor(out) or lab.shape != out.shape or len(mod.normalized_shape) != 1:
+            return self._mix_along(n, out, -1)
+        ids = _per_position(lab, lab.dim() - 1, self.uf)
+        rec = self.layers.get(name)
+        if rec is not None:
+            self.uf.union_pairs(rec["in"], ids)
+        self.layers[name] = {"kind": "ln", "in": ids, "out": ids, "macs": 0.0, "dim": dim, "functional": functional}
+        return lab
 
     def _conv(self, name: str, mod: nn.Conv2d, lab: Tensor, out: Tensor) -> Tensor:
         uf = self.uf
@@ -619,7 +639,7 @@ class DependencyGraph:
         batch = 2 if model.training else 1  # train-mode BatchNorm needs two samples
         inputs = tuple(x[:batch] if _is_tensor(x) and x.dim() > 0 else x for x in inputs)
         uf = _UnionFind()
-        prop = _LabelPropagator(gm, uf)
+        prop = _LabelPropagator(gm, uf, model)
         saved = [(b, b.clone()) for b in model.buffers()]
         try:
             flops = FlopCounterMode(display=False)
@@ -693,7 +713,7 @@ class DependencyGraph:
         layers: dict[str, LayerChannels] = {}
         for name, rec in prop.layers.items():
             layers[name] = LayerChannels(name, rec["kind"], gidx[rec["in"]], gidx[rec["out"]], macs=rec["macs"],
-                                         groups=rec.get("groups", 1))
+                                         groups=rec.get("groups", 1), dim=rec.get("dim", 0))
         for pname, (dim, idx) in param_dims.items():
             layers[pname] = LayerChannels(pname, "param", idx, idx, dim=dim)
         for layer in layers.values():
@@ -711,7 +731,9 @@ class DependencyGraph:
             if bool((i_idx >= 0).any()) or bool((o_idx >= 0).any()):
                 node_channels[name] = (i_idx, o_idx)
         for name, layer in layers.items():
-            if layer.kind in ("conv", "linear", "bn") and (bool((layer.in_index >= 0).any()) or bool((layer.out_index >= 0).any())):
+            if prop.layers.get(name, {}).get("functional"):
+                continue  # traced through: its ops already have their own node names
+            if layer.kind in ("conv", "linear", "bn", "ln") and (bool((layer.in_index >= 0).any()) or bool((layer.out_index >= 0).any())):
                 node_channels[name] = (layer.in_index, layer.out_index)
         layer_macs = sum(l.macs for l in layers.values())
         return cls(groups, layers, node_channels, max(0.0, total_macs - layer_macs))

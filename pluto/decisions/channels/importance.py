@@ -36,7 +36,7 @@ def channel_importance(model: nn.Module, graph: DependencyGraph, importance: str
     score = torch.zeros(n + 1)
     has_bn = torch.zeros(n + 1, dtype=torch.bool)
     for layer in graph.layers.values():
-        if layer.kind == "param":
+        if layer.kind in ("param", "ln"):
             continue
         module = model.get_submodule(layer.name)
         w = _weight(module) if getattr(module, "weight", None) is not None else None
