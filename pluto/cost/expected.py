@@ -117,7 +117,7 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
         cost = _op_cost(table, op, metric, cin, cout, probs)
         if weights and op.name in weights:
             cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
-        group = calibration_group(op)
+        group = table.group_of(op, cin, cout) if table is not None else calibration_group(op)
         parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + cost
     total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
     if metric in TABLE_METRICS and calibrated:
@@ -140,7 +140,7 @@ def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
         cin, cout = _channels(op, {k: tuple(map(float, v)) for k, v in (min_channels or {}).items()})
         options = (allowed_precisions or {}).get(op.name) or list(default_precisions)
         costs = [float(_op_cost(table, op, metric, cin, cout, {p: torch.tensor(1.0)})) for p in options]
-        group = calibration_group(op)
+        group = table.group_of(op, cin, cout) if table is not None else calibration_group(op)
         parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + min(costs)
     if metric in TABLE_METRICS:
         size = minimum_cost(None, ops, "size_bytes", min_channels, allowed_precisions, default_precisions)

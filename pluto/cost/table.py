@@ -339,9 +339,20 @@ class LatencyTable:
         """Uncalibrated entry sums of ``ops`` per calibration group."""
         parts: dict[str, Tensor] = {}
         for op in ops:
-            group = calibration_group(op)
+            group = self.group_of(op)
             parts[group] = parts.get(group, 0.0) + self.lookup(op, metric, precision)
         return parts
+
+    def group_of(self, op: OpSpec, cin: Tensor | float | None = None, cout: Tensor | float | None = None) -> str:
+        """Calibration group of ``op``; tables with unaligned grids split off ops on unaligned channels ('_u'),
+        whose kernels behave differently in a whole network than alone."""
+        group = calibration_group(op)
+        if not self.unaligned or op.kind not in ("conv", "dwconv"):
+            return group
+        cin = torch.as_tensor(op.cin // op.groups if op.kind == "conv" else op.cin if cin is None else cin)
+        cout = torch.as_tensor(op.cout if cout is None else cout)
+        aligned = all(self._query_class(op.kind if op.kind == "conv" else "dwconv", cin, cout))
+        return group if aligned else f"{group}_u"
 
     def predict_ops(self, ops: list[OpSpec], metric: str = "latency_ms", precision: str = "fp32",
                     calibrated: bool = True) -> float:
