@@ -11,7 +11,8 @@ OpChoice mode costs per training step. Every figure printed comes from this run.
 
 Search loop (bilevel, alternating, DARTS-style first order): a weight step on one batch in
 ``sample`` mode (one path per block), then an architecture step on another batch minimising
-``CE + lambda * (E[cost] / target - 1)`` in ``soft`` mode, then one dual step on ``lambda``.
+``CE + lambda * (E[cost] / target - 1)`` (``--arch-mode``: ``sample`` = one path, GDAS-like and cheap;
+``soft`` = DARTS mixture of every candidate), then one dual step on ``lambda``.
 The temperature anneals exponentially (``TemperatureSchedule``). Targets below the cheapest
 architecture are rejected before training (``InfeasibleConstraintError``).
 """
@@ -101,7 +102,8 @@ def search(args) -> int:
     a_batches = _loader(Subset(train, range(half, len(train))), args.batch, args.seed + 1)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=args.lr, momentum=0.9, weight_decay=4e-5)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=args.arch_lr, betas=(0.5, 0.999))
-    objective = LagrangianObjective([constraint], LagrangianConfig(eta=args.eta, rho=args.rho, warmup=args.warmup))
+    objective = LagrangianObjective([constraint], LagrangianConfig(eta=args.eta, rho=args.rho, warmup=args.warmup,
+                                                                      kp=args.kp))
     schedule = TemperatureSchedule(args.t_initial, args.t_final, max(1, args.steps - args.warmup))
     print(f"\n{'step':>5s} {'T':>5s} {'task':>6s} {'E[cost]':>10s} {'viol':>7s} {'lambda':>7s} {'H(arch)':>7s}")
     for step in range(args.steps):
@@ -113,7 +115,7 @@ def search(args) -> int:
         w_opt.step()
         cost = expected_supernet_cost(net, **kwargs)
         if step >= args.warmup:
-            net.set_mode("soft")
+            net.set_mode(args.arch_mode)
             x, y = next(a_batches)
             a_opt.zero_grad(set_to_none=True)
             task = F.cross_entropy(net(x), y)
@@ -165,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--target-frac", type=float, default=0.25,
                    help="target = cheapest + frac * (dearest - cheapest) when --target is not given")
     p.add_argument("--tolerance", type=float, default=0.0, help="relative slack when judging the derived cost")
+    p.add_argument("--arch-mode", default="sample", choices=("sample", "soft", "gumbel"))
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--finetune", type=int, default=100)
@@ -173,11 +176,12 @@ def main(argv=None) -> int:
     p.add_argument("--arch-lr", type=float, default=1e-2)
     p.add_argument("--eta", type=float, default=0.1)
     p.add_argument("--rho", type=float, default=0.0)
+    p.add_argument("--kp", type=float, default=0.0, help="proportional gain of the multiplier (PI control)")
     p.add_argument("--t-initial", type=float, default=5.0)
     p.add_argument("--t-final", type=float, default=0.5)
     p.add_argument("--train-limit", type=int, default=8000)
     p.add_argument("--test-limit", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--modes-only", action="store_true", help="only time the OpChoice modes")

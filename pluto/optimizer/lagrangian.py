@@ -9,6 +9,12 @@ violation ``g_i = c_i / T_i - 1`` (dimensionless, see :mod:`pluto.optimizer.cons
   ``lambda_i`` is dimensionless, in units of task loss per unit of relative violation; the last
   term is the optional augmented-Lagrangian (quadratic) penalty, ``rho >= 0`` (0 = off), which
   damps the oscillation of plain gradient descent-ascent when the target is far.
+  With ``kp > 0`` the price used in the primal loss is ``max(0, lambda_i + kp * g_i)`` (``g_i``
+  detached): a proportional term on top of the integral ``lambda_i`` (PI-controlled multipliers,
+  Stooke et al. 2020, "Responsive Safety in RL by PID Lagrangian Methods"). It reacts the moment
+  a constraint becomes slack, instead of waiting for ``lambda`` to integrate back down, which
+  reduces the overshoot below target that lagging multipliers cause. At a KKT point ``g_i = 0``
+  and the price is ``lambda_i``, so the optimum is unchanged.
 - **Dual step** (:meth:`LagrangianObjective.dual_step`, projected dual ascent): every
   ``update_every`` calls after ``warmup`` calls,
   ``lambda_i <- min(lambda_max, max(0, lambda_i + eta * g_i))``.
@@ -38,7 +44,8 @@ from pluto.optimizer.constraints import Constraint
 class LagrangianConfig:
     """Dual-ascent settings. ``eta``: dual step size; ``rho``: augmented-Lagrangian weight (0 = off);
     ``update_every``: primal steps per dual update; ``warmup``: steps before constraints are active;
-    ``lambda_init`` / ``lambda_max``: the multipliers' start and cap (all dimensionless)."""
+    ``lambda_init`` / ``lambda_max``: the multipliers' start and cap; ``kp``: proportional gain of
+    the price (0 = plain dual ascent); all dimensionless."""
 
     eta: float = 0.05
     rho: float = 0.0
@@ -46,6 +53,7 @@ class LagrangianConfig:
     warmup: int = 0
     lambda_init: float = 0.0
     lambda_max: float = math.inf
+    kp: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.eta > 0:
@@ -55,6 +63,8 @@ class LagrangianConfig:
         if self.update_every < 1 or self.warmup < 0:
             raise ConfigError(f"lagrangian.update_every must be >= 1 and warmup >= 0, got {self.update_every}, "
                               f"{self.warmup}")
+        if self.kp < 0:
+            raise ConfigError(f"lagrangian.kp (proportional gain) must be >= 0, got {self.kp}")
         if not 0 <= self.lambda_init <= self.lambda_max:
             raise ConfigError(f"need 0 <= lambda_init <= lambda_max, got {self.lambda_init}, {self.lambda_max}")
 
@@ -122,18 +132,23 @@ class LagrangianObjective:
                           f"it (got {sorted(costs)}), or drop the constraint")
 
     def __call__(self, task_loss: Tensor, costs: Mapping[str, Tensor | float]) -> tuple[Tensor, dict[str, float]]:
-        """Primal loss ``task + sum lambda_i g_i + rho/2 sum max(0, g_i)^2`` and scalars to log."""
+        """Primal loss ``task + sum price_i g_i + rho/2 sum max(0, g_i)^2`` and scalars to log.
+
+        ``price_i = lambda_i``, or ``max(0, lambda_i + kp * g_i)`` with a proportional gain ``kp``.
+        """
         penalty = torch.zeros((), dtype=task_loss.dtype, device=task_loss.device)
         logs: dict[str, float] = {"loss/task": float(task_loss.detach())}
         for c in self.constraints:
             cost = self._cost(costs, c)
             g = c.violation(torch.as_tensor(cost, dtype=task_loss.dtype, device=task_loss.device))
             lam = self.multipliers[c.name].value
+            price = max(0.0, lam + self.config.kp * float(g.detach())) if self.config.kp else lam
             if self.active:
-                penalty = penalty + lam * g
+                penalty = penalty + price * g
                 if self.config.rho > 0:
                     penalty = penalty + 0.5 * self.config.rho * torch.clamp(g, min=0) ** 2
             logs[f"lambda/{c.name}"] = lam
+            logs[f"price/{c.name}"] = price if self.active else 0.0
             logs[f"cost/{c.name}"] = float(torch.as_tensor(cost).detach())
             logs[f"violation/{c.name}"] = float(g.detach())
         loss = task_loss + penalty

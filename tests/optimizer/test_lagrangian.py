@@ -115,3 +115,17 @@ def test_missing_cost_and_bad_config_raise_config_error():
     for bad in ({"eta": 0.0}, {"rho": -1.0}, {"update_every": 0}, {"warmup": -1}):
         with pytest.raises(ConfigError):
             LagrangianConfig(**bad)
+
+
+def test_proportional_gain_keeps_the_optimum_and_prices_slack_immediately():
+    x = torch.zeros((), requires_grad=True)
+    obj = LagrangianObjective([Constraint("x", "latency_ms", 1.0)], LagrangianConfig(eta=0.1, kp=2.0))
+    _solve(obj, [x], lambda: (x - 3) ** 2, lambda: {"latency_ms": x}, 3000)
+    assert x.item() == pytest.approx(1.0, abs=1e-3) and obj.lambdas()["x"] == pytest.approx(4.0, abs=1e-2)
+    obj.multipliers["x"].value = 1.0
+    _, logs = obj(torch.tensor(0.0), {"latency_ms": 0.25})  # 75 % under target: price drops at once
+    assert logs["lambda/x"] == 1.0 and logs["price/x"] == 0.0
+    _, logs = obj(torch.tensor(0.0), {"latency_ms": 1.5})
+    assert logs["price/x"] == pytest.approx(1.0 + 2.0 * 0.5)
+    with pytest.raises(ConfigError):
+        LagrangianConfig(kp=-1.0)
