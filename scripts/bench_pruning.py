@@ -25,10 +25,9 @@ from torch import nn
 from pluto.decisions.channels import DependencyGraph, prune_by_importance
 from pluto.decisions.channels.zoo import build_zoo_model, count_macs
 
-DEFAULT = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_large",
-           "efficientnet_b0", "efficientnet_v2_s", "regnet_x_400mf", "regnet_y_400mf", "densenet121",
-           "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0", "googlenet", "inception_v3", "alexnet",
-           "vgg11_bn", "convnext_tiny", "vit_b_16", "swin_t"]
+DEFAULT = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
+           "regnet_y_400mf", "densenet121", "shufflenet_v2_x1_0", "squeezenet1_1", "mnasnet1_0", "googlenet",
+           "inception_v3", "convnext_tiny", "vit_b_16", "swin_t"]
 
 
 def classifier_layers(model: nn.Module, num_classes: int = 1000) -> list[nn.Module]:

@@ -28,7 +28,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.models or zoo_models():
-        if args.max_params and not args.models:
+        if args.max_params and name in _BIG:
             n = sum(p.numel() for p in torchvision.models.get_model(name, weights=None).parameters()) / 1e6 \
                 if name in _BIG else 0.0
             if n > args.max_params:
@@ -44,6 +44,8 @@ def main() -> int:
             print(f"{r.model:22s} t={r.target:.1f} params {r.params_before:8.2f}->{r.params_after:8.2f}M "
                   f"MACs {r.macs_before:9.1f}->{r.macs_after:9.1f}M err {r.max_rel_err:.1e} {r.status}", flush=True)
         rows += res
+        if args.csv:  # written as we go: a long sweep that is cut off still leaves its rows
+            pd.DataFrame([r.as_dict() for r in rows]).to_csv(args.csv, index=False)
     df = pd.DataFrame([r.as_dict() for r in rows])
     df["macs_drop"] = 1 - df.macs_after / df.macs_before
     df["params_drop"] = 1 - df.params_after / df.params_before

@@ -139,3 +139,16 @@ def test_width_report():
     assert df.expected_channels.sum() == pytest.approx(0.95 * graph.num_channels, rel=1e-4)
     with pytest.raises(ConfigError, match="attach_gates"):
         width_report(AddNet())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gates_follow_the_model_to_cuda():
+    model = AddNet().eval().cuda()
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    graph = DependencyGraph.build(model, x)
+    gates = attach_gates(model, graph)
+    gates.set_mode("hard")
+    assert gates.logits[0].is_cuda
+    small = materialize(model)
+    torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)

@@ -46,7 +46,7 @@ class _InputMask:
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         index = getattr(self.gates, self.buffer)
-        mask = self.gates.extended_mask()[index].to(x.dtype)
+        mask = self.gates.extended_mask()[index].to(device=x.device, dtype=x.dtype)
         if self.channel_dim == 1:
             mask = mask.view(1, -1, *([1] * (x.dim() - 2)))
         return (x * mask,) + tuple(args[1:])
@@ -63,7 +63,7 @@ class _LayerNormMask:
 
     def __call__(self, module: nn.LayerNorm, args: tuple, output: Tensor) -> Tensor:
         x = args[0].movedim(self.channel_dim, -1)
-        mask = self.gates.extended_mask()[getattr(self.gates, self.buffer)].to(x.dtype)
+        mask = self.gates.extended_mask()[getattr(self.gates, self.buffer)].to(device=x.device, dtype=x.dtype)
         count = mask.sum().clamp_min(1e-6)
         mean = (x * mask).sum(-1, keepdim=True) / count
         var = ((x - mean).pow(2) * mask).sum(-1, keepdim=True) / count
@@ -223,6 +223,9 @@ def attach_gates(model: nn.Module, graph: DependencyGraph, init_keep: float = 0.
         detach_gates(model)
     gates = ChannelGates(graph, init_keep, temperature)
     gates._attach(model)
+    first = next(model.parameters(), None)
+    if first is not None:
+        gates.to(first.device)
     setattr(model, GATES_ATTR, gates)
     return gates
 
