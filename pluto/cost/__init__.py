@@ -1,0 +1,12 @@
+"""What a model costs on a chip: per-op latency/energy tables measured on real hardware.
+
+- ``ops``: ``OpSpec`` / ``extract_ops`` turn a model into the runtime units a table prices.
+- ``table``: ``LatencyTable`` (CSV + JSON, validated on load), lookup with differentiable interpolation.
+- ``expected``: ``expected_cost`` of soft decisions (channels, precisions, op choice) with gradients.
+- ``profiler`` / ``space`` / ``runtimes`` / ``energy``: ``pluto profile`` measuring a space into a table.
+"""
+from pluto.cost.expected import bits_to_precision, expected_cost, minimum_cost
+from pluto.cost.ops import OpSpec, extract_ops
+from pluto.cost.table import LatencyTable
+
+__all__ = ["OpSpec", "extract_ops", "LatencyTable", "expected_cost", "minimum_cost", "bits_to_precision"]

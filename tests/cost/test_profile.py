@@ -72,3 +72,22 @@ def test_rapl_absent_is_clear(monkeypatch, tmp_path):
     with pytest.raises(ConfigError, match="no RAPL"):
         energy.RaplMeter()
     assert energy.open_meter("auto", "cpu") is None
+
+
+def test_space_config_errors_and_plugin(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from torch import nn
+
+    with pytest.raises(ConfigError, match="unknown space keys"):
+        ProfileSpace.from_dict({"name": "x", "widths": [1]})
+    with pytest.raises(ConfigError, match="no space config"):
+        ProfileSpace.load(tmp_path / "missing.yaml")
+    plugin = types.ModuleType("fake_nas_space")
+    plugin.candidates = lambda: [(nn.Sequential(nn.Conv2d(8, 8, 5, padding=2, groups=8), nn.ReLU()), (1, 8, 14, 14))]
+    monkeypatch.setitem(sys.modules, "fake_nas_space", plugin)
+    space = ProfileSpace.from_dict({"name": "p", "channel_grid": [4, 8], "modules": "fake_nas_space:candidates"})
+    ops = space.unit_ops()
+    assert {(op.kind, op.kernel, op.hw, op.act) for op in ops} == {("dwconv", 5, 14, "relu")}
+    assert sorted(op.cout for op in ops) == [2, 4, 8]  # min_width 0.25 of 8 = 2 is below the grid: kept
