@@ -79,7 +79,7 @@ def _set(module: nn.Module, name: str, dim: int, index: Tensor) -> None:
 
 def _slice_conv(conv: nn.Module, kin: Tensor, kout: Tensor) -> None:
     g = conv.groups
-    cin, cout = conv.in_channels, conv.out_channels
+    cin = conv.in_channels
     ipg = cin // g
     if g > 1 and ipg == 1:  # depthwise: a group survives with its input channel
         new_groups = int(kin.sum())

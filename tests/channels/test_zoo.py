@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 from pluto.decisions.channels.zoo import check_model, zoo_models
 
