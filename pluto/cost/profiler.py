@@ -70,7 +70,7 @@ def _check_resumable(meta_path: Path, settings: dict) -> dict:
 def measure(runtime: Runtime, work: Prepared, meter=None, samples: int = 30, min_sample_s: float = 0.002,
             energy_window_s: float = 0.3) -> tuple[float, float, int, float]:
     """(median ms, IQR ms, kept samples, mJ per inference or NaN) of one prepared workload."""
-    timing = time_call(work, samples=samples, min_sample_s=min_sample_s)
+    timing = time_call(work, samples=samples, min_sample_s=min_sample_s, clock=runtime.clock)
     mj = float("nan")
     if meter is not None:
         mj = energy_mod.measure_energy(meter, work, timing.median_ms / 1e3, energy_window_s)
@@ -179,6 +179,9 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         "method": {
             "warmup": ">= 0.05 s and >= 3 runs", "samples": samples, "min_sample_s": min_sample_s,
             "statistic": "median of per-run time over samples; IQR as spread",
+            "clock": "CPU time of the calling thread (single-threaded CPU inference runs on it; excludes time "
+                     "slices taken by other processes on a shared machine)" if rt.clock == "thread" else
+                     "wall clock (perf_counter) around synchronised runs",
             "outliers": "Tukey fences (samples outside [Q1 - 1.5 IQR, Q3 + 1.5 IQR] dropped)",
             "overhead": "the runtime's per-call time of an empty unit is subtracted from each entry "
                         "(floored at 5% of the raw time); none for cudagraph (launch amortised over unrolled "
@@ -200,7 +203,7 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
     for precision in precisions:  # a CUDA graph of `unroll` copies amortises its launch: nothing to subtract
         work = rt.prepare(Identity(), (torch.randn(batch, 8, 8, 8),), precision, unroll)
         metadata["overhead_ms"][precision] = 0.0 if runtime == "cudagraph" else \
-            time_call(work, samples=samples, min_sample_s=min_sample_s).median_ms
+            time_call(work, samples=samples, min_sample_s=min_sample_s, clock=rt.clock).median_ms
 
     ops = space.unit_ops()
     todo = [(p, op) for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in done]
