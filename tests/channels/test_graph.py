@@ -270,3 +270,11 @@ def test_layernorm_and_layer_scale_prune_with_the_stream():
         ref, out, small = gated_vs_materialized(LayerNormNet(), torch.randn(2, 3, 8, 8), 0.5, seed)
         torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
         assert small.layer_scale.shape[0] == small.norm.weight.shape[0] == small.ln.normalized_shape[0] < 8
+
+
+def test_build_restores_train_mode_and_keeps_bn_stats():
+    model = AddNet().train()
+    before = model.bn1.running_mean.clone()
+    DependencyGraph.build(model, torch.randn(4, 3, 8, 8))
+    assert model.training and model.bn1.training
+    torch.testing.assert_close(model.bn1.running_mean, before)

@@ -92,16 +92,18 @@ class DependencyGraph:
 
         ``example_input``: a batch the model accepts (only its first sample is used). ``protect``:
         qualified names of layers whose output channels must never be pruned (the classifier output and
-        the input are always protected). The model is traced in its current train/eval mode.
+        the input are always protected). The model is traced in eval mode (its inference graph; train-only
+        branches such as auxiliary classifiers are not pruned, so build them without those) and its mode
+        is restored afterwards.
         """
-        gm = trace(model)
-        inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-        batch = 2 if model.training else 1  # train-mode BatchNorm needs two samples
-        inputs = tuple(x[:batch] if _is_tensor(x) and x.dim() > 0 else x for x in inputs)
-        uf = _UnionFind()
-        prop = _LabelPropagator(gm, uf, model)
-        saved = [(b, b.clone()) for b in model.buffers()]
+        was_training = model.training
+        model.eval()  # the inference graph: no train-only branches, BatchNorm works on one sample
         try:
+            gm = trace(model)
+            inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+            inputs = tuple(x[:1] if _is_tensor(x) and x.dim() > 0 else x for x in inputs)
+            uf = _UnionFind()
+            prop = _LabelPropagator(gm, uf, model)
             flops = FlopCounterMode(display=False)
             with torch.no_grad():
                 prop.run(*inputs)
@@ -113,16 +115,14 @@ class DependencyGraph:
                 f"example_input of the shape the model expects (e.g. torch.randn(1, 3, 64, 64))."
             ) from exc
         finally:
-            with torch.no_grad():
-                for buf, value in saved:
-                    buf.copy_(value)
+            model.train(was_training)
         for name in protect:
             rec = prop.layers.get(name)
             if rec is None:
                 raise UnsupportedModelError(f"protect names {name!r}, which is no conv/linear/bn layer of the traced model; "
                                             f"fix the name (qualified module name, e.g. 'fc' or 'layer1.0.conv1').")
             uf.protect(rec["out"])
-        return cls._from_labels(uf, prop, flops.get_total_flops() / 2.0 / batch)
+        return cls._from_labels(uf, prop, flops.get_total_flops() / 2.0)
 
     @classmethod
     def _from_labels(cls, uf: _UnionFind, prop: _LabelPropagator, total_macs: float) -> "DependencyGraph":
