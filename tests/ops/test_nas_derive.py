@@ -72,3 +72,18 @@ def test_bad_architectures_raise():
         build_child("tiny_28", {**arch, "stages.0.0": "skip"})  # stride-2 block cannot be skipped
     with pytest.raises(ConfigError):
         net.fix_architecture({"stages.9.9": "skip"})
+
+
+def test_derived_network_exports_to_onnx_and_matches(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from pluto.materialize.export import export_onnx
+
+    torch.manual_seed(0)
+    net = Supernet("tiny_28")
+    _randomize(net, 5)
+    child = derive(net).eval()
+    x = torch.randn(3, 1, 28, 28)
+    path = export_onnx(child, x[:1], tmp_path / "child.onnx", int8=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), child(x), atol=1e-4, rtol=1e-4)
