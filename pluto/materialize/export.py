@@ -41,6 +41,25 @@ def _export(model: nn.Module, example_input: Tensor, path: Path, opset: int) -> 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedModelError(f"ONNX export of {type(model).__name__} failed ({type(exc).__name__}: {first}). "
                                     "Replace the unsupported op or layer, or export a traceable wrapper.") from exc
+    _unique_node_names(path)
+
+
+def _unique_node_names(path: Path) -> None:
+    """Rename duplicate node names (some torch versions emit them; onnxruntime rejects such files)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    seen: dict[str, int] = {}
+    changed = False
+    for node in model.graph.node:
+        if node.name in seen:
+            seen[node.name] += 1
+            node.name = f"{node.name}_{seen[node.name]}"
+            changed = True
+        else:
+            seen[node.name] = 0
+    if changed:
+        onnx.save(model, str(path))
 
 
 def float_export_model(model: nn.Module) -> nn.Module:

@@ -1,0 +1,147 @@
+"""int8 QDQ ONNX export: onnxruntime runs real int8 kernels and agrees with the fake-quant model."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pluto.cli import main as cli_main
+from pluto.decisions.bits import harden_bits, prepare_qat, ptq
+from pluto.errors import ConfigError, UnsupportedModelError
+from pluto.materialize.export import export_onnx, onnx_session, optimized_op_types, run_onnx
+from pluto.models import create_model
+
+
+def _fmnist(n_train=1024, n_test=1000):
+    from pluto.data import load_fashion_mnist
+    try:
+        train, test = load_fashion_mnist(True, limit=n_train), load_fashion_mnist(False, limit=n_test)
+    except Exception as exc:  # DataError when the package is absent
+        pytest.skip(f"Fashion-MNIST not installed: {exc}")
+    return train.tensors, test.tensors
+
+
+def _trained_small_cnn(x, y, epochs=1, width=0.5):
+    torch.manual_seed(0)
+    model = create_model("small_cnn", width=width)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        for i in range(0, len(x), 64):
+            loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _parity(qmodel, x, path):
+    export_onnx(qmodel, x[:1], path)
+    with torch.no_grad():
+        fake = qmodel.eval()(x).numpy()
+    onnx = run_onnx(onnx_session(path), x)
+    return float((onnx.argmax(1) == fake.argmax(1)).mean()), float(np.abs(onnx - fake).max()), float(np.abs(fake).max())
+
+
+def test_int8_export_agrees_with_fake_quant_and_runs_int8_kernels(tmp_path):
+    (xtr, ytr), (xte, _) = _fmnist()
+    model = _trained_small_cnn(xtr, ytr)
+    qmodel = ptq(model, xtr[:256], bits=8)
+    agree, max_err, scale = _parity(qmodel, xte, tmp_path / "m.int8.onnx")
+    assert agree >= 0.99
+    assert max_err < 0.02 * scale
+    ops = optimized_op_types(tmp_path / "m.int8.onnx")
+    assert ops.get("QLinearConv", 0) >= 4  # 4 of 5 convs feed a quantized consumer and fuse to int8 kernels
+    report = json.loads((tmp_path / "m.int8.json").read_text())
+    assert report["simulated_layers"] == [] and report["int8_kernel_layers"] == 6
+
+
+def test_fp32_export_matches_float_model(tmp_path):
+    model = create_model("small_cnn", width=0.5).eval()
+    x = torch.randn(16, 1, 28, 28)
+    export_onnx(model, x[:1], tmp_path / "m.fp32.onnx", int8=False)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(run_onnx(onnx_session(tmp_path / "m.fp32.onnx"), x) - ref).max() < 1e-4
+
+
+def test_mixed_4_8_32_export_flags_4bit_as_simulated(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("small_cnn", width=0.5).eval()
+    x = torch.randn(64, 1, 28, 28)
+    qmodel = prepare_qat(model, bits=(4, 8, 32), calibrate=x)
+    names = list(harden_bits(qmodel))
+    bits = harden_bits(qmodel, {n: b for n, b in zip(names, [8, 4, 4, 8, 32, 8])})
+    agree, max_err, scale = _parity(qmodel, x, tmp_path / "mixed.onnx")
+    assert max_err < 0.02 * scale
+    report = {r["name"]: r for r in json.loads((tmp_path / "mixed.json").read_text())["layers"]}
+    assert [report[n]["bits"] for n in names] == list(bits.values())
+    assert report[names[1]]["simulated"] and report[names[1]]["kernel"] == "int8"
+    assert not report[names[0]]["simulated"] and report[names[4]]["kernel"] == "fp32"
+
+
+def test_export_of_float_model_as_int8_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="ptq"):
+        export_onnx(create_model("small_cnn"), torch.zeros(1, 1, 28, 28), tmp_path / "x.onnx")
+
+
+def test_unsupported_layer_for_int8_export_is_a_clear_error(tmp_path):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 2))
+    q = prepare_qat(model, bits=8, calibrate=torch.randn(8, 1, 8, 8))
+    with pytest.raises(UnsupportedModelError, match="padding"):
+        export_onnx(q, torch.zeros(1, 1, 8, 8), tmp_path / "x.onnx")
+    with pytest.raises(UnsupportedModelError, match="ConvTranspose2d"):
+        prepare_qat(nn.Sequential(nn.ConvTranspose2d(1, 2, 3)), bits={"0": 8})
+
+
+def test_cli_export_writes_both_files_and_verifies(tmp_path, capsys):
+    rc = cli_main(["export", "--model", "small_cnn", "--data", "synthetic", "--out", str(tmp_path),
+                   "--calib", "64", "--verify", "64"])
+    assert rc == 0
+    assert (tmp_path / "model.fp32.onnx").is_file() and (tmp_path / "model.int8.onnx").is_file()
+    summary = json.loads((tmp_path / "export.json").read_text())
+    assert summary["quantization"] == "ptq8" and summary["verify"]["images"] == 64
+    assert "int8_vs_fakequant_top1_agreement" in capsys.readouterr().out
+
+
+def test_cli_export_of_a_qat_checkpoint(tmp_path):
+    model = create_model("small_cnn")
+    q = prepare_qat(model, bits=(4, 8), calibrate=torch.randn(32, 1, 28, 28))
+    harden_bits(q)
+    torch.save({"model": q.state_dict()}, tmp_path / "model.pt")
+    rc = cli_main(["export", "--model", "small_cnn", "--checkpoint", str(tmp_path / "model.pt"), "--data", "synthetic",
+                   "--out", str(tmp_path / "out"), "--verify", "32"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert summary["quantization"] == "qat" and {layer["bits"] for layer in summary["layers"]} == {4}
+
+
+def test_cli_missing_checkpoint_is_a_clean_error(tmp_path, capsys):
+    rc = cli_main(["export", "--model", "small_cnn", "--checkpoint", str(tmp_path / "nope.pt"), "--data", "synthetic",
+                   "--out", str(tmp_path)])
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_full_fashion_mnist_int8_parity(tmp_path):
+    """The acceptance check: >= 99% top-1 agreement on all 10k test images (trained model, PTQ and QAT)."""
+    (xtr, ytr), (xte, _) = _fmnist(n_train=20000, n_test=10000)
+    model = _trained_small_cnn(xtr, ytr, epochs=1, width=1.0)
+    qmodel = ptq(model, xtr[:512], bits=8)
+    agree, max_err, scale = _parity(qmodel, xte, tmp_path / "ptq.onnx")
+    print(f"PTQ int8: agreement {agree:.4f}, max |logit err| {max_err:.2e} (max |logit| {scale:.2f})")
+    assert agree >= 0.99
+    qat = prepare_qat(model, bits=8, calibrate=xtr[:512], mode="hard")
+    opt = torch.optim.Adam(qat.parameters(), lr=1e-4)
+    qat.train()
+    for i in range(0, 5000, 64):
+        loss = nn.functional.cross_entropy(qat(xtr[i:i + 64]), ytr[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    agree, max_err, scale = _parity(qat, xte, tmp_path / "qat.onnx")
+    print(f"QAT int8: agreement {agree:.4f}, max |logit err| {max_err:.2e} (max |logit| {scale:.2f})")
+    assert agree >= 0.99
