@@ -82,14 +82,17 @@ def scatter(frame: pd.DataFrame, metric: str, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
-    for family, sub in frame.groupby(frame["model"].str.extract(r"^([a-z_]+?)(?:_\d|_w|$)")[0]):
+    families = frame["model"].str.extract(r"^([a-z0-9_]+?)(?:_\d|_w)")[0].fillna("other")
+    for family, sub in frame.groupby(families):
         ax.scatter(sub[f"measured_{metric}"], sub[f"predicted_{metric}"], s=14, label=family)
     lo = min(frame[f"measured_{metric}"].min(), frame[f"predicted_{metric}"].min()) * 0.8
     hi = max(frame[f"measured_{metric}"].max(), frame[f"predicted_{metric}"].max()) * 1.2
     xs = np.array([lo, hi])
     ax.plot(xs, xs, "k-", lw=0.8)
     ax.fill_between(xs, xs * 0.9, xs * 1.1, color="grey", alpha=0.2, label="+-10%")
-    ax.set(xscale="log", yscale="log", xlabel=f"measured {metric}", ylabel=f"predicted {metric}", title=title)
+    ax.set(xscale="log", yscale="log", xlabel=f"measured {metric}", ylabel=f"predicted {metric}")
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{slug(table.device['name'])}_{table.runtime}_{args.precision}" + (f"_align{args.align}" if args.align > 1 else "")
     frame.to_csv(out / f"fidelity_{tag}.csv", index=False, float_format="%.6g")
-    summary = {"table": str(args.table), "device": table.device["name"], "runtime": table.runtime,
+    summary = {"table": str(args.table), "measurements_from": args.recompute or "this run", "device": table.device["name"], "runtime": table.runtime,
                "precision": args.precision, "align": args.align, "seed": args.seed, "seconds": round(time.time() - start),
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(f"{table.device['name']} / {table.runtime} / {args.precision} (align {args.align}), {len(frame)} held-out networks")
