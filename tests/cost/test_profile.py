@@ -91,3 +91,13 @@ def test_space_config_errors_and_plugin(tmp_path, monkeypatch):
     ops = space.unit_ops()
     assert {(op.kind, op.kernel, op.hw, op.act) for op in ops} == {("dwconv", 5, 14, "relu")}
     assert sorted(op.cout for op in ops) == [2, 4, 8]  # min_width 0.25 of 8 = 2 is below the grid: kept
+
+
+def test_validate_command_measures_and_compares(tmp_path, capsys):
+    from pluto.cli import main
+
+    profile(ProfileSpace.from_dict(SPACE), tmp_path / "t", runtime="torch", **FAST)
+    code = main(["validate", "--table", str(tmp_path / "t"), "--model", "small_cnn", "--kwargs", "width=0.25",
+                 "--input-shape", "1,12,12", "--tolerance", "1000"])
+    out = capsys.readouterr().out
+    assert code == 0 and "measured" in out and "predicted" in out and "PASS" in out
