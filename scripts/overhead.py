@@ -1,0 +1,163 @@
+"""Training overhead of a joint compression step against a plain step of the same model (issue 7).
+
+A joint search step (``pluto.optimizer.joint``) does, on top of a plain step: channel gates on
+every prunable group, mixed-precision QAT (a BitWidthChoice per conv/linear, soft mixture),
+a teacher forward + KD loss, the differentiable expected latency from the table, the
+Lagrangian and a dual step, and an Adam step on the decision logits. This script times each
+ingredient added in turn (same model, same batch, same weight optimizer), so the table shows
+where the overhead comes from; figures are the median over ``--repeats`` runs of
+``--steps`` steps each (after ``--warmup`` steps), in ms per step, and the ratio to plain.
+
+    .venv/bin/python scripts/overhead.py --device cpu --threads 2
+    python3 scripts/overhead.py --device cuda --table h100_cudagraph      # on the H100
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pluto.cost.table import LatencyTable  # noqa: E402
+from pluto.models import create_model  # noqa: E402
+from pluto.optimizer.constraints import Constraint  # noqa: E402
+from pluto.optimizer.cost_model import CostModel  # noqa: E402
+from pluto.optimizer.decisions import attach  # noqa: E402
+from pluto.optimizer.distillation import DistillationLoss  # noqa: E402
+from pluto.optimizer.lagrangian import LagrangianConfig, LagrangianObjective  # noqa: E402
+
+VARIANTS = (
+    ("plain", dict(prune=False, quantize=False, kd=False, cost=False)),
+    ("+ gates", dict(prune=True, quantize=False, kd=False, cost=False)),
+    ("+ gates + QAT", dict(prune=True, quantize=True, kd=False, cost=False)),
+    ("+ gates + QAT + KD", dict(prune=True, quantize=True, kd=True, cost=False)),
+    ("joint (+ cost + Lagrangian)", dict(prune=True, quantize=True, kd=True, cost=True)),
+)
+
+
+def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: LatencyTable | None, bits: tuple[int, ...],
+               device: torch.device, prune: bool, quantize: bool, kd: bool, cost: bool):
+    """One training step closure of the given variant, built the way ``compress_run`` builds its search step."""
+    model = copy.deepcopy(model)
+    teacher = copy.deepcopy(model).to(device).eval() if kd else None
+    example = x[:1].cpu()
+    cost_model = None
+    if cost:
+        precision = "int8" if table is not None and "int8" in table.precisions and quantize else "fp32"
+        cost_model = CostModel(model, tuple(example.shape), table, precision)
+    decisions = attach(model, example, prune, quantize, bits, 0.95, x[:128].cpu())
+    net = decisions.model.to(device).train()
+    weights = torch.optim.SGD(decisions.weight_parameters(), lr=0.01, momentum=0.9)
+    dparams = decisions.parameters()
+    dopt = torch.optim.Adam(dparams, lr=0.05, betas=(0.5, 0.999)) if dparams else None
+    ce = nn.CrossEntropyLoss()
+    kd_loss = DistillationLoss(temperature=4.0, alpha=0.7) if kd else None
+    metric = "latency_ms" if table is not None else "macs"
+    objective = None
+    if cost:
+        target = 0.5 * float(cost_model.expected(metric).detach())
+        objective = LagrangianObjective([Constraint(metric, metric, target)], LagrangianConfig())
+
+    def step() -> None:
+        logits = net(x)
+        if kd_loss is not None:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            loss = kd_loss(logits, t_logits, y)
+        else:
+            loss = ce(logits, y)
+        if objective is not None:
+            c = cost_model.expected(metric, decisions.channels(), decisions.precisions()).to(loss.dtype).to(loss.device)
+            loss, _ = objective(loss, {metric: c})
+            objective.dual_step({metric: c.detach()})
+        weights.zero_grad(set_to_none=True)
+        if dopt is not None:
+            dopt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decisions.weight_parameters() + dparams, 5.0)
+        weights.step()
+        if dopt is not None:
+            dopt.step()
+
+    return step
+
+
+def time_steps(step, steps: int, device: torch.device) -> float:
+    """Mean ms per step over ``steps`` steps (device synchronized at both ends)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3 / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--model", default="small_cnn", help="registry name (small_cnn, resnet18, mobilenet_v2, ...)")
+    p.add_argument("--table", default="auto", help="table folder under --table-root (auto: cpu_ort on cpu, "
+                                                   "h100_cudagraph on cuda); 'none' prices MACs analytically")
+    p.add_argument("--table-root", default=str(ROOT / "latency_tables"))
+    p.add_argument("--bits", default="auto", help="candidate bits, e.g. 4,8 (auto: 4,8 with an int8 table, else 16,32)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--input-size", type=int, default=28)
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (set explicitly for stable timings)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--csv", default=None, help="also write the table here")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but no CUDA GPU is visible; use --device cpu")
+    table_name = args.table if args.table != "auto" else ("h100_cudagraph" if device.type == "cuda" else "cpu_ort")
+    table = None if table_name == "none" else LatencyTable.load(Path(args.table_root) / table_name)
+    if args.bits == "auto":
+        bits = (4, 8) if table is None or "int8" in table.precisions else (16, 32)
+    else:
+        bits = tuple(int(b) for b in args.bits.split(","))
+    model = create_model(args.model, 10, args.in_channels, args.input_size)
+    x = torch.randn(args.batch_size, args.in_channels, args.input_size, args.input_size)
+    y = torch.randint(0, 10, (args.batch_size,))
+    steps = {name: build_step(model, x.to(device), y.to(device), table, bits, device, **flags)
+             for name, flags in VARIANTS}
+    for step in steps.values():  # warm every variant before timing any (caches, allocator, cuDNN autotune)
+        for _ in range(args.warmup):
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):  # interleave the variants so machine load drifts hit them alike
+        for name, step in steps.items():
+            samples[name].append(time_steps(step, args.steps, device))
+    plain = statistics.median(samples["plain"])
+    rows = [{"variant": name, "ms_per_step": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
+             "ratio_to_plain": statistics.median(v) / plain} for name, v in samples.items()]
+    frame = pd.DataFrame(rows)
+    dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({args.threads} threads)"
+    print(f"model {args.model}, batch {args.batch_size}x{args.in_channels}x{args.input_size}x{args.input_size}, "
+          f"bits {bits}, table {table_name}, device {dev_name}; median of {args.repeats} x {args.steps} steps")
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+        print(frame.to_string(index=False))
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
