@@ -101,7 +101,10 @@ def search(args) -> int:
     w_batches = _loader(Subset(train, range(half)), args.batch, args.seed)
     a_batches = _loader(Subset(train, range(half, len(train))), args.batch, args.seed + 1)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=args.lr, momentum=0.9, weight_decay=4e-5)
-    a_opt = torch.optim.Adam(net.arch_parameters(), lr=args.arch_lr, betas=(0.5, 0.999))
+    if args.arch_opt == "adam":
+        a_opt = torch.optim.Adam(net.arch_parameters(), lr=args.arch_lr, betas=(0.5, 0.999))
+    else:  # plain SGD: logit steps proportional to the price, so they stop when the multiplier does
+        a_opt = torch.optim.SGD(net.arch_parameters(), lr=args.arch_lr)
     objective = LagrangianObjective([constraint], LagrangianConfig(eta=args.eta, rho=args.rho, warmup=args.warmup,
                                                                       kp=args.kp))
     schedule = TemperatureSchedule(args.t_initial, args.t_final, max(1, args.steps - args.warmup))
@@ -174,6 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--arch-lr", type=float, default=1e-2)
+    p.add_argument("--arch-opt", default="adam", choices=("adam", "sgd"))
     p.add_argument("--eta", type=float, default=0.1)
     p.add_argument("--rho", type=float, default=0.0)
     p.add_argument("--kp", type=float, default=0.0, help="proportional gain of the multiplier (PI control)")
