@@ -205,7 +205,7 @@ def _show(args) -> int:
             if metric in fit:
                 f = fit[metric]
                 scales = ", ".join(f"{g} {v:.2f}" for g, v in f.get("scales", {"all": f.get("scale", 1)}).items())
-                print(f"  calibration {precision} {metric}: scales [{scales}], per MB {f.get('per_mb', 0):.4g}, "
+                print(f"  calibration {precision} {metric}: scales [{scales}], per MB {f.get('per_mb', 0):.4g}, per op {f.get('per_op', 0):.4g}, "
                       f"offset {f['offset']:.4g}, "
                       f"MAPE {f['mape_uncalibrated_pct']:.1f}% -> {f['mape_calibrated_pct']:.1f}%")
     return 0

@@ -122,7 +122,9 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
     total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
     if metric in TABLE_METRICS and calibrated:
         size = expected_cost(None, ops, "size_bytes", channels, precisions, weights, default_precision)
-        total = table.calibrate(parts, metric, _runtime_name(default_precision), size)
+        n_ops = sum((torch.as_tensor((weights or {}).get(op.name, 1.0), dtype=torch.float64) for op in ops),
+                    torch.zeros((), dtype=torch.float64))
+        total = table.calibrate(parts, metric, _runtime_name(default_precision), size, n_ops)
     return total
 
 
@@ -144,5 +146,5 @@ def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
         parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + min(costs)
     if metric in TABLE_METRICS:
         size = minimum_cost(None, ops, "size_bytes", min_channels, allowed_precisions, default_precisions)
-        return float(table.calibrate(parts, metric, _runtime_name(list(default_precisions)[0]), size))
+        return float(table.calibrate(parts, metric, _runtime_name(list(default_precisions)[0]), size, len(ops)))
     return float(sum(parts.values()))

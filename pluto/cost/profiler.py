@@ -90,31 +90,35 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
     return runtime.prepare(model, (x,), precision)
 
 
-def fit_calibration(points: list[tuple[dict[str, float], float, float]], prior: float = 0.05) -> dict:
-    """Fit ``measured = sum_g scale_g * summed_g + per_mb * weight_mb + offset`` (all >= 0) on whole networks.
+def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], prior: float = 0.05) -> dict:
+    """Fit ``measured = sum_g scale_g * summed_g + per_mb * weight_mb + per_op * n_ops + offset`` (all >= 0).
 
-    ``points``: (entry sums per calibration group, weight megabytes, measured cost) per network.
+    ``points``: (entry sums per calibration group, weight megabytes, op count, measured cost) per
+    whole network. ``per_op`` is per-unit dispatch overhead the isolated timings miss (eager
+    PyTorch's Python module calls, ORT's per-node scheduling).
     Non-negative least squares on *relative* errors (rows scaled by 1 / measured, so small and
     large networks count alike), with a weak pull (``prior``) of every group scale towards 1 so a
     group the networks barely exercise keeps its measured entries. Records before/after MAPE (%).
     """
     from scipy.optimize import nnls
 
-    groups = sorted({g for parts, _, _ in points for g in parts})
-    meas = np.array([p[2] for p in points], dtype=float)
+    groups = sorted({g for point in points for g in point[0]})
+    meas = np.array([p[3] for p in points], dtype=float)
     sums = np.array([[p[0].get(g, 0.0) for g in groups] for p in points], dtype=float)
     mbs = np.array([p[1] for p in points], dtype=float)
-    design = np.concatenate([sums, mbs[:, None], np.ones((len(points), 1))], axis=1) / meas[:, None]
+    n_ops = np.array([p[2] for p in points], dtype=float)
+    design = np.concatenate([sums, mbs[:, None], n_ops[:, None], np.ones((len(points), 1))], axis=1) / meas[:, None]
     target = np.ones(len(points))
     k = len(groups)
-    reg = np.zeros((k, k + 2))
+    reg = np.zeros((k, k + 3))
     reg[:, :k] = np.eye(k) * math.sqrt(prior * len(points))
     coef, _ = nnls(np.concatenate([design, reg]), np.concatenate([target, np.full(k, math.sqrt(prior * len(points)))]))
-    scales, per_mb, offset = coef[:k], coef[k], coef[k + 1]
-    fitted = sums @ scales + per_mb * mbs + offset
+    scales, per_mb, per_op, offset = coef[:k], coef[k], coef[k + 1], coef[k + 2]
+    fitted = sums @ scales + per_mb * mbs + per_op * n_ops + offset
     mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
-    return {"scales": {g: float(v) for g, v in zip(groups, scales)}, "per_mb": float(per_mb), "offset": float(offset),
-            "n_models": len(points), "mape_uncalibrated_pct": mape(sums.sum(axis=1)), "mape_calibrated_pct": mape(fitted)}
+    return {"scales": {g: float(v) for g, v in zip(groups, scales)}, "per_mb": float(per_mb), "per_op": float(per_op),
+            "offset": float(offset), "n_models": len(points), "mape_uncalibrated_pct": mape(sums.sum(axis=1)),
+            "mape_calibrated_pct": mape(fitted)}
 
 
 def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
@@ -130,13 +134,14 @@ def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
             model, shape = by_label[record["model"]]
             ops = extract_ops(model, shape)
             record["weight_bytes"] = weight_bytes(ops, precision)
+            record["n_ops"] = len(ops)
             for metric in table.metrics:
                 if f"measured_{metric}" in record:
                     parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
                     record[f"summed_{metric}"] = sum(parts.values())
                     record[f"summed_{metric}_groups"] = parts
         for metric in table.metrics:
-            points = [(r[f"summed_{metric}_groups"], r["weight_bytes"] / 1e6, r[f"measured_{metric}"])
+            points = [(r[f"summed_{metric}_groups"], r["weight_bytes"] / 1e6, r["n_ops"], r[f"measured_{metric}"])
                       for r in cal.get("networks", []) if f"measured_{metric}" in r]
             if points:
                 cal[metric] = fit_calibration(points)

@@ -314,10 +314,11 @@ class LatencyTable:
 
     # ---- calibration and whole models --------------------------------------------------------
     def calibrate(self, parts: dict[str, Tensor] | Tensor, metric: str, precision: str,
-                  weight_bytes: Tensor | float = 0.0) -> Tensor:
+                  weight_bytes: Tensor | float = 0.0, n_ops: Tensor | float = 0.0) -> Tensor:
         """Whole-network cost from its entry sums per calibration group (see ``calibration_group``):
 
-        ``sum_g scale_g * parts[g] + per_mb * weight_bytes / 1e6 + offset``; identity if uncalibrated.
+        ``sum_g scale_g * parts[g] + per_mb * weight_bytes / 1e6 + per_op * n_ops + offset``; identity
+        if uncalibrated. ``n_ops`` is the number of units (expected number under op choice).
         The per-group scales absorb fusion and layout effects that differ by op kind (e.g. dense
         kxk convs running from cold caches in a whole network); ``weight_bytes`` is the weight
         storage, the DRAM traffic that isolated unit timings (weights in cache) do not see."""
@@ -333,7 +334,7 @@ class LatencyTable:
         else:
             value = sum((part * scales.get(group, fit.get("scale", 1.0)) for group, part in parts.items()),
                         torch.zeros((), dtype=torch.float64))
-        return value + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit["offset"]
+        return value + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit.get("per_op", 0.0) * n_ops + fit["offset"]
 
     def summed(self, ops: list[OpSpec], metric: str = "latency_ms", precision: str = "fp32") -> dict[str, Tensor]:
         """Uncalibrated entry sums of ``ops`` per calibration group."""
@@ -359,7 +360,7 @@ class LatencyTable:
         parts = self.summed(ops, metric, precision)
         if not calibrated:
             return float(sum(parts.values()))
-        return float(self.calibrate(parts, metric, precision, weight_bytes(ops, precision)))
+        return float(self.calibrate(parts, metric, precision, weight_bytes(ops, precision), len(ops)))
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...], metric: str = "latency_ms",
                 precision: str = "fp32", calibrated: bool = True) -> float:
