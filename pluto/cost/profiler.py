@@ -226,8 +226,8 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
             f.flush()
             del work
     meta_path.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
-    remaining = [1 for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in
-                 {tuple(r[:len(KEY_COLUMNS)]) for r in _read_intact_rows(entries_path)}]
+    measured = {tuple(r[:len(KEY_COLUMNS)]) for r in _read_intact_rows(entries_path)}
+    remaining = [1 for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in measured]
     if remaining:
         return LatencyTable.load(out, allow_incomplete=True)
 
