@@ -19,7 +19,6 @@ from typing import Iterable
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from pluto.decisions.channels.labels import PROTECTED, _is_tensor, _LabelPropagator, _ModelRunError, _UnionFind, trace
 from pluto.errors import UnsupportedModelError
@@ -104,11 +103,8 @@ class DependencyGraph:
             inputs = tuple(x[:1] if _is_tensor(x) and x.dim() > 0 else x for x in inputs)
             uf = _UnionFind()
             prop = _LabelPropagator(gm, uf, model)
-            flops = FlopCounterMode(display=False)
             with torch.no_grad():
                 prop.run(*inputs)
-                with flops:
-                    model(*inputs)
         except _ModelRunError as exc:
             raise UnsupportedModelError(
                 f"running {type(model).__name__} on the example input failed at {exc}. Fix: pass an "
@@ -122,10 +118,10 @@ class DependencyGraph:
                 raise UnsupportedModelError(f"protect names {name!r}, which is no conv/linear/bn layer of the traced model; "
                                             f"fix the name (qualified module name, e.g. 'fc' or 'layer1.0.conv1').")
             uf.protect(rec["out"])
-        return cls._from_labels(uf, prop, flops.get_total_flops() / 2.0)
+        return cls._from_labels(uf, prop, prop.other_macs)
 
     @classmethod
-    def _from_labels(cls, uf: _UnionFind, prop: _LabelPropagator, total_macs: float) -> "DependencyGraph":
+    def _from_labels(cls, uf: _UnionFind, prop: _LabelPropagator, other_macs: float) -> "DependencyGraph":
         space_of = torch.tensor(uf.space, dtype=torch.long)
         producer_spaces = [i for i, (_, kind) in enumerate(prop.spaces) if kind == "producer"]
         for _ in range(4):  # protecting an unsliceable parameter can change groups; repeat until stable
@@ -195,8 +191,7 @@ class DependencyGraph:
                 continue  # traced through: its ops already have their own node names
             if layer.kind in ("conv", "linear", "bn", "ln") and (bool((layer.in_index >= 0).any()) or bool((layer.out_index >= 0).any())):
                 node_channels[name] = (layer.in_index, layer.out_index)
-        layer_macs = sum(l.macs for l in layers.values())
-        return cls(groups, layers, node_channels, max(0.0, total_macs - layer_macs))
+        return cls(groups, layers, node_channels, other_macs)
 
     # -- queries used by gates, importance and the materializer -----------------------------
     def group_of(self, channel: int) -> int:

@@ -24,8 +24,9 @@ def _weight(module: nn.Module) -> Tensor:
 
 
 def _scores_of(t: Tensor, dim: int, kind: str) -> Tensor:
-    t = t.movedim(dim, 0).reshape(t.shape[dim], -1)
-    return t.abs().sum(1) if kind in ("l1", "taylor") else t.pow(2).sum(1).sqrt()
+    """Norm of every slice of ``t`` along ``dim``."""
+    dims = [d for d in range(t.dim()) if d != dim]
+    return t.abs().sum(dims) if kind in ("l1", "taylor") else t.pow(2).sum(dims).sqrt()
 
 
 def channel_importance(model: nn.Module, graph: DependencyGraph, importance: str = "l1") -> Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx import GraphModule, Interpreter, Node, Tracer
 from torch.fx.node import map_aggregate
+from torch.utils.flop_counter import FlopCounterMode
 
 from pluto.errors import UnsupportedModelError
 
@@ -209,6 +210,8 @@ class _LabelPropagator(Interpreter):
         super().__init__(gm)
         self.root = root  # the original model (a GraphModule keeps only the submodules it calls)
         self.uf = uf
+        self.flops = FlopCounterMode(display=False)
+        self.other_macs = 0.0  # per sample (the propagator runs one sample)
         self.lab: dict[Node, Any] = {}
         self.layers: dict[str, dict[str, Any]] = {}
         self.params: dict[str, Tensor] = {}
@@ -241,8 +244,15 @@ class _LabelPropagator(Interpreter):
 
     # -- main hook -------------------------------------------------------------------------
     def run_node(self, n: Node) -> Any:
+        counted = n.op in ("call_function", "call_method") or (
+            n.op == "call_module" and not isinstance(self.module.get_submodule(str(n.target)), (*_CONV, nn.Linear)))
         try:
-            out = super().run_node(n)
+            if counted:  # MACs of ops other than Conv/Linear modules (those are computed from shapes)
+                with self.flops:
+                    out = super().run_node(n)
+                self.other_macs += self.flops.get_total_flops() / 2.0
+            else:
+                out = super().run_node(n)
         except Exception as exc:
             raise _ModelRunError(f"node {n.name!r} ({n.op} {n.target}): {type(exc).__name__}: {exc}") from exc
         lab = self._rule(n, out)
