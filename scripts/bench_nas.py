@@ -88,6 +88,7 @@ def search(args) -> int:
     if (spec.in_channels, spec.input_size) != shape[1:3]:
         raise SystemExit(f"space {args.space} takes {shape[1:]} inputs, data gives {spec.in_channels}x{spec.input_size}")
     kwargs = dict(table=table, input_shape=shape, metric=args.metric, default_precision=args.precision)
+    priced = dict(kwargs, temperature=args.cost_temperature)
     cheapest_arch, cheapest = min_cost_architecture(net, **kwargs)
     fixed, deltas = block_costs(net, table, shape, args.metric, default_precision=args.precision)
     dearest = float(fixed) + sum(float(d.max()) for d in deltas.values())
@@ -116,7 +117,7 @@ def search(args) -> int:
         w_opt.zero_grad(set_to_none=True)
         F.cross_entropy(net(x), y).backward()
         w_opt.step()
-        cost = expected_supernet_cost(net, **kwargs)
+        cost = expected_supernet_cost(net, **priced)
         if step >= args.warmup:
             net.set_mode(args.arch_mode)
             x, y = next(a_batches)
@@ -125,7 +126,7 @@ def search(args) -> int:
             loss, logs = objective(task, {args.metric: cost})
             loss.backward()
             a_opt.step()
-            cost = expected_supernet_cost(net, **kwargs)
+            cost = expected_supernet_cost(net, **priced)
         else:
             _, logs = objective(torch.tensor(float("nan")), {args.metric: cost.detach()})
         objective.dual_step({args.metric: cost.detach()})
@@ -183,6 +184,8 @@ def main(argv=None) -> int:
     p.add_argument("--kp", type=float, default=0.0, help="proportional gain of the multiplier (PI control)")
     p.add_argument("--t-initial", type=float, default=5.0)
     p.add_argument("--t-final", type=float, default=0.5)
+    p.add_argument("--cost-temperature", type=float, default=None,
+                   help="price choices at this fixed temperature (e.g. = --t-final) instead of the annealed one")
     p.add_argument("--train-limit", type=int, default=8000)
     p.add_argument("--test-limit", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)

@@ -141,3 +141,16 @@ def test_shipped_spaces_hook_dedups_and_is_importable_by_name():
     shapes = {s for _, s in pairs}
     assert (1, 1, 28, 28) in shapes and (1, 3, 32, 32) in shapes and {s[2] for s in shapes} >= {28, 32, 14, 16, 4}
     assert any(type(m).__name__ == "BasicBlock" and m.kernel == 5 for m, _ in pairs)
+
+
+def test_cost_temperature_prices_the_sharpened_distribution():
+    net = Supernet("tiny_28", temperature=5.0)
+    with torch.no_grad():
+        for alpha in net.arch_parameters():
+            alpha.copy_(torch.linspace(1.0, 0.0, len(alpha)))
+    at_current = float(expected_supernet_cost(net, None, metric="macs").detach())
+    at_low = float(expected_supernet_cost(net, None, metric="macs", temperature=0.01).detach())
+    argmax = architecture_cost(net, net.architecture())
+    assert at_low == pytest.approx(argmax, rel=1e-4) and at_current != pytest.approx(argmax, rel=1e-2)
+    net.set_temperature(0.01)
+    assert float(expected_supernet_cost(net, None, metric="macs").detach()) == pytest.approx(at_low, rel=1e-6)

@@ -69,14 +69,16 @@ class OpChoice(nn.Module):
             raise ConfigError(f"Gumbel/softmax temperature must be > 0, got {value}")
         self._temperature = float(value)
 
-    def probabilities(self) -> Tensor:
+    def probabilities(self, temperature: float | None = None) -> Tensor:
         """Differentiable candidate probabilities, in ``names`` order: ``softmax(alpha / T)``.
 
-        In ``hard`` mode the forward runs only the argmax op, so the probabilities are its
-        one-hot vector (straight-through: the value is exact, the gradient is the softmax's),
-        which makes the expected cost of a fixed block its exact cost.
+        ``temperature`` overrides the block's own ``T`` (e.g. price the near-final architecture
+        with a low one while the forward still explores at a high one). In ``hard`` mode the
+        forward runs only the argmax op, so the probabilities are its one-hot vector
+        (straight-through: the value is exact, the gradient is the softmax's), which makes the
+        expected cost of a fixed block its exact cost.
         """
-        soft = F.softmax(self.alpha / self.temperature, dim=0)
+        soft = F.softmax(self.alpha / (temperature or self.temperature), dim=0)
         if self._mode != "hard":
             return soft
         hard = F.one_hot(torch.argmax(self.alpha.detach()), len(self.names)).to(soft.dtype)

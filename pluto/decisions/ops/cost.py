@@ -183,17 +183,23 @@ def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None
 def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | None = None,
                            metric: str = "latency_ms",
                            precisions: Mapping[str, Mapping[str, Tensor]] | None = None,
-                           default_precision: str = "fp32") -> Tensor:
+                           default_precision: str = "fp32", temperature: float | None = None) -> Tensor:
     """Expected cost of the supernet under its current choice probabilities; differentiable in ``alpha``.
 
     ``table`` is a ``pluto.cost.LatencyTable`` (or None for the analytic ``macs`` / ``size_bytes``);
     ``metric`` one of latency_ms, energy_mj, size_bytes, macs; ``precisions`` maps derived-network
     module names (``stages.1.0.expand.conv``) or supernet names to ``{'fp32': p, 'int8': p}``;
     other ops run at ``default_precision`` (e.g. 'int8' for an int8 table).
+
+    ``temperature``: price the choice probabilities at this temperature instead of each block's
+    current one. Annealing sharpens ``softmax(alpha / T)`` towards the argmax, so an expected cost
+    that meets its target at a high ``T`` drifts (usually down, to the cheap ops the cost pushed to
+    the top) as ``T`` falls; pricing at the final temperature makes the constraint act on (nearly)
+    the architecture that ``derive`` will return.
     """
     fixed, deltas = block_costs(supernet, table, input_shape, metric, precisions, default_precision)
     total = fixed
-    for name, p in supernet.choice_probabilities().items():
+    for name, p in supernet.choice_probabilities(temperature).items():
         total = total + (p * deltas[name].to(p.dtype)).sum()
     return total
 

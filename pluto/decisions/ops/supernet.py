@@ -90,9 +90,12 @@ class Supernet(nn.Module):
         """Choice-block name -> ``OpChoice``, in network order."""
         return {name: m for name, m in self.named_modules() if isinstance(m, OpChoice)}
 
-    def choice_probabilities(self) -> dict[str, Tensor]:
-        """Choice-block name -> differentiable probabilities over its candidates (``softmax(alpha / T)``)."""
-        return {name: block.probabilities() for name, block in self.choice_blocks().items()}
+    def choice_probabilities(self, temperature: float | None = None) -> dict[str, Tensor]:
+        """Choice-block name -> differentiable probabilities over its candidates (``softmax(alpha / T)``).
+
+        ``temperature`` overrides each block's current ``T`` (see ``OpChoice.probabilities``).
+        """
+        return {name: block.probabilities(temperature) for name, block in self.choice_blocks().items()}
 
     def architecture(self) -> dict[str, str]:
         """Choice-block name -> name of its current argmax candidate."""
