@@ -270,11 +270,11 @@ def deploy(s: Sweep, model: nn.Module, folder: Path, precision: str, bits: dict[
     from pluto.materialize.export import export_onnx
     from pluto.optimizer.report import measure_latency, table_device_is_here
 
-    model = model.cpu().eval()
     example = torch.randn(*s.shape)
-    if precision == "int8" and qmodel is None:
+    if precision == "int8" and qmodel is None:  # calibrate on the training device: MSE step search is heavy on CPU
         layer_bits = {k: v for k, v in (bits or {}).items() if v != 32}
-        qmodel = ptq(model, s.calibration(), bits=layer_bits if bits else 8)
+        qmodel = ptq(model.to(s.device).eval(), s.calibration(256).to(s.device), bits=layer_bits if bits else 8)
+    model = model.cpu().eval()
     folder.mkdir(parents=True, exist_ok=True)
     if precision == "int8":
         onnx = export_onnx(qmodel, example, folder / "model_int8.onnx", int8=True)
@@ -437,9 +437,10 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
             continue
         torch.manual_seed(s.args.seed)
         fit(s, model, s.args.optuna_proxy_epochs, train=sub_train)
-        model = model.cpu().eval()
+        model = model.eval()
         if precision_of(bits) == "int8":
-            model = ptq(model, s.calibration(), bits={k: v for k, v in bits.items() if v != 32})
+            model = ptq(model.to(s.device), s.calibration(256).to(s.device),
+                        bits={k: v for k, v in bits.items() if v != 32})
         study.tell(trial, evaluate(model.to(s.device), val_loader, s.device)["accuracy"])
         trained += 1
     if trained == 0:
