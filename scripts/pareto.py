@@ -1,4 +1,4 @@
-"""Accuracy vs *measured* latency: the joint optimizer against single-technique baselines (issue 7).
+r"""Accuracy vs *measured* latency: the joint optimizer against single-technique baselines (issue 7).
 
 Two stages, so training can run on a GPU and latency is measured on the chip the table describes:
 
@@ -36,16 +36,28 @@ Epoch budget (defaults): joint warmup 1 + search 2 + finetune 2 = 5 epochs; unif
 the pruning baselines get more training than the joint). "PTQ" means int8 on a table with int8
 entries, else the baseline stays fp32.
 
-GPU command for the lead (ONE device call, ~6-8 min on one H100; Fashion-MNIST must travel with the
-repo, e.g. copied to ``shared/fmnist`` or a carried ignored folder, as the device image has none; hydra-core,
-omegaconf, optuna (+ torch-pruning) travel as wheels)::
+GPU command for the lead (ONE device call, <= ~9 min on one H100: configs not started after
+``--time-budget`` seconds are skipped and a rerun resumes them). The device image has no Fashion-MNIST and
+no hydra-core / omegaconf / optuna / torch-pruning: before the call, here::
 
-    PYTHONUNBUFFERED=1 python3 scripts/pareto.py --stage train --device cuda --data-root shared/fmnist \
-        --out $OUT/pareto --time-budget 480 && tar czf $OUT/pareto.tgz -C $OUT pareto && rm -rf $OUT/pareto
+    mkdir -p .fmnist && cp /usr/share/datasets/fashion-mnist/*.gz .fmnist/
+    printf '/.fmnist/\n/.whl/\n' >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+        hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 optuna==5.0.0 alembic==1.20.1 \
+        SQLAlchemy==2.1.9 Mako==1.4.3 colorlog==6.12.0 torch-pruning==1.6.1
 
-then here::
+(antlr4-python3-runtime 4.9.3 is an sdist only: build its wheel with ``pip wheel --no-deps -w .whl
+antlr4-python3-runtime==4.9.3``), then the call, with ``carry=[".fmnist", ".whl"]``::
 
-    mkdir -p results && tar xzf pareto.tgz -C results
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site; PYTHONUNBUFFERED=1 python3 scripts/pareto.py --stage train --device cuda \
+      --data-root .fmnist --train-limit 30000 --out /tmp/pareto --time-budget 480; \
+      tar czf $OUT/pareto.tgz -C /tmp pareto
+
+then here (measures every ONNX on this CPU, prints the tables, writes docs/results/pareto_*)::
+
+    mkdir -p results && tar xzf /work/.device/.../pareto.tgz -C results
     .venv/bin/python scripts/pareto.py --stage measure --out results/pareto
 
 CPU-only smoke (synthetic data, 2 targets, ~1-2 min)::
@@ -159,6 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=30, help="measure stage: samples per latency median")
     p.add_argument("--no-onnx-accuracy", action="store_true", help="measure stage: skip ONNX test accuracy")
     p.add_argument("--results-dir", default=str(ROOT / "docs" / "results"), help="where plots and CSV go")
+    p.add_argument("--tag", default="", help="appended to the plot/CSV names in --results-dir (e.g. cpu-mini)")
     p.add_argument("--smoke", action="store_true", help="synthetic data, 2 targets, 1 epoch each: ~1-2 min on CPU")
     args = p.parse_args(argv)
     if args.smoke:
@@ -700,6 +713,8 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
         stem = f"pareto_{table}_{date}_{device_slug(device)}"
         if args.smoke:
             stem += "_smoke"
+        if args.tag:
+            stem += f"_{args.tag}"
         plot(frame, table, results / f"{stem}.png",
              f"{table}: small_cnn on {args.data}, trained on {train_dev}, latency measured on {device}")
         frame[frame["table"] == table].to_csv(results / f"{stem}.csv", index=False)
