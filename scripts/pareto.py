@@ -18,6 +18,7 @@ Methods (``--methods``, comma-separated; default all):
 
 =============== =====================================================================================
 joint           pluto's Lagrangian run: pruning + mixed-precision QAT (``--joint-bits``) + KD
+joint_fp        (only when named) the joint run without QAT: pruning + KD, fp32 deployment
 nas             joint run on the MBConv supernet, op choice only (no pruning, no QAT, no KD), fp32
 prune           joint run, channel gates only (no QAT, no KD), fp32
 qat             joint run, bit-widths only (no pruning, no KD)
@@ -99,6 +100,8 @@ from pluto.models import create_model  # noqa: E402
 from pluto.optimizer.cost_model import CostModel  # noqa: E402
 
 METHODS = ("joint", "nas", "prune", "qat", "uniform", "magnitude", "torch_pruning", "ptq", "dense", "optuna")
+EXTRA_METHODS = ("joint_fp",)  # run only when named in --methods
+JOINT_METHODS = ("joint", "joint_fp")  # compared against every other method
 SINGLE_POINT = ("ptq", "dense")
 TABLES = {"cpu_ort": "cpu_ort_int8", "h100_cudagraph": "h100_cudagraph"}  # table folder -> configs/hw name
 STAGE_LAYERS = (("features.0.0", "features.1.0"), ("features.3.0", "features.4.0"), ("features.6.0", "classifier.2"))
@@ -325,6 +328,7 @@ def run_joint(s: Sweep, target: float, folder: Path, variant: str) -> dict[str, 
     w, se, f = (int(e) for e in s.args.joint_epochs.split(","))
     bits = joint_bits(s)
     flags = {"joint": dict(prune=True, quantize=True, distill=True),
+             "joint_fp": dict(prune=True, quantize=False, distill=True),
              "prune": dict(prune=True, quantize=False, distill=False),
              "qat": dict(prune=False, quantize=True, distill=False),
              "nas": dict(prune=False, quantize=False, distill=False)}[variant]
@@ -469,6 +473,7 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
 
 RUNNERS: dict[str, Callable[[Sweep, float, Path], dict[str, Any]]] = {
     "joint": lambda s, t, f: run_joint(s, t, f, "joint"), "nas": lambda s, t, f: run_joint(s, t, f, "nas"),
+    "joint_fp": lambda s, t, f: run_joint(s, t, f, "joint_fp"),
     "prune": lambda s, t, f: run_joint(s, t, f, "prune"), "qat": lambda s, t, f: run_joint(s, t, f, "qat"),
     "uniform": run_uniform, "magnitude": run_magnitude, "torch_pruning": run_torch_pruning, "ptq": run_ptq,
     "dense": run_dense, "optuna": run_optuna,
@@ -506,9 +511,9 @@ def target_tag(target: float | None) -> str:
 def train_stage(args: argparse.Namespace) -> pd.DataFrame:
     start = time.time()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = sorted(set(methods) - set(METHODS))
+    unknown = sorted(set(methods) - set(METHODS) - set(EXTRA_METHODS))
     if unknown:
-        raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        raise SystemExit(f"unknown methods {unknown}; choose from {', '.join(METHODS + EXTRA_METHODS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_data(args)
@@ -602,25 +607,28 @@ def front_latency_for(front: pd.DataFrame, accuracy: float) -> float:
     return float(np.interp(accuracy, front["accuracy"], front["latency_ms"]))
 
 
-def compare(frame: pd.DataFrame, joint: str = "joint") -> pd.DataFrame:
+def compare(frame: pd.DataFrame, joints: tuple[str, ...] = JOINT_METHODS) -> pd.DataFrame:
     """For every joint point and baseline: accuracy gain at equal measured latency, and latency ratio at equal accuracy.
 
     The goal holds for a pair when the gain is >= 1 point or the ratio (joint / baseline latency) is <= 0.6.
+    Each method named in ``joints`` is compared with every method not named there.
     """
     ok = frame[frame["status"] == "ok"]
     rows = []
-    for table, per_table in ok.groupby("table"):
-        joints = per_table[per_table["method"] == joint].dropna(subset=["latency_ms", "accuracy"])
-        for method, points in per_table[per_table["method"] != joint].groupby("method"):
+    for (table, joint), per_joint in ok[ok["method"].isin(joints)].groupby(["table", "method"]):
+        per_table = ok[ok["table"] == table]
+        joints_pts = per_joint.dropna(subset=["latency_ms", "accuracy"])
+        for method, points in per_table[~per_table["method"].isin(joints)].groupby("method"):
             front = pareto_front(points)
-            for _, j in joints.iterrows():
+            for _, j in joints_pts.iterrows():
                 base_acc = front_accuracy_at(front, j["latency_ms"])
                 base_lat = front_latency_for(front, j["accuracy"])
                 gain = j["accuracy"] - base_acc if not math.isnan(base_acc) else math.nan
                 ratio = j["latency_ms"] / base_lat if not math.isnan(base_lat) else math.nan
                 beats = (not math.isnan(gain) and gain >= 1.0) or (not math.isnan(ratio) and ratio <= 0.6) \
                     or (math.isnan(base_acc) and math.isnan(base_lat))
-                rows.append({"table": table, "joint_target_ms": j["target_ms"], "joint_latency_ms": j["latency_ms"],
+                rows.append({"table": table, "joint": joint, "joint_target_ms": j["target_ms"],
+                             "joint_latency_ms": j["latency_ms"],
                              "joint_accuracy": j["accuracy"], "baseline": method, "baseline_accuracy_at_latency": base_acc,
                              "accuracy_gain": gain, "baseline_latency_at_accuracy": base_lat,
                              "latency_ratio": ratio, "goal_met": bool(beats)})
@@ -639,10 +647,11 @@ def plot(frame: pd.DataFrame, table: str, path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     points = frame[(frame["table"] == table) & (frame["status"] == "ok")].dropna(subset=["latency_ms", "accuracy"])
-    markers = dict(zip(METHODS, "o^sDvP*XhH"))
+    markers = dict(zip(METHODS + EXTRA_METHODS, "o^sDvP*XhHp"))
     for method, pts in points.groupby("method"):
         front = pareto_front(pts)
-        style = dict(lw=2.5, color="black", zorder=5) if method == "joint" else dict(lw=1, alpha=0.8)
+        style = dict(lw=2.5, zorder=5, **({"color": "black"} if method == "joint" else {})) \
+            if method in JOINT_METHODS else dict(lw=1, alpha=0.8)
         line, = ax.plot(front["latency_ms"], front["accuracy"], marker=markers.get(method, "o"), label=method, **style)
         ax.scatter(pts["latency_ms"], pts["accuracy"], marker=markers.get(method, "o"), facecolors="none",
                    edgecolors=line.get_color(), alpha=0.6)
@@ -698,9 +707,9 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
             print("\n== joint vs each baseline (front interpolated at the joint's measured latency; goal: "
                   "gain >= 1 point or latency ratio <= 0.6)")
             print(comparison.to_string(index=False))
-            for table, per in comparison.groupby("table"):
+            for (table, joint), per in comparison.groupby(["table", "joint"]):
                 met = per.groupby("baseline")["goal_met"].agg(["sum", "count"])
-                print(f"{table}: joint points meeting the goal, per baseline: "
+                print(f"{table}: {joint} points meeting the goal, per baseline: "
                       + ", ".join(f"{b} {int(r['sum'])}/{int(r['count'])}" for b, r in met.iterrows()))
     date = dt.date.today().isoformat()
     results = Path(args.results_dir)
