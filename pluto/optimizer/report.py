@@ -35,6 +35,18 @@ def table_device_is_here(table: LatencyTable) -> bool:
     return device_info(kind).get("name") == table.device.get("name")
 
 
+def with_fp16_layers(model: nn.Module, bits: dict[str, int]) -> nn.Module:
+    """A copy in which the layers that chose 16 bits compute in half precision (casts at their boundary)."""
+    model = copy.deepcopy(model)
+    for name, b in bits.items():
+        if b != 16:
+            continue
+        layer = model.get_submodule(name).half()
+        layer.register_forward_pre_hook(lambda m, args: tuple(a.half() for a in args))
+        layer.register_forward_hook(lambda m, args, out: out.float())
+    return model
+
+
 def measure_latency(table: LatencyTable, float_model: nn.Module, onnx_path: Path | None, input_shape: tuple[int, ...],
                     samples: int = 50) -> dict[str, float]:
     """Median latency (ms) and IQR of the exported model with the table's runtime, threads and batch."""
@@ -47,7 +59,14 @@ def measure_latency(table: LatencyTable, float_model: nn.Module, onnx_path: Path
         dev = "cuda" if rt.device == "cuda" else "cpu"
         work = rt.prepare(copy.deepcopy(float_model).eval().to(dev), (x.to(dev),))
     timing = time_call(work, samples=samples)
-    return {"latency_ms": timing.median_ms, "latency_iqr_ms": timing.iqr_ms}
+    out = {"latency_ms": timing.median_ms, "latency_iqr_ms": timing.iqr_ms}
+    if "energy_mj" in table.metrics:
+        from pluto.cost.energy import measure_energy, open_meter
+
+        meter = open_meter("auto", rt.device)
+        if meter is not None:  # same meter and sustained-loop method as the table (NVML ticks every ~100 ms)
+            out["energy_mj"] = measure_energy(meter, work, timing.median_ms / 1e3, window_s=1.0)
+    return out
 
 
 def _layer_table(float_model: nn.Module, input_shape: tuple[int, ...], bits: dict[str, int],
@@ -120,7 +139,8 @@ def final_report(final: nn.Module, trail: dict[str, Any], decisions: Decisions, 
     measured: dict[str, float] = {"size_bytes": predicted.get("size_bytes"), "macs": result["macs"]}
     measured_here = table is not None and table_device_is_here(table)
     if measured_here:
-        measured.update(measure_latency(table, float_model, onnx_path, input_shape))
+        runnable = with_fp16_layers(float_model, bits) if 16 in bits.values() else float_model
+        measured.update(measure_latency(table, runnable, onnx_path, input_shape))
     verdicts = []
     for con in constraints:
         value = measured.get(con.metric)
@@ -131,7 +151,7 @@ def final_report(final: nn.Module, trail: dict[str, Any], decisions: Decisions, 
                          "basis": "measured" if value is not None else "predicted only (table device is not this machine)"})
     for m, v in predicted.items():
         result[f"predicted_{m}"] = v
-    for m in ("latency_ms", "latency_iqr_ms"):
+    for m in ("latency_ms", "latency_iqr_ms", "energy_mj"):
         if m in measured:
             result[f"measured_{m}"] = measured[m]
     result["constraints_hold"] = float(all(v["holds"] for v in verdicts if v["holds"] is not None))
