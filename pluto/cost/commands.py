@@ -50,6 +50,10 @@ def register(subparsers) -> None:
     q = sub.add_parser("show", help="print a table's metadata summary")
     q.add_argument("table")
     q.set_defaults(func=_show)
+    q = sub.add_parser("calibrate", help="re-measure a table's whole calibration networks on this machine and re-fit")
+    q.add_argument("table")
+    q.add_argument("--space", default=None, help="take the calibration section from this space config")
+    q.set_defaults(func=_calibrate)
     q = sub.add_parser("refit", help="re-fit a table's calibration from its stored whole-network measurements")
     q.add_argument("table")
     q.set_defaults(func=_refit)
@@ -227,5 +231,29 @@ def _refit(args) -> int:
 
     table = LatencyTable.load(args.table)
     refit(table)
+    table.save(args.table)
+    return _show(args)
+
+
+def _calibrate(args) -> int:
+    from pluto.cost.energy import open_meter
+    from pluto.cost.profiler import calibrate
+    from pluto.cost.runtimes import Runtime, device_info
+    from pluto.cost.space import ProfileSpace
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    device = table.device["type"]
+    here = device_info(device) if device == "cpu" or _cuda() else {"name": "no CUDA device"}
+    if here["name"] != table.device["name"]:
+        raise TableError(f"table {args.table} was measured on '{table.device['name']}', this machine has "
+                         f"'{here['name']}'; calibrate it on that device.")
+    if args.space:
+        table.metadata["space"]["calibration"] = ProfileSpace.load(args.space).calibration
+        table.metadata["calibration_command"] = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    runtime = Runtime(table.runtime, device, table.metadata.get("threads") or 1)
+    meter = open_meter("auto", device) if "energy_mj" in table.metrics else None
+    space = ProfileSpace.from_dict(table.metadata["space"])
+    calibrate(table, runtime, space.calibration_networks(), table.precisions, meter)
     table.save(args.table)
     return _show(args)

@@ -145,17 +145,23 @@ class ProfileSpace:
 
     def calibration_networks(self) -> list[Network]:
         """A few whole networks of the space (nominal models + random subnets) for the fusion/overhead fit."""
-        cfg = {"mbconv": 4, "resnet": 2, "models": True, "seed": 0, **self.calibration}
+        cfg = {"mbconv": 4, "resnet": 2, "models": True, "seed": 0, "aligned": False, **self.calibration}
         rng = random.Random(cfg["seed"])
         nets = [self._model(spec) for spec in self.models] if cfg["models"] else []
         for space in self._mbconv_spaces():
             shape = (space.in_channels, space.input_size, space.input_size)
             for i in range(cfg["mbconv"]):
-                nets.append((f"mbconv_sample{i}[{shape[-1]}]", random_mbconv(rng, space, prune=i % 2 == 1).eval(), shape))
+                # nominal / pruned (any width) / pruned to multiples of `align` (with aligned: true)
+                kind = i % 3 if cfg["aligned"] else i % 2
+                align = self.align if kind == 2 else 1
+                nets.append((f"mbconv_sample{i}[{shape[-1]}]",
+                             random_mbconv(rng, space, prune=kind > 0, align=align).eval(), shape))
         for spec in self.resnet:
             shape = (spec.get("in_channels", 1), spec.get("input_size", 28), spec.get("input_size", 28))
             for i in range(cfg["resnet"]):
-                nets.append((f"resnet_sample{i}[{shape[-1]}]", random_resnet(rng, shape[0], self.min_width).eval(), shape))
+                align = self.align if cfg["aligned"] and i % 2 == 1 else 1
+                nets.append((f"resnet_sample{i}[{shape[-1]}]",
+                             random_resnet(rng, shape[0], self.min_width, align).eval(), shape))
         return nets
 
     # ---- entries --------------------------------------------------------------------------
