@@ -63,7 +63,7 @@ def compress(
 
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="pluto-"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    args = ["compress=joint", "logger=tensorboard"]
+    args = ["compress=joint", "constraints=none", "logger=tensorboard"]
     if isinstance(model, str):
         args.append(f"model.name={model}")
     if isinstance(data, str):

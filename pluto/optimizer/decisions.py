@@ -76,13 +76,17 @@ class Decisions:
 
 
 def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits: tuple[int, ...],
-           gate_init_keep: float = 0.95, calibration: Tensor | None = None) -> Decisions:
+           gate_init_keep: float = 0.95, calibration: Tensor | None = None, gate_mode: str = "ste") -> Decisions:
     """Attach the decisions in a fixed order (gates first, then quantizers) so hooks compose the same way each time."""
     supernet = model if isinstance(model, Supernet) else None
     gates = None
     if prune and supernet is None:
         graph = DependencyGraph.build(model, example)
         gates = attach_gates(model, graph, init_keep=gate_init_keep)
+        # 'ste': the forward pass drops channels whose p < 0.5 while gradients flow through p. Soft masks are
+        # invisible to the task loss when a BatchNorm follows the masked conv (it re-normalizes the scale away),
+        # so with them only the cost gradient would move the gates.
+        gates.set_mode(gate_mode)
     if quantize:
         from pluto.decisions.bits import prepare_qat
 
@@ -90,17 +94,20 @@ def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits:
     return Decisions(model, supernet, gates, quantize, tuple(bits))
 
 
-def round_gates_to_expectation(gates: ChannelGates, expected: dict[int, Tensor] | None = None, scale: float = 1.0) -> None:
-    """Hard widths equal to (``scale`` x) the expected widths: keep the most probable channels of each group.
+def gate_counts(gates: ChannelGates) -> dict[int, float]:
+    """Channels each group keeps before projection: the hard count in 'ste'/'hard' mode (what the network trained
+    with), else the expected count ``sum p`` (the soft relaxation the Lagrangian priced)."""
+    probs = gates.keep_probabilities()
+    if gates.mode in ("ste", "hard"):
+        return {gid: float(k.sum()) for gid, k in gates.hard().items()}
+    return {gid: float(p.detach().sum()) for gid, p in probs.items()}
 
-    The Lagrangian prices *expected* channel counts; thresholding at p > 0.5 instead could land far
-    from the budget it met in expectation. ``expected`` are the keep-probabilities to round (default:
-    the current ones).
-    """
+
+def round_gates(gates: ChannelGates, counts: dict[int, float], probs: dict[int, Tensor], scale: float = 1.0) -> None:
+    """Fix each group to its ``round(scale * count)`` most probable channels (at least one)."""
     keep = []
-    probs = expected if expected is not None else {k: v.detach() for k, v in gates.keep_probabilities().items()}
-    for group, p in zip(gates.graph.groups, probs.values()):
-        k = max(1, int(round(scale * float(p.sum()))))
+    for group, (gid, p) in zip(gates.graph.groups, probs.items()):
+        k = max(1, min(group.size, int(round(scale * counts[gid]))))
         mask = torch.zeros(group.size, dtype=torch.bool)
         mask[torch.topk(p.detach().cpu(), k).indices] = True
         keep.append(mask)
@@ -160,15 +167,16 @@ def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: 
             notes["op_switches_to_fit_budget"] = switches
     gates = decisions.gates
     if gates is not None:
-        expected = {k: v.detach().clone() for k, v in gates.keep_probabilities().items()}
-        round_gates_to_expectation(gates, expected)
+        probs = {k: v.detach().clone().cpu() for k, v in gates.keep_probabilities().items()}
+        counts = gate_counts(gates)
+        round_gates(gates, counts, probs)
         if violated(decisions, cost_model, constraints):
             lo, hi = 0.0, 1.0
             for _ in range(16):
                 mid = (lo + hi) / 2
-                round_gates_to_expectation(gates, expected, mid)
+                round_gates(gates, counts, probs, mid)
                 lo, hi = (lo, mid) if violated(decisions, cost_model, constraints) else (mid, hi)
-            round_gates_to_expectation(gates, expected, lo)
+            round_gates(gates, counts, probs, lo)
             notes["width_scale_to_fit_budget"] = lo
     remaining = violated(decisions, cost_model, constraints)
     if remaining:
@@ -195,7 +203,8 @@ def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = N
     if cost_model is not None and constraints:
         trail["projection"] = project_to_budget(decisions, cost_model, constraints)
     elif decisions.gates is not None:
-        round_gates_to_expectation(decisions.gates)
+        probs = {k: v.detach().clone().cpu() for k, v in decisions.gates.keep_probabilities().items()}
+        round_gates(decisions.gates, gate_counts(decisions.gates), probs)
     if decisions.quantized:
         from pluto.decisions.bits import strip_quantization
 

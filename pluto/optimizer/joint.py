@@ -187,7 +187,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
 
     # 2. search ---------------------------------------------------------------------------------
     decisions: Decisions = attach(model, example.to(device), c.prune, c.quantize, bits, c.gate_init_keep,
-                                  calibration.to(device))
+                                  calibration.to(device), c.get("gate_mode", "ste"))
     net = decisions.model.to(device)
     objective = LagrangianObjective(constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
     search_steps = max(1, c.epochs.search * batches_per_epoch(train_set, t.batch_size))
