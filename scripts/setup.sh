@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.pluto-installed
 want=$(sha256sum pyproject.toml | cut -c1-16)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c "import pluto, torch" 2>/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! (cd / && "$OLDPWD/.venv/bin/python" -c "import pluto, torch, sys; sys.exit(pluto.__file__ is None)") 2>/dev/null; then
     echo "setup: installing pluto and its pinned packages (torch 2.14.1 / torchvision 0.29.1; a few minutes once)"
     .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
