@@ -24,6 +24,7 @@ def main() -> int:
     ap.add_argument("--max-params", type=float, default=150.0, help="skip models above this many M params (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--csv", help="also write the table here")
+    ap.add_argument("--onnx", action="store_true", help="also export each pruned model to ONNX and run onnxruntime")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -36,13 +37,14 @@ def main() -> int:
                                    f"skipped: {n:.0f} M params > --max-params") for t in args.targets]
                 continue
         try:
-            res = check_model(name, tuple(args.targets))
+            res = check_model(name, tuple(args.targets), onnx=args.onnx)
         except Exception as exc:  # a crash is a finding: report it, keep sweeping
             res = [ZooResult(name, 0, t, float("nan"), float("nan"), float("nan"), float("nan"), float("nan"), False,
                              0.0, f"ERROR {type(exc).__name__}: {str(exc)[:100]}") for t in args.targets]
         for r in res:
             print(f"{r.model:22s} t={r.target:.1f} params {r.params_before:8.2f}->{r.params_after:8.2f}M "
-                  f"MACs {r.macs_before:9.1f}->{r.macs_after:9.1f}M err {r.max_rel_err:.1e} {r.status}", flush=True)
+                  f"MACs {r.macs_before:9.1f}->{r.macs_after:9.1f}M err {r.max_rel_err:.1e} onnx {r.onnx_err:.1e} {r.status}",
+                  flush=True)
         rows += res
         if args.csv:  # written as we go: a long sweep that is cut off still leaves its rows
             pd.DataFrame([r.as_dict() for r in rows]).to_csv(args.csv, index=False)
@@ -65,8 +67,9 @@ _BIG = {"vit_h_14", "vit_l_16", "vit_l_32", "regnet_y_128gf", "regnet_y_32gf", "
 
 def _has_tabulate() -> bool:
     try:
-        import tabulate  # noqa: F401
-        return True
+        import tabulate
+
+        return tabulate is not None
     except ImportError:
         return False
 

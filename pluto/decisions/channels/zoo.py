@@ -84,13 +84,33 @@ class ZooResult:
     shape_ok: bool
     seconds: float
     status: str = "ok"
+    onnx_err: float = float("nan")  # |onnxruntime - torch|_max / |torch|_max of the materialized model, if asked
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def check_model(name: str, targets: tuple[float, ...] = (0.3, 0.7), importance: str = "l1") -> list[ZooResult]:
-    """Prune ``name`` to each MACs target through the gates and verify the materialized model."""
+def onnx_error(model: nn.Module, x: torch.Tensor) -> float:
+    """Export ``model`` to ONNX (TorchScript exporter), run it in onnxruntime; relative max error vs torch."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"], output_names=["y"])
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        (y,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        ref = model(x)
+    return float((torch.from_numpy(y) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def check_model(name: str, targets: tuple[float, ...] = (0.3, 0.7), importance: str = "l1",
+                onnx: bool = False) -> list[ZooResult]:
+    """Prune ``name`` to each MACs target through the gates and verify the materialized model
+    (and, with ``onnx``, its ONNX export in onnxruntime)."""
     from pluto.materialize.prune import materialize
 
     torch.manual_seed(0)
@@ -125,6 +145,6 @@ def check_model(name: str, targets: tuple[float, ...] = (0.3, 0.7), importance: 
         detach_gates(model)
         err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
         rows.append(ZooResult(name, size, target, p0, count_params(small) / 1e6, m0, count_macs(small, x) / 1e6,
-                              err, out.shape == ref.shape, seconds))
+                              err, out.shape == ref.shape, seconds, onnx_err=onnx_error(small, x) if onnx else float("nan")))
         del small
     return rows
