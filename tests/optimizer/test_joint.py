@@ -83,3 +83,27 @@ def test_joint_run_resumes_after_kill_mid_search(tmp_path):
     straight = run(compose(args), run_dir=tmp_path / "straight")
     assert resumed["macs"] == straight["macs"]
     assert resumed["accuracy"] == pytest.approx(straight["accuracy"])
+
+
+def test_latency_target_on_shipped_cpu_table_is_measured_here(tmp_path, repo_root):
+    """The report measures the exported int8 model with the table's runtime when this machine is its device."""
+    table = os.path.join(repo_root, "latency_tables", "cpu_ort")
+    metrics = run(compose(["recipe=smoke_compress", "logger=none", "trainer.threads=1", f"hw.table={table}",
+                           "compress.distill=false", "constraints.macs=null", "constraints.latency_ms=0.4",
+                           "compress.epochs.search=1"]), run_dir=tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    (verdict,) = report["constraints"]
+    assert verdict["predicted"] <= 0.4
+    if report["measured_on"] is not None:  # the shipped table was measured on this CPU model
+        assert verdict["basis"] == "measured" and verdict["measured"] > 0
+        assert metrics["measured_latency_ms"] == pytest.approx(verdict["measured"])
+    assert (tmp_path / "model_int8.onnx").exists()
+
+
+def test_energy_constraint_without_energy_table_fails_clearly(tmp_path, repo_root):
+    from pluto.errors import TableError
+
+    table = os.path.join(repo_root, "latency_tables", "cpu_ort")
+    with pytest.raises(TableError, match="energy_mj"):
+        run(compose([*FAST, f"hw.table={table}", "constraints.macs=null", "constraints.energy_mj=1.0"]),
+            run_dir=tmp_path)
