@@ -58,7 +58,7 @@ def measure_latency(table: LatencyTable, float_model: nn.Module, onnx_path: Path
     else:
         dev = "cuda" if rt.device == "cuda" else "cpu"
         work = rt.prepare(copy.deepcopy(float_model).eval().to(dev), (x.to(dev),))
-    timing = time_call(work, samples=samples)
+    timing = time_call(work, samples=samples, clock=rt.clock)  # the clock the table was measured with
     out = {"latency_ms": timing.median_ms, "latency_iqr_ms": timing.iqr_ms}
     if "energy_mj" in table.metrics:
         from pluto.cost.energy import measure_energy, open_meter
