@@ -525,7 +525,10 @@ def train_stage(args: argparse.Namespace) -> pd.DataFrame:
         s = make_sweep(args, table_name, data)
         targets = targets_of(s)
         print(f"== {table_name}: targets {targets} ms; train device {s.device}; methods {', '.join(methods)}", flush=True)
-        (s.out / "targets.json").write_text(json.dumps({"targets_ms": targets, "methods": methods}))
+        budget = {k: getattr(args, k) for k in ("data", "train_limit", "epochs", "finetune_epochs", "joint_epochs",
+                                                  "batch_size", "lr", "optuna_trials", "seed")}
+        (s.out / "targets.json").write_text(json.dumps({"targets_ms": targets, "methods": methods,
+                                                        "train_images": len(s.train), "settings": budget}))
         for method, target in plan(s, methods, targets):
             folder = s.out / method / target_tag(target)
             if (folder / "result.json").exists():
@@ -728,8 +731,13 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
             stem += "_smoke"
         if args.tag:
             stem += f"_{args.tag}"
+        info_file = out / table / "targets.json"
+        info = json.loads(info_file.read_text()) if info_file.exists() else {}
+        budget = info.get("settings", {})
+        setting = (f"{budget.get('data', args.data)}, {info.get('train_images', '?')} train images, "
+                   f"epochs {budget.get('epochs', '?')} (joint {budget.get('joint_epochs', '?')})")
         plot(frame, table, results / f"{stem}.png",
-             f"{table}: small_cnn on {args.data}, trained on {train_dev}, latency measured on {device}")
+             f"{table}: small_cnn, {setting}\ntrained on {train_dev}, latency measured on {device}")
         frame[frame["table"] == table].to_csv(results / f"{stem}.csv", index=False)
         if not comparison.empty:
             comparison[comparison["table"] == table].to_csv(results / f"{stem}_comparison.csv", index=False)
