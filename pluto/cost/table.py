@@ -367,10 +367,3 @@ class LatencyTable:
         """Predicted cost of running ``model`` once (batch = the table's batch) in ms or mJ."""
         self._require(metric, precision)
         return self.predict_ops(extract_ops(model, input_shape), metric, precision, calibrated)
-
-
-def rename_table(table: LatencyTable, **metadata) -> LatencyTable:
-    """A copy of ``table`` with some metadata replaced (used by `pluto table import`)."""
-    return LatencyTable(table.entries.copy(), {**table.metadata, **metadata})
-
-
