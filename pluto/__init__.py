@@ -5,7 +5,7 @@ The public API is small::
 
     import pluto
     table = pluto.LatencyTable.load("latency_tables/cpu_ort")
-    result = pluto.compress("small_cnn", table, {"latency_ms": 0.05}, data="fashion_mnist")
+    result = pluto.compress("small_cnn", table, {"latency_ms": 0.15}, data="fashion_mnist")
 """
 from __future__ import annotations
 
