@@ -52,9 +52,14 @@ class _QDQBase(nn.Module):
     """Holds the integer-grid weight and the input quantization of one exported layer."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None, bits: int, act_bits: int, w_step: Tensor | None,
-                 in_step: Tensor | None, in_zero_point: Tensor | None):
+                 in_step: Tensor | None, in_zero_point: Tensor | None, out_step: Tensor | None = None,
+                 out_zero_point: Tensor | None = None):
         super().__init__()
         self.bits, self.act_bits = bits, act_bits
+        self.quantize_output = out_step is not None and bits <= 8
+        if self.quantize_output:
+            self.register_buffer("out_step", out_step.detach().abs().reshape(()).float().clone())
+            self.register_buffer("out_zero_point", out_zero_point.detach().round().reshape(()).to(torch.int32))
         self.register_buffer("weight", weight.detach().clone())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
         if bits <= 8:
@@ -77,6 +82,11 @@ class _QDQBase(nn.Module):
             x = torch.clamp(x, self.in_lo, self.in_hi)
         return torch.fake_quantize_per_tensor_affine(x, self.in_step, self.in_zero_point, *ONNX_ACT_RANGE)
 
+    def _qdq_output(self, y: Tensor) -> Tensor:
+        if not self.quantize_output:
+            return y
+        return torch.fake_quantize_per_tensor_affine(y, self.out_step, self.out_zero_point, *ONNX_ACT_RANGE)
+
     def _qdq_weight(self) -> Tensor:
         if self.bits > 8:
             return self.weight
@@ -94,15 +104,15 @@ class QDQConv2d(_QDQBase):
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(self._qdq_input(x), self._qdq_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return self._qdq_output(F.conv2d(self._qdq_input(x), self._qdq_weight(), self.bias, self.stride,
+                                         self.padding, self.dilation, self.groups))
 
 
 class QDQLinear(_QDQBase):
     """A linear layer whose input and weight pass through QuantizeLinear/DequantizeLinear when exported."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self._qdq_input(x), self._qdq_weight(), self.bias)
+        return self._qdq_output(F.linear(self._qdq_input(x), self._qdq_weight(), self.bias))
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -140,7 +150,9 @@ def to_qdq_model(qmodel: nn.Module) -> tuple[nn.Module, list[LayerExport]]:
             if not (bool(wq.initialized) and bool(iq.initialized)):
                 raise ConfigError(f"layer {name!r} was never calibrated; calibrate or train the model before export")
             w = wq(w)  # values on the integer grid of the trained step
-            quant = {"act_bits": act_bits, "w_step": wq.scale_and_zero_point()[0], "in_step": iq.scale_and_zero_point()[0],
+            if choice.output_quantizer is not None:
+                quant["out_step"], quant["out_zero_point"] = choice.output_quantizer.scale_and_zero_point()
+            quant |= {"act_bits": act_bits, "w_step": wq.scale_and_zero_point()[0], "in_step": iq.scale_and_zero_point()[0],
                      "in_zero_point": iq.scale_and_zero_point()[1]}
         elif b == 16:
             w = w.half().float()

@@ -30,6 +30,8 @@ integer weights that were trained.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -60,10 +62,13 @@ class BitWidthChoice(nn.Module):
             (not registered as a child, so the model's state dict does not duplicate it).
         min_activation_bits: the fewest bits an integer candidate's input activation gets
             (8: a 4-bit candidate is W4A8; 4: W4A4).
+        quantize_output: also fake-quantize the layer's (BN-folded) output to 8 bits when an
+            integer candidate runs (see :meth:`quantize_output`).
     """
 
     def __init__(self, out_channels: int, candidates: tuple[int, ...] = (4, 8), mode: str = "soft",
-                 temperature: float = 1.0, bn: nn.Module | None = None, min_activation_bits: int = 8):
+                 temperature: float = 1.0, bn: nn.Module | None = None, min_activation_bits: int = 8,
+                 quantize_output: bool = False):
         super().__init__()
         candidates = tuple(sorted({int(b) for b in candidates}))
         bad = [b for b in candidates if b not in SUPPORTED_BITS]
@@ -83,6 +88,10 @@ class BitWidthChoice(nn.Module):
         self.register_buffer("candidate_bits", torch.tensor(candidates))
         self.register_buffer("min_activation_bits", torch.tensor(int(min_activation_bits)))
         self.register_buffer("folds_bn", torch.tensor(bn is not None))
+        # 8-bit output quantizer for layers whose output feeds no quantized layer (e.g. a residual add),
+        # so the runtime can fuse DQ -> Conv -> Q into an int8 kernel there too
+        self.output_quantizer = LsqQuantizer(8, signed=False, symmetric=False) if quantize_output else None
+        self._last_weights: Tensor | None = None
         self._bn = [bn]  # a list hides it from nn.Module registration
         self._step_weights: Tensor | None = None
         self.mode = mode
@@ -202,7 +211,34 @@ class BitWidthChoice(nn.Module):
         self._step_weights = self._mixture_weights()
 
     def end_call(self) -> None:
+        if self.output_quantizer is not None:  # kept for quantize_output, which runs after the layer
+            self._last_weights = self._step_weights
         self._step_weights = None
+
+    def __deepcopy__(self, memo: dict) -> "BitWidthChoice":
+        # per-call mixture weights are non-leaf tensors, which deepcopy refuses; they are transient anyway
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            transient = key in ("_step_weights", "_last_weights")
+            object.__setattr__(clone, key, None if transient else copy.deepcopy(value, memo))
+        return clone
+
+    def quantize_output(self, y: Tensor) -> Tensor:
+        """The layer's (BN-folded) output, 8-bit quantized for integer candidates, mixed like the layer call."""
+        if self.output_quantizer is None:
+            return y
+        weights = self._last_weights if self._last_weights is not None else self._mixture_weights()
+        self._last_weights = None
+        integer = sum(weights[i] for i, b in enumerate(self.candidates) if b <= 8)
+        if not torch.is_tensor(integer):
+            return y
+        if not integer.requires_grad and float(integer) == 0.0:
+            return y
+        q = self.output_quantizer(y)
+        if not integer.requires_grad and float(integer) == 1.0:
+            return q
+        return integer * q + (1 - integer) * y
 
     def quantize_input(self, x: Tensor) -> Tensor:
         """The layer's input as the chosen precision (mixture) represents it."""

@@ -77,6 +77,73 @@ def _end_call_hook(module: nn.Module, args: tuple, output: Tensor) -> None:
     _choice_of(module).end_call()
 
 
+class _OutputQuantizeHook:
+    """Forward hook quantizing the output of a layer (or of its BN). An object, not a closure, so that
+    ``copy.deepcopy`` of the model remaps ``choice`` to the copy's own choice."""
+
+    def __init__(self, choice: BitWidthChoice):
+        self.choice = choice
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        return self.choice.quantize_output(output)
+
+
+_TRANSPARENT = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d, nn.Identity, nn.Dropout)
+
+
+def _output_sites(model: nn.Module, layers: Iterable[str], pairs: Mapping[str, str]) -> dict[str, str]:
+    """Quantized layer -> module whose output to quantize, for layers whose output reaches no quantized layer.
+
+    Follows the (BN-folded) output through ReLU / max-pool / identity-like ops. A layer whose every
+    path reaches a quantized layer needs no output quantizer (that layer's input Q does the job);
+    one whose output is the model's output (logits) stays float. Untraceable models get none.
+    """
+    import torch.fx as fx
+    import torch.nn.functional as F
+
+    layers = set(layers)
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # untraceable: no output quantization
+        return {}
+    modules = dict(model.named_modules())
+
+    def transparent(node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(modules.get(node.target), _TRANSPARENT)
+        if node.op == "call_function":
+            return node.target in (F.relu, torch.relu, F.relu6, F.max_pool2d, F.dropout)
+        return node.op == "call_method" and node.target in ("relu", "relu_")
+
+    def consumers_quantized(node: fx.Node) -> bool | None:
+        """True: all paths reach quantized layers; False: some path reaches another op; None: reaches output."""
+        result = True
+        for user in node.users:
+            if user.op == "output":
+                return None
+            if user.op == "call_module" and user.target in layers:
+                continue
+            if transparent(user):
+                sub = consumers_quantized(user)
+                if sub is None:
+                    return None
+                result = result and sub
+            else:
+                result = False
+        return result
+
+    sites = {}
+    nodes = {n.target: n for n in graph.nodes if n.op == "call_module"}
+    for name in layers:
+        if name not in nodes:
+            continue
+        site = pairs.get(name, name)
+        node = nodes.get(site, nodes[name])
+        if consumers_quantized(node) is False:
+            sites[name] = site if site in nodes else name
+    return sites
+
+
 def _choice_of(module: nn.Module) -> BitWidthChoice:
     # looked up from the module (not captured in a closure) so deep copies hook their own choice
     return next(p for p in module.parametrizations.weight if isinstance(p, BitWidthChoice))
@@ -85,7 +152,7 @@ def _choice_of(module: nn.Module) -> BitWidthChoice:
 def prepare_qat(model: nn.Module, bits: BitsSpec = (4, 8), example_input: Tensor | None = None,
                 fold_bn: bool = True, calibrate: Tensor | Iterable | None = None, mode: str = "soft",
                 temperature: float = 1.0, skip: Iterable[str] = (), calibrate_batches: int = 8,
-                min_activation_bits: int = 8) -> nn.Module:
+                min_activation_bits: int = 8, quantize_outputs: bool = True) -> nn.Module:
     """Make ``model`` quantization-aware, in place, and return it.
 
     Args:
@@ -102,22 +169,28 @@ def prepare_qat(model: nn.Module, bits: BitsSpec = (4, 8), example_input: Tensor
         skip: layer names left in float when ``bits`` is not a dict (e.g. the first conv).
         min_activation_bits: input activations of integer layers get at least this many bits
             (8: 4-bit layers are W4A8 and run on int8 kernels; 4: W4A4, simulated only).
+        quantize_outputs: 8-bit-quantize the (BN-folded) output of layers whose output feeds no
+            quantized layer (e.g. MobileNetV2's projection convs before the residual add), so the
+            runtime runs them in int8 kernels too; the logits layer stays float.
     """
     if bit_choices(model):
         raise ConfigError("model is already prepared for QAT; call strip_quantization(model) first to re-prepare it")
     per_layer = _resolve_bits(model, bits, skip)
     pairs = conv_bn_pairs(model) if fold_bn else {}
+    sites = _output_sites(model, per_layer, pairs) if quantize_outputs else {}
     for name, candidates in per_layer.items():
         layer = model.get_submodule(name)
         bn = model.get_submodule(pairs[name]) if name in pairs else None
         out_channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
         choice = BitWidthChoice(out_channels, candidates, mode=mode, temperature=temperature, bn=bn,
-                                min_activation_bits=min_activation_bits)
+                                min_activation_bits=min_activation_bits, quantize_output=name in sites)
         choice.to(layer.weight.device)
         choice.init_weight_steps(layer.weight)
         parametrize.register_parametrization(layer, "weight", choice)
         layer.register_forward_pre_hook(_quantize_input_hook)
         layer.register_forward_hook(_end_call_hook)
+        if name in sites:
+            model.get_submodule(sites[name]).register_forward_hook(_OutputQuantizeHook(choice))
     if calibrate is not None:
         _calibrate(model, calibrate, batches=calibrate_batches)
     elif example_input is not None:
@@ -162,12 +235,17 @@ def calibrate(model: nn.Module, data: Tensor | Iterable, batches: int = 8, metho
         raise ConfigError("calibrate() needs a model prepared with prepare_qat() or ptq()")
     was_training = model.training
     recorders, handles, saved_modes = {}, [], {}
+    output_sites = {id(hook.choice): module for module, hook in _output_hooks(model)}
     for name, choice in choices.items():
         layer = model.get_submodule(name)
         choice.init_weight_steps(layer.parametrizations.weight.original, method)
         if choice.input_quantizers:
             recorders[name] = _Recorder()
             handles.append(layer.register_forward_pre_hook(recorders[name], prepend=True))
+        if choice.output_quantizer is not None and id(choice) in output_sites:
+            recorders[f"{name}:output"] = _Recorder()
+            handles.append(output_sites[id(choice)].register_forward_hook(
+                _as_forward_hook(recorders[f"{name}:output"]), prepend=True))
         saved_modes[name] = (choice.mode, int(choice.chosen))
     model.eval()
     try:
@@ -187,9 +265,22 @@ def calibrate(model: nn.Module, data: Tensor | Iterable, batches: int = 8, metho
         if not recorder.samples:
             raise ConfigError(f"calibration data never reached layer {name!r}; pass inputs the model accepts")
         sample = torch.cat(recorder.samples)
+        if name.endswith(":output"):
+            choices[name[: -len(":output")]].output_quantizer.init_from(sample, method)
+            continue
         for q in choices[name].input_quantizers.values():
             q.init_from(sample, method)
     return model
+
+
+def _as_forward_hook(recorder: "_Recorder"):
+    def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+        recorder(module, (output,))
+    return hook
+
+
+def _output_hooks(model: nn.Module) -> list[tuple[nn.Module, _OutputQuantizeHook]]:
+    return [(m, h) for m in model.modules() for h in m._forward_hooks.values() if isinstance(h, _OutputQuantizeHook)]
 
 
 _calibrate = calibrate  # prepare_qat's argument named `calibrate` shadows the function
@@ -265,6 +356,9 @@ def strip_quantization(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
         for hooks, fn in ((layer._forward_pre_hooks, _quantize_input_hook), (layer._forward_hooks, _end_call_hook)):
             for key in [k for k, h in hooks.items() if h is fn]:
                 del hooks[key]
+    for module in model.modules():
+        for key in [k for k, h in module._forward_hooks.items() if isinstance(h, _OutputQuantizeHook)]:
+            del module._forward_hooks[key]
     return model, bits
 
 
@@ -285,13 +379,15 @@ def prepare_from_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) 
         raise ConfigError("this state dict holds no quantized layers; load it into the float model directly")
     floors = {int(state_dict[f"{n}.parametrizations.weight.0.min_activation_bits"]) for n in layers}
     folds = {bool(state_dict[f"{n}.parametrizations.weight.0.folds_bn"]) for n in layers}
-    prepare_qat(model, bits=layers, fold_bn=any(folds), min_activation_bits=min(floors))
+    outputs = any(".output_quantizer." in k for k in state_dict)
+    prepare_qat(model, bits=layers, fold_bn=any(folds), min_activation_bits=min(floors), quantize_outputs=outputs)
     for name, choice in bit_choices(model).items():
         saved = bool(state_dict[f"{name}.parametrizations.weight.0.folds_bn"])
         if saved != (choice.bn is not None):
             raise ConfigError(f"layer {name!r}: the checkpoint was {'with' if saved else 'without'} BN folding but "
                               "this model's structure differs; build the same architecture as the checkpoint")
-        for q in [*choice.weight_quantizers.values(), *choice.input_quantizers.values()]:
+        extra = [choice.output_quantizer] if choice.output_quantizer is not None else []
+        for q in [*choice.weight_quantizers.values(), *choice.input_quantizers.values(), *extra]:
             q.initialized.fill_(True)  # the loaded state sets the real flag
     try:
         model.load_state_dict(state_dict)
