@@ -113,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="second latency batch size (the first is 1)")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="skip training/accuracy: time fp32 vs PTQ int8 files of random-weight models (latency does not "
+                         "depend on weight values)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -124,6 +127,18 @@ def main(argv=None) -> int:
     xte, yte = test_set.tensors
     calib = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(1))[: args.calib]]
     acc_rows, lat_rows = [], []
+    if args.latency_only:
+        for name in args.models:
+            model = create_model(name).eval()
+            files = {"fp32": export_onnx(model, xte[:1], cache / f"{name}.rand.fp32.onnx", int8=False)}
+            for bits in args.bits:
+                files[f"int{bits}"] = export_onnx(ptq(model, calib, bits=bits, batches=2), xte[:1],
+                                                  cache / f"{name}.rand.int{bits}.onnx")
+            for threads in args.threads:
+                for batch in (1, args.batch):
+                    t = {k: latency_ms(p, xte[:batch], threads, args.repeats) for k, p in files.items()}
+                    lat_rows.append({"model": name, "threads": threads, "batch": batch, **t})
+        args.models = []
     for name in args.models:
         print(f"== {name} (device {device}, {torch.get_num_threads()} torch threads)", flush=True)
         float_path = cache / f"{name}.float.pt"
@@ -172,6 +187,13 @@ def main(argv=None) -> int:
                     x = xte[:batch]
                     t = {k: latency_ms(p, x, threads, args.repeats) for k, p in files.items()}
                     lat_rows.append({"model": name, "threads": threads, "batch": batch, **t})
+    if acc_rows:
+        print_accuracy(acc_rows, args)
+    print_latency(lat_rows, args)
+    return 0
+
+
+def print_accuracy(acc_rows, args):
     print("\n## Accuracy on the Fashion-MNIST test set (10k images), %")
     cols = ["float", "fp32 onnx"] + [c for b in args.bits for c in (f"ptq{b}", f"qat{b}", f"qat{b} onnx")]
     print("| model | " + " | ".join(cols) + " |")
@@ -186,6 +208,9 @@ def main(argv=None) -> int:
             sim = " (W4A8, simulated 4-bit)" if b < 8 else ""
             print(f"| {r['model']} | {b}{sim} | {r[f'agree{b}']:.2f} | {r[f'maxerr{b}']:.2e} | "
                   f"{r[f'logit_range{b}']:.2f} | {r[f'qlinear{b}']} |")
+
+
+def print_latency(lat_rows, args):
     if lat_rows:
         print(f"\n## onnxruntime CPU latency, ms (median of {args.repeats}); int4 = int8 kernels, simulated")
         keys = ["fp32"] + [f"int{b}" for b in args.bits]
@@ -195,7 +220,6 @@ def main(argv=None) -> int:
             ratio = r["fp32"] / r["int8"] if "int8" in r else float("nan")
             print(f"| {r['model']} | {r['threads']} | {r['batch']} | " + " | ".join(f"{r[k]:.3f}" for k in keys)
                   + f" | {ratio:.2f}x |")
-    return 0
 
 
 if __name__ == "__main__":
