@@ -369,12 +369,18 @@ class _LabelPropagator(Interpreter):
         if not varying:
             return res
         if name in ("view", "reshape", "unflatten") and _is_tensor(res):
+            sizes = list(n.args[1:]) if name != "unflatten" else []
+            if name == "reshape" and n.op == "call_function" or (len(sizes) == 1 and isinstance(sizes[0], (list, tuple))):
+                sizes = list(sizes[-1]) if sizes and isinstance(sizes[-1], (list, tuple)) else sizes
             for gi, gj in _reshape_groups(list(src.shape), list(res.shape)):
                 gi = [d for d in gi if src.shape[d] > 1]
                 gj = [d for d in gj if res.shape[d] > 1]
                 if not any(d in varying for d in gi) or (len(gi) <= 1 and len(gj) <= 1) or len(gj) <= 1:
                     continue
                 if len(gi) > 1:  # split and merge at once: no safe rule
+                    return self._block(n, out)
+                last = sizes[gj[-1]] if len(sizes) == res.dim() else None
+                if not (isinstance(last, Node) or last == -1):  # per-piece size fixed in the code: cannot shrink
                     return self._block(n, out)
                 for d in gj[:-1]:
                     self.uf.union_pairs(res.narrow(d, 0, 1).expand_as(res), res)
