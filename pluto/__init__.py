@@ -31,6 +31,9 @@ _EXPORTS = {
     "DistillationLoss": "pluto.optimizer.distillation",
     "Constraint": "pluto.optimizer.constraints",
     "LagrangianObjective": "pluto.optimizer.lagrangian",
+    "LagrangianConfig": "pluto.optimizer.lagrangian",
+    "SpaceConfig": "pluto.decisions.ops.config",
+    "expected_supernet_cost": "pluto.decisions.ops.cost",
     "PlutoError": "pluto.errors",
 }
 __all__ = sorted(_EXPORTS)

@@ -28,11 +28,14 @@ def precision_key(bits: int) -> str:
 
 class CostModel:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], table: LatencyTable | None,
-                 default_precision: str = "fp32"):
+                 default_precision: str = "fp32", op_temperature: float | None = None):
         """Trace ``model`` *before* decisions are attached; ``default_precision`` prices layers without a bit choice."""
         self.table = table
         self.input_shape = tuple(input_shape)
         self.default_precision = default_precision
+        # Price op choices at the *final* softmax temperature: priced at the annealed one, the expected cost keeps
+        # falling as the temperature drops after the constraint is met, and the search overshoots to the cheapest ops.
+        self.op_temperature = op_temperature
         self.supernet = model if isinstance(model, Supernet) else None
         self.ops: list[OpSpec] = [] if self.supernet is not None else extract_ops(model, self.input_shape)
         if table is not None and default_precision not in table.precisions:
@@ -58,7 +61,8 @@ class CostModel:
             from pluto.decisions.ops.cost import expected_supernet_cost
 
             return expected_supernet_cost(self.supernet, table, self.input_shape, metric,
-                                          dict(precisions) if precisions else None, self.default_precision)
+                                          dict(precisions) if precisions else None, self.default_precision,
+                                          temperature=self.op_temperature)
         return expected_cost(table, self.ops, metric, dict(channels) if channels else None,
                              dict(precisions) if precisions else None, default_precision=self.default_precision)
 

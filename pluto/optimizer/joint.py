@@ -91,7 +91,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     input_shape = spec.input_shape
     example = torch.zeros(input_shape)
     default_precision = cfg.hw.get("precision", "fp32") if c.quantize else "fp32"
-    cost_model = CostModel(model, input_shape, table, default_precision)
+    cost_model = CostModel(model, input_shape, table, default_precision, op_temperature=c.temperature.final)
     bits = tuple(int(b) for b in c.bits)
     calibration = _calibration_batch(train_set)
 
