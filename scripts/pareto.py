@@ -136,6 +136,11 @@ class Sweep:
     def test_loader(self) -> DataLoader:
         return DataLoader(self.test, batch_size=512, shuffle=False)
 
+    @property
+    def total_epochs(self) -> int:
+        """Passes over the data every method gets: the dense model's epochs plus the fine-tune after pruning."""
+        return self.args.epochs + self.args.finetune_epochs
+
     def calibration(self, n: int = 512) -> torch.Tensor:
         return next(iter(DataLoader(self.train, batch_size=n, shuffle=False)))[0]
 
@@ -153,9 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-targets", type=int, default=5)
     p.add_argument("--epochs", type=int, default=5, help="baseline training epochs (from scratch / dense)")
     p.add_argument("--finetune-epochs", type=int, default=2, help="fine-tune epochs after one-shot pruning")
-    p.add_argument("--joint-epochs", default="1,2,2", help="warmup,search,finetune epochs of joint runs")
+    p.add_argument("--joint-epochs", default="auto", help="warmup,search,finetune epochs of joint runs; auto: "
+                   "0,S,F-S with S = F//2 (F = --finetune-epochs), starting from the shared dense model (the supernet "
+                   "trained --epochs for nas), i.e. the same budget as magnitude pruning + fine-tune")
     p.add_argument("--joint-bits", default="auto", help="candidate bits of the joint/qat runs, e.g. 4,8 or 8,32; "
-                                                        "auto: 4,8,32 on an int8 table, 16,32 otherwise")
+                   "auto: 8,32 on an int8 table (its int4 layers run on int8 kernels: no faster), 16,32 otherwise")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None)
     p.add_argument("--data", default="fashion_mnist", help="fashion_mnist | synthetic")
@@ -179,6 +186,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.data, args.epochs, args.finetune_epochs, args.joint_epochs = "synthetic", 2, 1, "1,1,1"
+    if args.joint_epochs == "auto":  # the same passes over the data as magnitude pruning + fine-tune
+        search = max(1, args.finetune_epochs // 2)
+        args.joint_epochs = f"0,{search},{max(0, args.finetune_epochs - search)}"
         args.n_targets, args.batch_size, args.warmup_steps = min(args.n_targets, 2), 64, 4
         args.optuna_trials, args.repeats, args.samples = 2, 1, 10
         if args.methods == ",".join(METHODS):  # the soft supernet is minutes on 2 CPU cores; ask for it by name
@@ -223,7 +233,7 @@ def make_sweep(args: argparse.Namespace, table_name: str, data) -> Sweep:
 def joint_bits(s: Sweep) -> tuple[int, ...]:
     if s.args.joint_bits != "auto":
         return tuple(int(b) for b in s.args.joint_bits.split(","))
-    return (4, 8, 32) if "int8" in s.table.precisions else (16, 32)
+    return (8, 32) if "int8" in s.table.precisions else (16, 32)
 
 
 # ----------------------------------------------------------------------------------------- building blocks
@@ -279,6 +289,42 @@ def dense_model(s: Sweep) -> nn.Module:
     return model
 
 
+def save_runtime_model(s: Sweep, model: nn.Module, bits: dict[str, int], folder: Path) -> str | None:
+    """For tables whose runtime is not onnxruntime (CUDA graphs): a TorchScript of what that runtime times, fp16
+    layers included, so ``--stage measure`` re-times every config on the table's chip with nothing else running."""
+    from pluto.optimizer.report import with_fp16_layers
+
+    if s.table.runtime == "onnxruntime":
+        return None
+    runnable = with_fp16_layers(model, bits) if 16 in bits.values() else copy.deepcopy(model)
+    dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    with torch.no_grad():
+        traced = torch.jit.trace(runnable.to(dev).eval(), torch.randn(*s.shape, device=dev))
+    path = folder / "model_runtime.ts"
+    torch.jit.save(traced, str(path))
+    return str(path.resolve().relative_to(Path(s.args.out).resolve()))
+
+
+def warm_supernet(s: Sweep) -> Path:
+    """The MBConv supernet with every candidate trained ``--epochs`` epochs (soft mode, architecture frozen at
+    uniform), shared by the NAS runs of every target as the dense model is shared by the pruning baselines."""
+    path = s.out / "_supernet" / "model.pt"
+    if path.exists():
+        return path
+    mkw = {k: v for k, v in _compose(["model=supernet_mbconv"]).model.items() if k != "name"}
+    torch.manual_seed(s.args.seed)
+    model = create_model("supernet", s.spec.num_classes, s.spec.in_channels, s.spec.input_size, **mkw)
+    arch = model.arch_parameters()
+    for p in arch:
+        p.requires_grad_(False)
+    fit(s, model, s.args.epochs)
+    for p in arch:
+        p.requires_grad_(True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
+    return path
+
+
 def deploy(s: Sweep, model: nn.Module, folder: Path, precision: str, bits: dict[str, int] | None = None,
            qmodel: nn.Module | None = None) -> dict[str, Any]:
     """PTQ (when int8), test accuracy, ONNX export, predicted (and, on the table's chip, measured) latency."""
@@ -303,6 +349,7 @@ def deploy(s: Sweep, model: nn.Module, folder: Path, precision: str, bits: dict[
     row = {"accuracy": accuracy, "params": float(total_params(ops)), "macs": float(total_macs(ops)),
            "predicted_latency_ms": predicted_latency(s, model, precision, bits), "precision": precision,
            "onnx": str(Path(onnx).relative_to(Path(s.args.out)))}
+    row["runtime_model"] = save_runtime_model(s, model, {}, folder)
     if table_device_is_here(s.table) and s.table.runtime != "onnxruntime":
         row["measured_latency_ms_train"] = measure_latency(s.table, model, Path(onnx), s.shape)["latency_ms"]
     return row
@@ -346,17 +393,29 @@ def run_joint(s: Sweep, target: float, folder: Path, variant: str) -> dict[str, 
     ]
     if variant == "nas":
         overrides.append("compress.teacher=none")
+    if w == 0:  # start from the trained dense model (or supernet), as the pruning baselines do
+        if variant == "nas":
+            init = warm_supernet(s)
+        else:
+            dense_model(s)
+            init = s.out / "_dense" / "model.pt"
+        overrides.append(f"compress.init_from={init.resolve()}")
     cfg = _compose(overrides)
     run_dir = folder / "run"
-    metrics, _ = execute(cfg, run_dir, datasets=(s.train, s.test))
+    metrics, final = execute(cfg, run_dir, datasets=(s.train, s.test))
     for ckpt in run_dir.glob("*.pt"):  # keep the folder small enough to ship back
         ckpt.unlink()
+    from pluto.decisions.bits import strip_quantization
+
+    float_model, chosen = strip_quantization(copy.deepcopy(final).cpu())
     onnx = metrics.get("onnx")
     row = {"accuracy": metrics["accuracy"], "params": metrics.get("params"), "macs": metrics.get("macs"),
            "predicted_latency_ms": metrics.get("predicted_latency_ms"),
            "precision": "int8" if onnx and onnx.endswith("int8.onnx") else "fp32",
            "onnx": str(Path(onnx).resolve().relative_to(Path(s.args.out).resolve())) if onnx else None,
-           "detail": json.dumps({"bits": list(bits), "constraints_hold": metrics.get("constraints_hold")})}
+           "runtime_model": save_runtime_model(s, float_model, chosen, folder),
+           "detail": json.dumps({"bits": list(bits), "chosen_bits": chosen,
+                                 "constraints_hold": metrics.get("constraints_hold")})}
     if metrics.get("measured_latency_ms") is not None and s.table.runtime != "onnxruntime":
         row["measured_latency_ms_train"] = metrics["measured_latency_ms"]
     return row
@@ -368,7 +427,7 @@ def run_uniform(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
 
     width = round(largest_under(target, pred, 0.125, 1.0, iters=7), 4)
     torch.manual_seed(s.args.seed)
-    model = fit(s, staged_cnn(s.spec, (width,) * 3), s.args.epochs)
+    model = fit(s, staged_cnn(s.spec, (width,) * 3), s.total_epochs)
     return {**deploy(s, model, folder, s.precision), "detail": json.dumps({"width": width})}
 
 
@@ -464,7 +523,7 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
         raise InfeasibleConstraintError(f"no configuration of the Optuna space is predicted under {target} ms")
     widths, bits = config_of(study.best_trial)
     torch.manual_seed(s.args.seed)
-    model = fit(s, staged_cnn(s.spec, widths), s.args.epochs)
+    model = fit(s, staged_cnn(s.spec, widths), s.total_epochs)
     row = deploy(s, model, folder, precision_of(bits), bits if precision_of(bits) == "int8" else None)
     row["detail"] = json.dumps({"widths": widths, "bits": [bits[layers[0]] for layers in STAGE_LAYERS],
                                 "trials_trained": trained, "trials_asked": asked, "best_val": study.best_value})
@@ -575,6 +634,18 @@ def measure_onnx(path: Path, shape: tuple[int, ...], threads: int, repeats: int,
     return float(np.median(medians)), float(max(medians) - min(medians))
 
 
+def measure_runtime_model(table: LatencyTable, path: Path, shape: tuple[int, ...], repeats: int
+                          ) -> tuple[float, float, float]:
+    """Median over ``repeats`` of the table runtime's latency (ms) of a saved TorchScript, its spread, and energy (mJ)."""
+    from pluto.optimizer.report import measure_latency
+
+    model = torch.jit.load(str(path), map_location="cuda" if table.device.get("type") == "cuda" else "cpu")
+    runs = [measure_latency(table, model, None, shape) for _ in range(repeats)]
+    lats = [r["latency_ms"] for r in runs]
+    energies = [r["energy_mj"] for r in runs if r.get("energy_mj") is not None]
+    return float(np.median(lats)), float(max(lats) - min(lats)), float(np.median(energies)) if energies else math.nan
+
+
 def onnx_accuracy(path: Path, test) -> float:
     from pluto.engine.loop import in_memory_tensors
     from pluto.materialize.export import onnx_session, run_onnx
@@ -675,6 +746,7 @@ def plot(frame: pd.DataFrame, table: str, path: Path, title: str) -> None:
 
 def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     from pluto.cost.runtimes import cpu_name
+    from pluto.optimizer.report import table_device_is_here
 
     out = Path(args.out)
     frame = collect(out)
@@ -682,9 +754,9 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
         raise SystemExit(f"no result.json under {out}/<table>/<method>/<target>/; run --stage train first")
     test = None if args.no_onnx_accuracy else load_data(args)[1]
     here = cpu_name()
-    measured, spread, onnx_acc = [], [], []
+    measured, spread, onnx_acc, energy = [], [], [], []
     for _, row in frame.iterrows():
-        lat = sp = acc = math.nan
+        lat = sp = acc = en = math.nan
         onnx = row.get("onnx")
         table = load_table(args, row["table"])
         if isinstance(onnx, str) and (out / onnx).exists():
@@ -694,17 +766,24 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
                                        args.samples)
             if test is not None:
                 acc = onnx_accuracy(out / onnx, test)
+        runtime_model = row.get("runtime_model")
+        if table.runtime != "onnxruntime" and isinstance(runtime_model, str) and (out / runtime_model).exists() \
+                and table_device_is_here(table):
+            lat, sp, en = measure_runtime_model(table, out / runtime_model, (1, *load_data_shape(test, args)),
+                                                args.repeats)
         if math.isnan(lat) and not pd.isna(row.get("measured_latency_ms_train", math.nan)):
             lat = float(row["measured_latency_ms_train"])
         measured.append(lat)
         spread.append(sp)
         onnx_acc.append(acc)
+        energy.append(en)
     frame["latency_ms"], frame["latency_spread_ms"], frame["onnx_accuracy"] = measured, spread, onnx_acc
+    frame["energy_mj"] = energy
     frame["torch_accuracy"] = frame.get("accuracy")
     frame["accuracy"] = frame["onnx_accuracy"].where(frame["onnx_accuracy"].notna(), frame["torch_accuracy"])
     frame["measured_on"] = here
     cols = ["table", "method", "target_ms", "status", "accuracy", "torch_accuracy", "latency_ms", "latency_spread_ms",
-            "predicted_latency_ms", "params", "precision", "train_seconds"]
+            "predicted_latency_ms", "energy_mj", "params", "precision", "train_seconds"]
     table_view = frame[[c for c in cols if c in frame]].sort_values(["table", "method", "target_ms"])
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.float_format", "{:.4g}".format):
         print("\n== accuracy (ONNX on the test set) vs measured latency on " + here)

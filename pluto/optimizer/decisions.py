@@ -76,13 +76,22 @@ class Decisions:
 
 
 def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits: tuple[int, ...],
-           gate_init_keep: float = 0.95, calibration: Tensor | None = None, gate_mode: str = "ste") -> Decisions:
-    """Attach the decisions in a fixed order (gates first, then quantizers) so hooks compose the same way each time."""
+           gate_init_keep: float = 0.95, calibration: Tensor | None = None, gate_mode: str = "ste",
+           gate_init: str = "none", gate_init_spread: float = 2.0) -> Decisions:
+    """Attach the decisions in a fixed order (gates first, then quantizers) so hooks compose the same way each time.
+
+    ``gate_init``: ``'none'`` starts every gate at ``gate_init_keep``; an importance criterion (``'l1'``,
+    ``'l2'``, ``'bn'``) ranks each group's gates by the (warmed-up) weights, see :meth:`ChannelGates.rank_by`.
+    """
     supernet = model if isinstance(model, Supernet) else None
     gates = None
     if prune and supernet is None:
         graph = DependencyGraph.build(model, example)
         gates = attach_gates(model, graph, init_keep=gate_init_keep)
+        if gate_init != "none":
+            from pluto.decisions.channels.importance import channel_importance
+
+            gates.rank_by(channel_importance(model, graph, gate_init), gate_init_spread)
         # 'ste': the forward pass drops channels whose p < 0.5 while gradients flow through p. Soft masks are
         # invisible to the task loss when a BatchNorm follows the masked conv (it re-normalizes the scale away),
         # so with them only the cost gradient would move the gates.

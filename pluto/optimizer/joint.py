@@ -2,7 +2,8 @@
 
 Phases (each resumable to the batch; ``state.phases_done`` records the finished ones):
 
-1. ``warmup``   - train the weights alone (a supernet trains all candidates in soft mode).
+1. ``warmup``   - train the weights alone (a supernet trains all candidates in soft mode); starts from
+                  ``compress.init_from`` when given (a trained model: set warmup epochs to 0 to skip it).
 2. ``search``   - attach the decisions (op choice, channel gates, bit-widths) and minimize
                   task(+KD) loss + sum_i lambda_i * (E[cost_i]/target_i - 1); the multipliers rise
                   by dual ascent while a constraint is violated (``pluto.optimizer.lagrangian``).
@@ -53,6 +54,23 @@ def _load_if_exists(net: nn.Module, ctx: RunContext, name: str) -> None:
     """Load a finished phase's weights (identical to the in-memory ones unless this run was resumed past it)."""
     if (ctx.dir / name).exists():
         net.load_state_dict(load_checkpoint(ctx.dir / name)["model"])
+
+
+def _init_weights(model: nn.Module, path: str | None) -> None:
+    """Start from trained weights (``compress.init_from``): a state dict or a run checkpoint (``{"model": ...}``).
+
+    Loaded on every start, resumed or not, so a resumed run rebuilds the same teacher and gate ranking.
+    """
+    if not path:
+        return
+    state = load_checkpoint(path)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ConfigError(f"compress.init_from={path} does not fit model {type(model).__name__} "
+                          f"({first[0].strip()}); pass weights saved from the same model and data shape.") from exc
 
 
 class _Teacher:
@@ -123,6 +141,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
         state = TrainState.from_dict(ckpt["state"])
         print(f"resuming {ctx.dir}: phase {state.phase}, epoch {state.epoch}, batch {state.batch}")
 
+    _init_weights(model, c.get("init_from"))
     model.to(device)
     if c.teacher not in ("self", None, "none") and c.distill:
         teacher.build()
@@ -187,7 +206,8 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
 
     # 2. search ---------------------------------------------------------------------------------
     decisions: Decisions = attach(model, example.to(device), c.prune, c.quantize, bits, c.gate_init_keep,
-                                  calibration.to(device), c.get("gate_mode", "ste"))
+                                  calibration.to(device), c.get("gate_mode", "ste"), c.get("gate_init", "none"),
+                                  c.get("gate_init_spread", 2.0))
     net = decisions.model.to(device)
     objective = LagrangianObjective(constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
     search_steps = max(1, c.epochs.search * batches_per_epoch(train_set, t.batch_size))

@@ -21,11 +21,42 @@ def _pruned_decisions(keep: float = 0.95):
 
 def test_expected_macs_follow_gate_probabilities_with_gradient():
     decisions, cost = _pruned_decisions()
+    decisions.gates.set_mode("soft")
     macs = cost.expected("macs", decisions.channels())
     dense = cost.expected("macs")
     assert macs < dense
     macs.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decisions.gates.parameters())
+
+
+def test_straight_through_cost_prices_the_kept_channels_with_gradient():
+    """In 'ste' mode the search prices the network the forward pass runs (p > 0.5), not sum p."""
+    decisions, cost = _pruned_decisions()
+    assert decisions.gates.mode == "ste"
+    dense = float(cost.expected("macs"))
+    macs = cost.expected("macs", decisions.channels())
+    assert float(macs) == pytest.approx(dense)  # every p = 0.95 > 0.5: all channels run
+    macs.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in decisions.gates.parameters())
+    keep = decisions.gates.hard_flat().clone()
+    keep[::2] = False
+    decisions.gates.set_keep(keep)
+    assert float(cost.expected("macs", decisions.channels())) == pytest.approx(
+        float(cost.expected("macs", hard_channels(decisions.gates))))
+
+
+def test_gates_ranked_by_importance_drop_the_weakest_channel_first():
+    model = create_model("small_cnn")
+    with torch.no_grad():
+        model.features[0][0].weight[5].mul_(1e-3)  # channel 5 of the first conv is nearly dead
+    decisions = attach(model, torch.zeros(SHAPE), prune=True, quantize=False, bits=(), gate_init="l1",
+                       gate_init_spread=2.0)
+    gates = decisions.gates
+    group = next(g for g in gates.graph.groups if g.size == 32)
+    logits = gates.logits[gates.graph.groups.index(group)].detach()
+    assert int(logits.argmin()) == 5
+    assert float(logits.mean()) == pytest.approx(float(torch.logit(torch.tensor(0.95))), abs=1e-4)
+    assert float(logits.max() - logits.min()) == pytest.approx(4.0, abs=1e-4)
 
 
 def test_projection_meets_target_and_materialized_model_matches_prediction():

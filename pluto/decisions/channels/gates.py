@@ -145,6 +145,27 @@ class ChannelGates(nn.Module):
                 k = keep[g.offset:g.offset + g.size].to(logit.device)
                 logit.copy_(torch.where(k, margin, -margin) * self.temperature)
 
+    def rank_by(self, score: Tensor, spread: float = 2.0) -> None:
+        """Spread each group's logits by channel importance, keeping the group's mean logit.
+
+        Why: every channel of a group sees the same cost gradient, so from equal logits the search
+        can only tell channels apart through the (noisy) task gradient and whole groups collapse at
+        once. Ranked logits (least important ``-spread``, most ``+spread`` around the mean) make the
+        search remove the least important channels first, as magnitude pruning would, while the task
+        loss can still reorder them.
+        """
+        if score.numel() != self.graph.num_channels:
+            raise ConfigError(f"score has {score.numel()} entries; the graph has {self.graph.num_channels} channels")
+        if spread < 0:
+            raise ConfigError(f"gate_init_spread={spread} must be >= 0")
+        with torch.no_grad():
+            for g, logit in zip(self.graph.groups, self.logits):
+                if g.size < 2:
+                    continue
+                ranks = score[g.offset:g.offset + g.size].argsort().argsort().to(logit.dtype)
+                centred = ranks / (g.size - 1) * 2.0 - 1.0  # least important -1 ... most important +1
+                logit.add_((spread * centred * self.temperature).to(logit.device))
+
     # -- what the cost model and the optimizer read -----------------------------------------
     def keep_probabilities(self) -> dict[int, Tensor]:
         """Group id -> keep-probability per channel (``.sum()`` is the group's expected channel count)."""
@@ -157,8 +178,12 @@ class ChannelGates(nn.Module):
         Keys are ``node.target`` for modules (e.g. ``'layer1.0.conv1'``) and ``node.name`` for functions
         and methods (e.g. ``'add_1'``) of ``torch.fx.symbolic_trace(model)``. For a Linear after a flatten
         the counts are features (channels x spatial positions), as the layer sees them.
+
+        In ``'ste'``/``'hard'`` mode the counts are the channels the forward pass keeps (``p > 0.5``) with
+        the gradient of ``p`` (straight-through), so the search prices the network it trains and the
+        hard decision meets the budget the Lagrangian enforced; ``'soft'`` mode counts ``sum p``.
         """
-        p = self.flat_probabilities()
+        p = self.flat_mask() if self.mode in ("ste", "hard") else self.flat_probabilities()
         ext = torch.cat([p, torch.ones(1, dtype=p.dtype, device=p.device)])
         n = self.graph.num_channels
         out = {}
