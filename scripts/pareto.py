@@ -103,7 +103,7 @@ METHODS = ("joint", "nas", "prune", "qat", "uniform", "magnitude", "torch_prunin
 EXTRA_METHODS = ("joint_fp",)  # run only when named in --methods
 JOINT_METHODS = ("joint", "joint_fp")  # compared against every other method
 SINGLE_POINT = ("ptq", "dense")
-TABLES = {"cpu_ort": "cpu_ort_int8", "h100_cudagraph": "h100_cudagraph"}  # table folder -> configs/hw name
+TABLES = {"cpu_ort": "cpu_ort_int8", "cpu_ort_epyc": "cpu_ort_int8", "h100_cudagraph": "h100_cudagraph"}  # table folder -> configs/hw name
 STAGE_LAYERS = (("features.0.0", "features.1.0"), ("features.3.0", "features.4.0"), ("features.6.0", "classifier.2"))
 BASE_CHANNELS = (32, 64, 128)
 
@@ -750,8 +750,11 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
 
     out = Path(args.out)
     frame = collect(out)
+    wanted = [t.strip() for t in args.tables.split(",") if t.strip()]
+    frame = frame[frame["table"].isin(wanted)].reset_index(drop=True) if not frame.empty else frame
     if frame.empty:
-        raise SystemExit(f"no result.json under {out}/<table>/<method>/<target>/; run --stage train first")
+        raise SystemExit(f"no result.json under {out}/<{'|'.join(wanted)}>/<method>/<target>/; run --stage train "
+                         "first (or name the trained tables with --tables)")
     test = None if args.no_onnx_accuracy else load_data(args)[1]
     here = cpu_name()
     measured, spread, onnx_acc, energy = [], [], [], []
@@ -800,8 +803,14 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
     date = dt.date.today().isoformat()
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / "measured.csv", index=False)
-    for table in frame["table"].unique():
+    previous = out / "measured.csv"
+    if previous.exists():  # keep tables measured earlier (e.g. on another chip) beside this run's
+        old = pd.read_csv(previous)
+        frame = pd.concat([old[~old["table"].isin(wanted)], frame], ignore_index=True)
+    frame.to_csv(previous, index=False)
+    for table in wanted:
+        if table not in set(frame["table"]):
+            continue
         tbl = load_table(args, table)
         device = here if tbl.runtime == "onnxruntime" else tbl.device.get("name", table)
         train_dev = ",".join(sorted(frame.loc[frame["table"] == table, "train_device"].astype(str).unique()))
