@@ -185,14 +185,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="synthetic data, 2 targets, 1 epoch each: ~1-2 min on CPU")
     args = p.parse_args(argv)
     if args.smoke:
-        args.data, args.epochs, args.finetune_epochs, args.joint_epochs = "synthetic", 2, 1, "1,1,1"
-    if args.joint_epochs == "auto":  # the same passes over the data as magnitude pruning + fine-tune
-        search = max(1, args.finetune_epochs // 2)
-        args.joint_epochs = f"0,{search},{max(0, args.finetune_epochs - search)}"
+        args.data, args.epochs, args.finetune_epochs = "synthetic", 2, 1
         args.n_targets, args.batch_size, args.warmup_steps = min(args.n_targets, 2), 64, 4
         args.optuna_trials, args.repeats, args.samples = 2, 1, 10
         if args.methods == ",".join(METHODS):  # the soft supernet is minutes on 2 CPU cores; ask for it by name
             args.methods = ",".join(m for m in METHODS if m != "nas")
+    if args.joint_epochs == "auto":  # the same passes over the data as magnitude pruning + fine-tune
+        search = max(1, args.finetune_epochs // 2)
+        args.joint_epochs = f"0,{search},{max(0, args.finetune_epochs - search)}"
     return args
 
 
@@ -306,8 +306,7 @@ def save_runtime_model(s: Sweep, model: nn.Module, bits: dict[str, int], folder:
 
 
 def warm_supernet(s: Sweep) -> Path:
-    """The MBConv supernet with every candidate trained ``--epochs`` epochs (soft mode, architecture frozen at
-    uniform), shared by the NAS runs of every target as the dense model is shared by the pruning baselines."""
+    """The MBConv supernet trained ``--epochs`` epochs with uniformly sampled paths (SPOS), shared by the NAS runs of every target as the dense model is shared by the pruning baselines."""
     path = s.out / "_supernet" / "model.pt"
     if path.exists():
         return path
@@ -317,6 +316,7 @@ def warm_supernet(s: Sweep) -> Path:
     arch = model.arch_parameters()
     for p in arch:
         p.requires_grad_(False)
+    model.set_mode("sample")  # single-path one-shot: a uniformly sampled candidate per block and step
     fit(s, model, s.args.epochs)
     for p in arch:
         p.requires_grad_(True)

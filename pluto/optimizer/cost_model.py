@@ -57,6 +57,11 @@ class CostModel:
         """Differentiable expected ``metric`` for the current soft decisions."""
         self.check_metric(metric)
         table = self.table if metric in ("latency_ms", "energy_mj") else None
+        # Tables live on the CPU; decisions may be on a GPU. .cpu() keeps the gradient path.
+        if channels:
+            channels = {k: (i.cpu(), o.cpu()) for k, (i, o) in channels.items()}
+        if precisions:
+            precisions = {k: {b: p.cpu() for b, p in v.items()} for k, v in precisions.items()}
         if self.supernet is not None:
             from pluto.decisions.ops.cost import expected_supernet_cost
 

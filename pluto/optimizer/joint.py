@@ -2,7 +2,8 @@
 
 Phases (each resumable to the batch; ``state.phases_done`` records the finished ones):
 
-1. ``warmup``   - train the weights alone (a supernet trains all candidates in soft mode); starts from
+1. ``warmup``   - train the weights alone (a supernet samples one candidate per block, or trains all of them
+                  with ``compress.supernet_mode=soft``); starts from
                   ``compress.init_from`` when given (a trained model: set warmup epochs to 0 to skip it).
 2. ``search``   - attach the decisions (op choice, channel gates, bit-widths) and minimize
                   task(+KD) loss + sum_i lambda_i * (E[cost_i]/target_i - 1); the multipliers rise
@@ -142,6 +143,10 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
         print(f"resuming {ctx.dir}: phase {state.phase}, epoch {state.epoch}, batch {state.batch}")
 
     _init_weights(model, c.get("init_from"))
+    if isinstance(model, Supernet):
+        # 'sample' trains one uniformly drawn candidate per block and step (single-path one-shot warm-up):
+        # ~an order of magnitude cheaper than 'soft', where every candidate runs.
+        model.set_mode(c.get("supernet_warmup_mode", "sample"))
     model.to(device)
     if c.teacher not in ("self", None, "none") and c.distill:
         teacher.build()
@@ -209,6 +214,8 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
                                   calibration.to(device), c.get("gate_mode", "ste"), c.get("gate_init", "none"),
                                   c.get("gate_init_spread", 2.0))
     net = decisions.model.to(device)
+    if decisions.supernet is not None:  # the search needs the mixture: see pluto.decisions.ops.choice ('sample')
+        decisions.supernet.set_mode(c.get("supernet_search_mode", "soft"))
     objective = LagrangianObjective(constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
     search_steps = max(1, c.epochs.search * batches_per_epoch(train_set, t.batch_size))
     anneal = TemperatureSchedule(c.temperature.initial, c.temperature.final, search_steps)

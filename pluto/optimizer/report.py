@@ -50,7 +50,7 @@ def with_fp16_layers(model: nn.Module, bits: dict[str, int]) -> nn.Module:
 def measure_latency(table: LatencyTable, float_model: nn.Module, onnx_path: Path | None, input_shape: tuple[int, ...],
                     samples: int = 50) -> dict[str, float]:
     """Median latency (ms) and IQR of the exported model with the table's runtime, threads and batch."""
-    rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads", 1)))
+    rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
     batch = int(table.metadata.get("batch", 1))
     x = torch.randn(batch, *input_shape[1:])
     if table.runtime == "onnxruntime" and onnx_path is not None:

@@ -32,11 +32,15 @@ def test_arch_gradient_flows_to_every_logit(mode):
     net = Supernet("tiny_28", mode=mode, temperature=1.0)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     F.cross_entropy(net(x), y).backward()
+    if mode == "sample":
+        # One sampled op scaled by a straight-through 1: a block without a residual feeds a BatchNorm that
+        # normalises the scale away, so only residual blocks get a task gradient (hence 'soft' for the search).
+        assert any(float(a.grad.abs().sum()) > 0 for a in net.arch_parameters() if a.grad is not None)
+        return
     for name, alpha in zip(net.choice_blocks(), net.arch_parameters()):
         assert alpha.grad is not None and torch.isfinite(alpha.grad).all(), name
         assert alpha.grad.abs().sum() > 0, name
-        if mode != "sample":  # a straight-through sample still reaches every logit through the softmax
-            assert (alpha.grad != 0).all(), name
+        assert (alpha.grad != 0).all(), name
 
 
 def test_hard_mode_gives_no_arch_gradient():

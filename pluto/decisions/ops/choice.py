@@ -9,7 +9,9 @@ How the block mixes its candidates is its ``mode``:
   approaches a one-hot sample as ``T -> 0``.
 - ``"sample"``: straight-through hard Gumbel (GDAS / ProxylessNAS-like): only the sampled op
   ``k`` runs, its output is scaled by ``y_hard_k`` whose value is exactly 1 and whose gradient
-  is that of the soft sample, so ``alpha`` still gets a gradient. Cheapest per step.
+  is that of the soft sample, so ``alpha`` still gets a gradient. Cheapest per step; but when a
+  BatchNorm follows a block without a residual, it normalises the scale away and that block's
+  ``alpha`` gets no task gradient (only the cost's): use it to train weights (SPOS), search in soft.
 - ``"hard"``: only ``argmax alpha`` runs, no architecture gradient; this is what
   :func:`pluto.decisions.ops.derive` reproduces exactly.
 

@@ -200,7 +200,7 @@ def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | 
     fixed, deltas = block_costs(supernet, table, input_shape, metric, precisions, default_precision)
     total = fixed
     for name, p in supernet.choice_probabilities(temperature).items():
-        total = total + (p * deltas[name].to(p.dtype)).sum()
+        total = total + (p.cpu() * deltas[name].to(p.dtype)).sum()  # tables are CPU tensors; alpha may be on a GPU
     return total
 
 
