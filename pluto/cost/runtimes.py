@@ -152,7 +152,8 @@ class Runtime:
         if self.name == "onnxruntime":
             return self._prepare_ort(module, inputs, precision)
         dtype = torch.float16 if precision == "fp16" else torch.float32
-        module = module.to(self.device, dtype)
+        # fp32 keeps each layer's own dtype: mixed-precision models carry fp16 layers with casts at their edges.
+        module = module.to(self.device, dtype) if precision == "fp16" else module.to(self.device)
         inputs = tuple(t.to(self.device, dtype) for t in inputs)
         if self.device == "cpu":
             def run():

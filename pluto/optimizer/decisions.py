@@ -126,7 +126,7 @@ def round_gates(gates: ChannelGates, counts: dict[int, float], probs: dict[int, 
 
 def hard_channels(gates: ChannelGates) -> dict[str, tuple[Tensor, Tensor]]:
     """Channel counts each op will have after materialize (the hard keep decision, not probabilities)."""
-    keep = gates.hard_flat().to(torch.float64)
+    keep = gates.hard_flat().cpu().to(torch.float64)
     ext = torch.cat([keep, torch.ones(1, dtype=keep.dtype)])
     n = gates.graph.num_channels
     return {name: (ext[torch.where(i < 0, n, i).cpu()].sum(), ext[torch.where(o < 0, n, o).cpu()].sum())

@@ -244,7 +244,8 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     _load_if_exists(net, ctx, "search.pt")
 
     # 3. harden ---------------------------------------------------------------------------------
-    final, trail = harden(decisions, example.to(device), calibration.to(device), cost_model, constraints)
+    decisions.model.cpu()  # hardening is cheap and runs where the tables and the graph's indices live
+    final, trail = harden(decisions, example, calibration, cost_model, constraints)
     final.to(device)
     ctx.write_json("decisions.json", trail)
 
