@@ -93,6 +93,60 @@ def export_onnx(qmodel: nn.Module, example_input: Tensor, path: str | os.PathLik
     return path
 
 
+def weights_to_uint8(path: str | os.PathLike, out: str | os.PathLike | None = None) -> int:
+    """Rewrite a QDQ file's int8 weights as uint8 with zero point shifted by 128 (same values); returns layers changed.
+
+    Why: onnxruntime's U8S8 int8 kernels saturate int16 partial sums on x86 CPUs without VNNI (AVX2
+    only), silently costing accuracy; U8U8 kernels do not. pluto exports uint8 weights already; this
+    fixes files written before, or by tools that use int8 weights (e.g. ``quantize_static`` defaults).
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    produced = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def value(name: str) -> np.ndarray | None:
+        while name not in inits and name in produced and produced[name].op_type == "Identity":
+            name = produced[name].input[0]
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        node = produced.get(name)
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    changed = 0
+    for node in list(graph.node):
+        if len(node.input) < 3 or node.input[0] not in inits:
+            continue
+        zp = value(node.input[2])
+        if zp is None or zp.dtype != np.int8:
+            continue
+        new_zp = f"{node.input[0]}_zero_point_u8"
+        graph.initializer.append(numpy_helper.from_array((zp.astype(np.int16) + 128).astype(np.uint8), new_zp))
+        if node.op_type == "QuantizeLinear":  # float weight -> Q -> DQ (pluto, torch exporter)
+            node.input[2] = new_zp
+            for dq in consumers.get(node.output[0], []):
+                if dq.op_type == "DequantizeLinear":
+                    dq.input[2] = new_zp
+            changed += 1
+        elif node.op_type == "DequantizeLinear" and inits[node.input[0]].data_type == TensorProto.INT8:
+            w = numpy_helper.to_array(inits[node.input[0]]).astype(np.int16) + 128
+            inits[node.input[0]].CopyFrom(numpy_helper.from_array(w.astype(np.uint8), node.input[0]))
+            node.input[2] = new_zp
+            changed += 1
+    if changed:
+        onnx.save(model, str(out or path))
+    return changed
+
+
 def onnx_session(path: str | os.PathLike, threads: int = 1):
     """An onnxruntime CPU session with ``threads`` intra-op threads and all graph optimizations (QDQ fusion)."""
     import onnxruntime as ort

@@ -29,7 +29,7 @@ from pluto.decisions.bits.folding import folded_weight_and_bias
 from pluto.decisions.bits.quantizer import integer_range
 from pluto.errors import ConfigError, UnsupportedModelError
 
-ONNX_WEIGHT_RANGE = (-128, 127)  # int8 QuantizeLinear
+ONNX_WEIGHT_RANGE = (0, 255)  # uint8 QuantizeLinear, zero point 128: the symmetric int8 grid shifted (see U8U8 note)
 ONNX_ACT_RANGE = (0, 255)  # uint8 QuantizeLinear
 
 
@@ -67,7 +67,7 @@ class _QDQBase(nn.Module):
             zp = in_zero_point.detach().round().clamp(qmin, qmax).reshape(())
             s = in_step.detach().abs().reshape(())
             self.register_buffer("w_step", w_step.detach().abs().float().clone())
-            self.register_buffer("w_zero_point", torch.zeros(weight.shape[0], dtype=torch.int32))
+            self.register_buffer("w_zero_point", torch.full((weight.shape[0],), 128, dtype=torch.int32))
             self.register_buffer("in_step", s.float().clone())
             self.register_buffer("in_zero_point", zp.to(torch.int32))
             # 4-bit activations: clip to the 16 representable levels, then an 8-bit Q reproduces them exactly
