@@ -145,3 +145,67 @@ def test_full_fashion_mnist_int8_parity(tmp_path):
     agree, max_err, scale = _parity(qat, xte, tmp_path / "qat.onnx")
     print(f"QAT int8: agreement {agree:.4f}, max |logit err| {max_err:.2e} (max |logit| {scale:.2f})")
     assert agree >= 0.99
+
+
+def _dequantized_weights(path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits and len(node.input) > 2:
+            w, s, z = inits[node.input[0]], inits[node.input[1]], inits[node.input[2]]
+            shape = [-1] + [1] * (w.ndim - 1) if s.ndim else []
+            out[node.input[0]] = (w.astype(np.float64) - z.reshape(shape)) * s.reshape(shape), w.dtype
+    return out
+
+
+def test_int8_export_uses_uint8_weights_and_old_files_convert_to_the_same_values(tmp_path):
+    """U8S8 kernels saturate on AVX2 CPUs without VNNI; pluto writes U8U8 and converts int8-weight files."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pluto.cost.runtimes import export_onnx as export_fp32
+    from pluto.materialize.export import weights_to_uint8
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn").eval()
+    path = export_onnx(ptq(model, torch.randn(32, 1, 28, 28)), torch.randn(1, 1, 28, 28), tmp_path / "q.onnx")
+    graph = onnx.load(str(path)).graph
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    consts.update({i.name: numpy_helper.to_array(i) for i in graph.initializer})
+    produced = {o: n for n in graph.node for o in n.output}
+
+    def const(name):
+        while name in produced and produced[name].op_type == "Identity":
+            name = produced[name].input[0]
+        return consts[name]
+
+    weight_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0].endswith("weight")]
+    assert len(weight_q) == 6
+    for node in weight_q:
+        zero_point = const(node.input[2])
+        assert zero_point.dtype == np.uint8 and (zero_point == 128).all()
+    assert weights_to_uint8(path) == 0  # nothing left to convert
+
+    (tmp_path / "f.onnx").write_bytes(export_fp32(model, (torch.randn(1, 1, 28, 28),)))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x0": np.random.rand(1, 1, 28, 28).astype(np.float32)} for _ in range(2)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(tmp_path / "f.onnx"), str(tmp_path / "s8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    before = {k: v for k, v in _dequantized_weights(tmp_path / "s8.onnx").items() if v[1] == np.int8}
+    assert len(before) == 6
+    assert weights_to_uint8(tmp_path / "s8.onnx", tmp_path / "u8.onnx") == len(before)
+    after = _dequantized_weights(tmp_path / "u8.onnx")
+    for name, (values, _) in before.items():
+        assert after[name][1] == np.uint8
+        np.testing.assert_allclose(after[name][0], values, rtol=0, atol=1e-7)
