@@ -143,6 +143,9 @@ def weights_to_uint8(path: str | os.PathLike, out: str | os.PathLike | None = No
             node.input[2] = new_zp
             changed += 1
     if changed:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        for init in [i for i in graph.initializer if i.name not in used]:  # the replaced int8 zero points
+            graph.initializer.remove(init)
         onnx.save(model, str(out or path))
     return changed
 
