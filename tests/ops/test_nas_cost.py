@@ -11,7 +11,7 @@ from pluto.decisions.ops.cost import (architecture_cost, block_costs, candidate_
 
 
 TABLES = [Path(__file__).resolve().parents[2] / "latency_tables" / name
-          for name in ("cpu_ort", "cpu_torch", "h100_cudagraph")]
+          for name in ("cpu_ort", "cpu_ort_epyc", "cpu_torch", "h100_cudagraph")]
 needs_table = pytest.mark.skipif(not any((t / "metadata.json").exists() for t in TABLES),
                                  reason="no shipped latency table")
 
