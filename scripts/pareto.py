@@ -411,7 +411,8 @@ def run_joint(s: Sweep, target: float, folder: Path, variant: str) -> dict[str, 
     onnx = metrics.get("onnx")
     row = {"accuracy": metrics["accuracy"], "params": metrics.get("params"), "macs": metrics.get("macs"),
            "predicted_latency_ms": metrics.get("predicted_latency_ms"),
-           "precision": "int8" if onnx and onnx.endswith("int8.onnx") else "fp32",
+           "precision": ("int8" if "int8" in s.table.precisions else "fp16+fp32" if 16 in chosen.values() else "fp32")
+           if onnx and onnx.endswith("int8.onnx") else "fp32",
            "onnx": str(Path(onnx).resolve().relative_to(Path(s.args.out).resolve())) if onnx else None,
            "runtime_model": save_runtime_model(s, float_model, chosen, folder),
            "detail": json.dumps({"bits": list(bits), "chosen_bits": chosen,
@@ -736,7 +737,7 @@ def plot(frame: pd.DataFrame, table: str, path: Path, title: str) -> None:
                    edgecolors=line.get_color(), alpha=0.6)
     ax.set_xlabel("measured latency (ms, batch 1)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(f"{title} ({dt.date.today().isoformat()})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
