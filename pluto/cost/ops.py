@@ -20,6 +20,10 @@ add       elementwise add of two feature maps (+ fused activation)     cout
 mul       elementwise / broadcast multiply (squeeze-excite scale)      cout
 act       stand-alone activation                                       cout
 bn        stand-alone BatchNorm (not after a conv)                     cout
+pixel_shuffle  PixelShuffle / DepthToSpace, block ``kernel`` = r:      cout (output)
+          ``cout * r^2`` channels at ``hw`` -> ``cout`` at ``r * hw``
+upsample  F.interpolate / nn.Upsample by ``kernel`` = scale factor     cout
+          (``variant``: nearest, bilinear, bicubic)
 ========  ===========================================================  ============
 
 ``hw`` is the op's *input* spatial size (square assumed; non-square maps use sqrt(H*W)).
@@ -39,7 +43,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from pluto.errors import UnsupportedModelError
 
-KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act", "bn")
+KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act", "bn", "pixel_shuffle", "upsample")
+UPSAMPLING_KINDS = ("pixel_shuffle", "upsample")  # ops whose output is ``kernel`` times larger than their input
 MATRIX_KINDS = ("conv", "linear")  # priced on a cin x cout grid; the others on a 1-D channel grid
 
 _ACT_MODULES = {
@@ -54,6 +59,8 @@ _ACT_FUNCTIONS = {
 _ACT_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
 _ADD = {operator.add, operator.iadd, torch.add}
 _MUL = {operator.mul, operator.imul, torch.mul}
+_PIXEL_SHUFFLE = {F.pixel_shuffle, torch.pixel_shuffle}
+_INTERPOLATE = {F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest}
 _FREE_FUNCTIONS = {torch.flatten, operator.getitem, getattr, torch.reshape, F.dropout, torch.squeeze,
                    torch.unsqueeze, torch.permute, torch.transpose}
 _FREE_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "squeeze", "unsqueeze", "permute",
@@ -89,6 +96,8 @@ class OpSpec:
         """Output spatial size in pixels, assuming 'same' padding (k // 2) as in all pluto spaces."""
         if self.kind in ("gap", "linear"):
             return 1
+        if self.kind in UPSAMPLING_KINDS:
+            return self.hw * self.kernel
         return max(1, math.ceil(self.hw / self.stride))
 
     @property
@@ -267,6 +276,18 @@ def extract_ops(model: nn.Module, input_shape: tuple[int, ...], strict: bool = T
             ops.append(OpSpec("add", name, channels, channels, hw=_hw(out_shape), act=act))
         elif node.op in ("call_function", "call_method") and (node.target in _MUL or node.target in ("mul", "mul_")):
             ops.append(OpSpec("mul", name, channels, channels, hw=_hw(out_shape)))
+        elif isinstance(module, nn.PixelShuffle) or (node.op == "call_function" and node.target in _PIXEL_SHUFFLE):
+            r = module.upscale_factor if module is not None else int(node.args[1] if len(node.args) > 1
+                                                                      else node.kwargs["upscale_factor"])
+            ops.append(OpSpec("pixel_shuffle", name, channels, channels, kernel=r, hw=hw))
+        elif isinstance(module, nn.Upsample) or (node.op == "call_function" and node.target in _INTERPOLATE):
+            mode = module.mode if module is not None else node.kwargs.get(
+                "mode", node.args[3] if len(node.args) > 3 else "nearest")
+            scale = _hw(out_shape) / max(1, hw)
+            if scale != int(scale) or scale < 1:
+                unknown.append(f"{name} (resize by {scale:g}: only integer upsampling is priced)")
+                continue
+            ops.append(OpSpec("upsample", name, channels, channels, kernel=int(scale), hw=hw, variant=str(mode)))
         else:
             unknown.append(f"{name} ({node.op} {getattr(node.target, '__name__', node.target)})")
     if unknown and strict:

@@ -3,7 +3,7 @@
 Each unit is what the runtime runs for that op in a whole network: a convolution carries its
 BatchNorm and activation (ONNX Runtime and TensorRT fold/fuse them; eager PyTorch runs them
 back to back, and the unit times that too), an add takes two feature maps, a squeeze-excite
-multiply takes a map and a per-channel scale.
+multiply takes a map and a per-channel scale, a PixelShuffle takes ``cout * r^2`` channels.
 """
 from __future__ import annotations
 
@@ -72,6 +72,11 @@ def build_unit(op: OpSpec, batch: int = 1) -> tuple[nn.Module, tuple[Tensor, ...
         module, inputs = Binary("mul"), (torch.randn(batch, c, hw, hw), torch.randn(batch, c, 1, 1))
     elif op.kind == "act":
         module, inputs = activation(op.act), (torch.randn(batch, c, hw, hw),)
+    elif op.kind == "pixel_shuffle":
+        module, inputs = nn.PixelShuffle(op.kernel), (torch.randn(batch, c * op.kernel ** 2, hw, hw),)
+    elif op.kind == "upsample":
+        kwargs = {} if op.variant == "nearest" else {"align_corners": False}
+        module, inputs = nn.Upsample(scale_factor=op.kernel, mode=op.variant, **kwargs), (torch.randn(batch, c, hw, hw),)
     elif op.kind == "bn":
         module, inputs = nn.Sequential(nn.BatchNorm2d(c), activation(op.act)), (torch.randn(batch, c, hw, hw),)
     else:

@@ -15,6 +15,7 @@ from pluto.errors import ConfigError
 from pluto.models.small_cnn import SmallCNN
 
 SMALL_INPUT = 64  # below this many pixels the stem's downsampling is removed
+SR_MODELS = ("edsr", "espcn")  # image-to-image (super-resolution) models: output C x rH x rW, not logits
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -97,3 +98,21 @@ def supernet(num_classes: int, in_channels: int, input_size: int, space: str = "
 
     config = space_config(space, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **overrides)
     return Supernet(config)
+
+
+@register("edsr")
+def edsr(num_classes: int, in_channels: int, input_size: int, scale: int = 2, width: int = 32, blocks: int = 4,
+         res_scale: float = 1.0, residual: str = "bilinear") -> nn.Module:
+    """EDSR-style super-resolution (``pluto.models.sr``); ``num_classes`` is unused (the output is an image)."""
+    from pluto.models.sr import EDSR
+
+    return EDSR(in_channels, scale, width, blocks, res_scale, residual)
+
+
+@register("espcn")
+def espcn(num_classes: int, in_channels: int, input_size: int, scale: int = 2, width: int = 64, mid: int = 32,
+          residual: str = "bilinear") -> nn.Module:
+    """ESPCN-style super-resolution (``pluto.models.sr``); ``num_classes`` is unused (the output is an image)."""
+    from pluto.models.sr import ESPCN
+
+    return ESPCN(in_channels, scale, width, mid, residual)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pluto.tasks.base import Task
 from pluto.tasks.classification import Classification
+from pluto.tasks.sr import SuperResolution
 
-TASKS: dict[str, type[Task]] = {"classification": Classification}
+TASKS: dict[str, type[Task]] = {"classification": Classification, "sr": SuperResolution}
 
 
 def build_task(name: str, **kwargs) -> Task:
-    """A task by name (``classification``, ...); ConfigError names the known ones."""
+    """A task by name (``classification``, ``sr``); ConfigError names the known ones."""
     from pluto.errors import ConfigError
 
     if name not in TASKS:
@@ -21,4 +22,4 @@ def build_task(name: str, **kwargs) -> Task:
     return TASKS[name](**kwargs)
 
 
-__all__ = ["Task", "Classification", "TASKS", "build_task"]
+__all__ = ["Task", "Classification", "SuperResolution", "TASKS", "build_task"]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pluto.errors import ConfigError
-from pluto.models import create_model, list_models
+from pluto.models import SR_MODELS, create_model, list_models
 
 FAST = ["small_cnn", "resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf",
         "shufflenet_v2_x0_5", "mnasnet0_5", "squeezenet1_1"]
@@ -22,7 +22,18 @@ def test_registered_models_take_small_inputs(name, channels, size):
 def test_every_registered_model(name):
     model = create_model(name, in_channels=1, input_size=28).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+        expected = (1, 1, 28 * model.scale, 28 * model.scale) if name in SR_MODELS else (1, 10)
+        assert model(torch.randn(1, 1, 28, 28)).shape == expected
+
+
+@pytest.mark.parametrize("name", SR_MODELS)
+@pytest.mark.parametrize("channels,scale", [(1, 2), (3, 3)])
+def test_sr_models_upscale(name, channels, scale):
+    model = create_model(name, in_channels=channels, input_size=10, scale=scale).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, channels, 10, 10)).shape == (2, channels, 10 * scale, 10 * scale)
+    with pytest.raises(ConfigError, match="residual"):
+        create_model(name, residual="lanczos")
 
 
 def test_small_input_stem_keeps_resolution():

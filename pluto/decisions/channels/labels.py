@@ -3,7 +3,7 @@
 Beside every activation the propagator keeps a *label tensor*: an int64 tensor of the activation's
 shape whose entries name the channel each value belongs to. Conv/Linear layers start fresh labels on
 their output channels; shape operations (view, permute, cat, chunk, getitem, flatten, the reshapes of a
-channel shuffle) are replayed on the labels as they are; element-wise ops between two tensors unite
+channel shuffle, PixelShuffle) are replayed on the labels as they are; element-wise ops between two tensors unite
 the labels they combine (union-find). Every op the rules do not know unites its inputs' labels with the
 reserved ``PROTECTED`` label, so an unknown op can make pruning less aggressive but never wrong. The
 network input and output are protected too (the classifier's output is never pruned).
@@ -39,6 +39,9 @@ _SPATIAL_MODULES = (
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 _SHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+_SHUFFLE_MODULES = (nn.PixelShuffle, nn.PixelUnshuffle)
+_SHUFFLE_FUNCS = {F.pixel_shuffle: "pixel_shuffle", F.pixel_unshuffle: "pixel_unshuffle",
+                  torch.pixel_shuffle: "pixel_shuffle", torch.pixel_unshuffle: "pixel_unshuffle"}
 
 _UNARY_FUNCS = {
     F.relu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.silu, F.gelu, F.mish, F.elu,
@@ -294,6 +297,9 @@ class _LabelPropagator(Interpreter):
             return self._replay(n, out)
         if not is_method and target in _SPATIAL_FUNCS:
             return self._spatial(n, out)
+        if not is_method and target in _SHUFFLE_FUNCS:
+            factor = n.args[1] if len(n.args) > 1 else n.kwargs.get("upscale_factor", n.kwargs.get("downscale_factor"))
+            return self._pixel_shuffle(n, out, _SHUFFLE_FUNCS[target] == "pixel_shuffle", int(factor))
         if (not is_method and target in _REDUCE_FUNCS) or (is_method and target in _REDUCE_METHODS):
             return self._reduce(n, out)
         if (not is_method and target in (F.softmax, F.log_softmax, torch.softmax)) or (is_method and target == "softmax"):
@@ -407,6 +413,20 @@ class _LabelPropagator(Interpreter):
         ids = _per_position(lab, 1, self.uf)
         return _along(ids, 1, out.shape)
 
+    def _pixel_shuffle(self, n: Node, out: Tensor, up: bool, r: int) -> Any:
+        """PixelShuffle folds channels ``c*r^2 .. c*r^2 + r^2 - 1`` into output channel ``c``: those ``r^2`` are
+        tied, so the producer is pruned in groups of ``r^2`` and the shuffle stays valid with fewer channels.
+        PixelUnshuffle spreads channel ``c`` over ``r^2`` output channels, all carrying ``c``'s label."""
+        lab = self._input_labels(n)
+        if lab is None or not _is_tensor(out) or lab.dim() != 4:
+            return self._block(n, out)
+        res = (F.pixel_shuffle if up else F.pixel_unshuffle)(lab, r).contiguous()
+        if res.shape != out.shape:
+            return self._block(n, out)
+        if not up:
+            return res
+        return _along(_per_position(res, 1, self.uf), 1, out.shape)
+
     def _reduce(self, n: Node, out: Tensor) -> Any:
         lab = self._input_labels(n)
         dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
@@ -463,6 +483,9 @@ class _LabelPropagator(Interpreter):
             return self._unary(n, out)
         if isinstance(mod, _SPATIAL_MODULES):
             return self._spatial(n, out)
+        if isinstance(mod, _SHUFFLE_MODULES):
+            up = isinstance(mod, nn.PixelShuffle)
+            return self._pixel_shuffle(n, out, up, mod.upscale_factor if up else mod.downscale_factor)
         if isinstance(mod, _SHAPE_MODULES) and lab is not None:
             res = mod(lab).contiguous()
             return res if res.shape == out.shape else self._block(n, out)
