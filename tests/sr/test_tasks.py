@@ -89,3 +89,15 @@ def test_classification_task_matches_the_engine():
     assert kd.item() == pytest.approx(0.3 * F.cross_entropy(logits, y).item(), rel=1e-4)
     metrics = task.evaluate(model, DataLoader(TensorDataset(x, y), batch_size=4), "cpu")
     assert metrics[task.metric] == pytest.approx(100.0 * float((logits.argmax(1) == y).float().mean()))
+
+
+def test_task_from_config_and_data_mismatch():
+    from pluto.tasks import task_from_config
+    from pluto.train import compose
+
+    sr = task_from_config(compose(["task=sr", "task.kd_loss=l2", "data=fashion_mnist_sr", "model=edsr"]), "sr")
+    assert isinstance(sr, SuperResolution) and sr.kd_loss == "l2"
+    cls = task_from_config(compose(["trainer.label_smoothing=0.1"]), "classification")
+    assert isinstance(cls, Classification) and cls.ce.label_smoothing == 0.1 and cls.kd.alpha == 0.7
+    with pytest.raises(ConfigError, match="add task=sr"):
+        task_from_config(compose(["data=fashion_mnist_sr"]), "sr")
