@@ -40,6 +40,15 @@ def _table_path(table: LatencyTable | str | Path | None, run_dir: Path) -> str |
     return str(path)
 
 
+def _task_of(data: str | tuple[Dataset, Dataset]) -> str:
+    """The task a dataset implies: image targets (super-resolution pairs) -> 'sr', else 'classification'."""
+    if isinstance(data, str):
+        return "sr" if data.endswith("_sr") else "classification"
+    from pluto.data import infer_spec
+
+    return infer_spec(data[0], num_classes=1).task
+
+
 def compress(
     model: nn.Module | str,
     table: LatencyTable | str | Path | None = None,
@@ -49,6 +58,7 @@ def compress(
     run_dir: str | Path | None = None,
     epochs: Mapping[str, int] | None = None,
     precision: str | None = None,
+    task: str | None = None,
     overrides: Sequence[str] = (),
     **compress_options: Any,
 ) -> CompressionResult:
@@ -57,6 +67,8 @@ def compress(
     ``model``: an ``nn.Module`` or a registry name; ``data``: a dataset name (fashion_mnist, cifar10,
     synthetic, ...) or ``(train, test)`` datasets of image tensors; ``teacher``: ``'self'`` (the
     warmed-up model), a registry name, a checkpoint path, or None for no distillation;
+    ``task``: ``'classification'`` or ``'sr'`` (super-resolution: L1 loss, output KD, PSNR); None picks it
+    from the data (``fashion_mnist_sr`` / ``imagefolder_sr`` or ``(input, target image)`` pairs -> ``'sr'``);
     ``compress_options``: any ``compress.*`` key (prune, quantize, bits, decision_lr, ...).
     """
     from pluto.train import compose, execute
@@ -68,6 +80,7 @@ def compress(
         args.append(f"model.name={model}")
     if isinstance(data, str):
         args.append(f"data={data}")
+    args.append(f"task={task or _task_of(data)}")
     table_path = _table_path(table, run_dir)
     args.append(f"hw.table={table_path if table_path else 'null'}")
     if precision:
