@@ -43,7 +43,8 @@ def task_from_config(cfg, data_task: str | None = None) -> Task:
         return Classification(**kwargs)
     if name == "sr":
         return SuperResolution(kd_alpha=task_cfg["kd_alpha"], kd_loss=task_cfg["kd_loss"], border=task_cfg["border"],
-                               compute_ssim=task_cfg["ssim"])
+                               compute_ssim=task_cfg["ssim"], hint_layers=list(task_cfg["hint_layers"]),
+                               hint_weight=task_cfg["hint_weight"])
     return build_task(name, **{k: v for k, v in task_cfg.items() if k != "name"})
 
 

@@ -8,6 +8,9 @@ border is background). SSIM (Wang et al. 2004) uses the standard 11x11 Gaussian 
 Distillation regresses the teacher's output image: ``alpha * d(student, teacher) + (1 - alpha) * L1(student,
 target)`` with ``d`` = L1 or MSE (``kd_loss``). The teacher's output is a cleaner target than the ground
 truth for a small student (it is what a network *can* produce from the input), and it needs no labels.
+Optional feature hints (``hint_layers``, ``hint_weight``) add attention transfer (Zagoruyko & Komodakis 2017)
+on those layers' outputs: the mean over channels of the squared activation, L2-normalized per image, must match
+the teacher's. It needs no adapter, so a pruned student with fewer channels is compared as it is.
 """
 from __future__ import annotations
 
@@ -57,6 +60,11 @@ def ssim(output: Tensor, target: Tensor, max_value: float = 1.0, window: int = 1
     return ssim_map.flatten(1).mean(1)
 
 
+def attention_map(features: Tensor) -> Tensor:
+    """Spatial attention of N x C x H x W features: mean over channels of the square, L2-normalized per image."""
+    return F.normalize(features.pow(2).mean(1).flatten(1), dim=1)
+
+
 class SuperResolution(Task):
     """x``r`` super-resolution: ``loss`` L1 to the target image, ``metric`` PSNR (dB, higher is better)."""
 
@@ -64,12 +72,32 @@ class SuperResolution(Task):
     metric = "psnr"
     higher_is_better = True
 
-    def __init__(self, kd_alpha: float = 0.5, kd_loss: str = "l1", border: int = 0, compute_ssim: bool = True):
+    def __init__(self, kd_alpha: float = 0.5, kd_loss: str = "l1", border: int = 0, compute_ssim: bool = True,
+                 hint_layers: tuple[str, ...] | list[str] = (), hint_weight: float = 0.0):
         if not 0.0 <= kd_alpha <= 1.0:
             raise ConfigError(f"task.kd_alpha must be in [0, 1], got {kd_alpha}")
         if kd_loss not in KD_LOSSES:
             raise ConfigError(f"task.kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}")
         self.kd_alpha, self.kd_loss, self.border, self.compute_ssim = float(kd_alpha), kd_loss, int(border), compute_ssim
+        self.hint_layers, self.hint_weight = tuple(hint_layers), float(hint_weight)
+        self._taps: tuple = ()
+
+    def watch(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Hook ``hint_layers`` of ``student`` and ``teacher`` (replacing hooks of earlier models)."""
+        from pluto.optimizer.distillation import FeatureTap
+
+        for tap in self._taps:
+            tap.remove()
+        self._taps = ()
+        if self.hint_layers and self.hint_weight > 0 and teacher is not None:
+            self._taps = (FeatureTap(student, self.hint_layers), FeatureTap(teacher, self.hint_layers))
+
+    def hint_loss(self) -> Tensor:
+        """Mean attention-transfer distance over the hint layers of the last student and teacher forward passes."""
+        student, teacher = self._taps
+        losses = [(attention_map(student.features[n]) - attention_map(teacher.features[n].detach())).pow(2).mean()
+                  for n in self.hint_layers]
+        return torch.stack(losses).mean()
 
     @staticmethod
     def _check(output: Tensor, target: Tensor) -> None:
@@ -86,9 +114,11 @@ class SuperResolution(Task):
         teacher_output = teacher_output.detach()
         self._check(output, teacher_output)
         kd = F.l1_loss(output, teacher_output) if self.kd_loss == "l1" else F.mse_loss(output, teacher_output)
-        if target is None or self.kd_alpha == 1.0:
-            return kd
-        return self.kd_alpha * kd + (1.0 - self.kd_alpha) * self.loss(output, target)
+        if target is not None and self.kd_alpha < 1.0:
+            kd = self.kd_alpha * kd + (1.0 - self.kd_alpha) * self.loss(output, target)
+        if self._taps:
+            kd = kd + self.hint_weight * self.hint_loss()
+        return kd
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: DataLoader, device) -> dict[str, float]:

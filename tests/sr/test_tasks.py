@@ -101,3 +101,26 @@ def test_task_from_config_and_data_mismatch():
     assert isinstance(cls, Classification) and cls.ce.label_smoothing == 0.1 and cls.kd.alpha == 0.7
     with pytest.raises(ConfigError, match="add task=sr"):
         task_from_config(compose(["data=fashion_mnist_sr"]), "sr")
+
+
+def test_attention_transfer_hints_compare_pruned_and_dense_features():
+    from pluto.models import create_model
+    from pluto.tasks.sr import attention_map
+
+    f = torch.rand(2, 8, 5, 5)
+    assert torch.allclose(attention_map(f).norm(dim=1), torch.ones(2))
+    assert torch.allclose(attention_map(f), attention_map(torch.cat([f, f], 1)))  # channel count does not matter
+    teacher = create_model("edsr", 0, 1, 8, width=16, blocks=1).eval()
+    student = create_model("edsr", 0, 1, 8, width=8, blocks=1)
+    task = SuperResolution(kd_alpha=1.0, hint_layers=["body_end"], hint_weight=10.0)
+    task.watch(student, teacher)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        t_out = teacher(x)
+    out = student(x)
+    loss = task.distill_loss(out, t_out, None)
+    assert loss.item() == pytest.approx(F.l1_loss(out, t_out).item() + 10.0 * task.hint_loss().item(), rel=1e-5)
+    loss.backward()
+    assert student.head.weight.grad is not None
+    task.watch(student, None)  # no teacher: hooks removed, output KD only
+    assert task.distill_loss(out, t_out, None).item() == pytest.approx(F.l1_loss(out, t_out).item())
