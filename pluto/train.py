@@ -57,7 +57,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
         if cfg.compress.name == "none":
             metrics = fit_plain(model, train_set, test_loader, cfg.trainer, ctx, device, cfg.seed)
         else:
-            from pluto.optimizer.joint import compress_run
+            from pluto.optimizer.pipeline import compress_run
 
             metrics, model = compress_run(model, train_set, test_loader, spec, cfg, ctx, device)
         ctx.write_json("metrics.json", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
