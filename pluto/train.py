@@ -15,7 +15,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from pluto.errors import PlutoError
+from pluto.errors import ConfigError, PlutoError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -32,6 +32,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
     from pluto.engine.plain import fit_plain
     from pluto.engine.run import RunContext, pick_device
     from pluto.models import create_model
+    from pluto.tasks import task_from_config
     from torch.utils.data import DataLoader
 
     torch.manual_seed(cfg.seed)
@@ -47,6 +48,7 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
 
         train_set, test_set = datasets
         spec = infer_spec(train_set)
+    task = task_from_config(cfg, spec.task)
     test_loader = DataLoader(test_set, batch_size=512, shuffle=False, generator=torch.Generator())
     mkw = {k: v for k, v in cfg.model.items() if k != "name"}
     if model is None:
@@ -55,11 +57,15 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
     ctx = RunContext(run_dir, cfg, resume=cfg.trainer.resume, tensorboard=cfg.logger.tensorboard)
     try:
         if cfg.compress.name == "none":
+            if task.name != "classification":
+                raise ConfigError(f"compress=none trains classifiers only; train a {task.name} model with "
+                                  "compress=joint constraints=none compress.prune=false compress.quantize=false "
+                                  "compress.distill=false")
             metrics = fit_plain(model, train_set, test_loader, cfg.trainer, ctx, device, cfg.seed)
         else:
             from pluto.optimizer.pipeline import compress_run
 
-            metrics, model = compress_run(model, train_set, test_loader, spec, cfg, ctx, device)
+            metrics, model = compress_run(model, train_set, test_loader, spec, cfg, ctx, device, task)
         ctx.write_json("metrics.json", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:
         ctx.close()

@@ -172,6 +172,42 @@ def run_onnx(session, x: Tensor | np.ndarray, batch_size: int = 512) -> np.ndarr
     return np.concatenate(outs)
 
 
+class OnnxModel(nn.Module):
+    """An exported file run by onnxruntime behind an ``nn.Module`` forward (CPU, float32 in and out), so a task's
+    ``evaluate`` scores the deployed file exactly as it scores the PyTorch model."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 1):
+        super().__init__()
+        self.path, self.session = Path(path), onnx_session(path, threads)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.from_numpy(run_onnx(self.session, x)).to(x.device)
+
+
+@torch.no_grad()
+def onnx_parity(model: nn.Module, onnx_path: str | os.PathLike, task, loader, input_shape: tuple[int, ...],
+                out_dir: str | os.PathLike) -> dict[str, float]:
+    """The task metric of the deployed ONNX file(s) on ``loader``, and their largest output difference from ``model``.
+
+    A quantization-aware ``model`` is exported beside ``onnx_path`` as fp32 too (``model_fp32.onnx``: quantizers
+    stripped, BN folded), so both deployments are scored. Keys: ``onnx_<fp32|int8>_<metric>`` and
+    ``onnx_<fp32|int8>_max_abs_diff`` on the first batch, against ``model`` (int8: differs by rounding only) and
+    its float twin (fp32).
+    """
+    model = model.cpu().eval()
+    files = {"int8" if bit_choices(model) else "fp32": (Path(onnx_path), model)}
+    if bit_choices(model):
+        path = export_onnx(model, torch.zeros(*input_shape), Path(out_dir) / "model_fp32.onnx", int8=False)
+        files["fp32"] = (path, float_export_model(model))
+    x = next(iter(loader))[0].cpu()
+    out: dict[str, float] = {}
+    for precision, (path, reference) in files.items():
+        deployed = OnnxModel(path)
+        out[f"onnx_{precision}_{task.metric}"] = float(task.evaluate(deployed, loader, "cpu")[task.metric])
+        out[f"onnx_{precision}_max_abs_diff"] = float((deployed(x) - reference(x)).abs().max())
+    return out
+
+
 def optimized_op_types(path: str | os.PathLike) -> dict[str, int]:
     """Count of each op type in the graph onnxruntime actually runs (after QDQ fusion), e.g. ``{'QLinearConv': 6}``."""
     import tempfile

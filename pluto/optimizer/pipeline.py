@@ -432,6 +432,11 @@ class Compression:
         self.metrics = self.task.evaluate(self.final, self.test_loader, self.device)
         self.final = self.final.cpu().eval()
         self.onnx_path = export_final(self.final, self.input_shape, self.ctx.dir) if self.c.export else None
+        if self.onnx_path is not None and self.c.onnx_parity:
+            from pluto.materialize.export import onnx_parity
+
+            self.metrics.update(onnx_parity(self.final, self.onnx_path, self.task, self.test_loader, self.input_shape,
+                                            self.ctx.dir))
         self.measured = {}
         if self.measurer is not None:
             try:

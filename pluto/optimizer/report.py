@@ -145,6 +145,10 @@ def _print(result: dict[str, Any], results: list[dict], layers: pd.DataFrame, me
     ref = f" (dense reference {dense:.2f})" if dense is not None else ""
     print(f"{metric} {result.get(metric, float('nan')):.2f}{ref}  params {result['params']:.0f}  "
           f"MACs {result['macs']:.0f}")
+    for precision in ("int8", "fp32"):
+        if f"onnx_{precision}_{metric}" in result:
+            print(f"  ONNX {precision} (onnxruntime): {metric} {result[f'onnx_{precision}_{metric}']:.2f}, max |output - "
+                  f"PyTorch| {result[f'onnx_{precision}_max_abs_diff']:.2g}")
     for v in results:
         measured = "n/a" if v["measured"] is None else f"{v['measured']:.4g}"
         predicted = "n/a" if v["predicted"] is None else f"{v['predicted']:.4g}"

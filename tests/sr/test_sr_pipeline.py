@@ -1,0 +1,77 @@
+"""Super-resolution through the same compression run: recipe, Hydra task selection and the Python API."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import pluto
+from pluto.cost.profiler import COLUMNS
+from pluto.cost.space import ProfileSpace
+from pluto.cost.table import SCHEMA_VERSION, LatencyTable, entry_key
+from pluto.errors import ConfigError
+from pluto.train import compose, run
+
+TINY = ["logger=none", "trainer.threads=1", "data.train_limit=128", "data.test_limit=64", "model.width=8",
+        "model.blocks=1", "compress.epochs.warmup=1", "compress.epochs.search=1", "compress.epochs.finetune=1",
+        "trainer.batch_size=32", "trainer.checkpoint_every=1000"]
+
+
+def sr_table(path) -> str:
+    """A synthetic table over the SR space (1 us + 1 ns per MAC + 1 ns per output element), measured 'elsewhere'."""
+    rows = []
+    for precision in ("fp32", "int8"):
+        for op in ProfileSpace.load("configs/space/fmnist_sr.yaml").unit_ops():
+            value = (1e-3 + op.macs * 1e-6 + op.cout * op.hw_out ** 2 * 1e-6) / (2 if precision == "int8" else 1)
+            rows.append([*entry_key(op, precision), value, value * 0.01, None, 30])
+    metadata = {"schema_version": SCHEMA_VERSION, "name": "synthetic_sr",
+                "device": {"type": "cpu", "name": "Test CPU", "machine": "elsewhere"},
+                "runtime": {"name": "onnxruntime"}, "precisions": ["fp32", "int8"], "metrics": ["latency_ms"],
+                "batch": 1, "threads": 1, "created": "2026-12-05", "command": "synthetic", "method": {}, "align": 1}
+    LatencyTable(pd.DataFrame(rows, columns=list(COLUMNS)), metadata).save(path)
+    return str(path)
+
+
+def test_recipe_selects_the_sr_task_data_model_and_a_relative_latency_target():
+    cfg = compose(["recipe=fmnist_sr_cpu"])
+    assert (cfg.task.name, cfg.model.name, cfg.data.name) == ("sr", "edsr", "fashion_mnist_sr")
+    assert cfg.constraints.latency_ms == "0.35x" and cfg.hw.table == "latency_tables/cpu_ort_epyc_sr"
+    assert cfg.model.scale == cfg.data.scale == 2 and cfg.data.test_limit is None
+
+
+def test_sr_joint_run_under_a_latency_table(tmp_path):
+    table = sr_table(tmp_path / "table")
+    metrics = run(compose(["recipe=fmnist_sr_cpu", f"hw.table={table}", "constraints.latency_ms=0.7x", *TINY]),
+                  run_dir=tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    (verdict,) = report["constraints"]
+    assert verdict["metric"] == "latency_ms" and verdict["holds"] is None  # the table's chip is not this machine
+    assert verdict["predicted"] <= verdict["target"] == pytest.approx(0.7 * verdict["uncompressed_predicted"])
+    assert metrics["psnr"] > 10.0 and 0.0 < metrics["ssim"] <= 1.0 and "dense_psnr" in metrics
+    assert abs(metrics["onnx_int8_psnr"] - metrics["psnr"]) < 0.3 and metrics["onnx_fp32_max_abs_diff"] < 1e-4
+    layers = pd.read_csv(tmp_path / "run" / "layers.csv").set_index("layer")
+    assert layers.loc["upsampler.0", "cout"] == 4 * layers.loc["tail", "cin"]  # PixelShuffle stays valid
+    assert layers.loc["tail", "cout"] == 1 and (tmp_path / "run" / "model_int8.onnx").exists()
+
+
+def test_python_api_sr_on_user_pairs_infers_the_task(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(96, 1, 16, 16, generator=g)
+    lr = torch.nn.functional.avg_pool2d(hr, 2)
+    data = (TensorDataset(lr[:64], hr[:64]), TensorDataset(lr[64:], hr[64:]))
+    model = pluto.create_model("espcn", in_channels=1, input_size=8, width=16, mid=8)
+    result = pluto.compress(model, None, {"macs": "0.5x"}, data=data, epochs={"warmup": 1, "search": 1, "finetune": 1},
+                            run_dir=tmp_path, overrides=["logger=none", "trainer.batch_size=32", "trainer.threads=1"])
+    assert result.metrics["psnr"] > 5.0 and result.report["constraints"][0]["holds"] is True
+    assert result.model(lr[:2]).shape == (2, 1, 16, 16)
+
+
+def test_mismatched_task_data_and_model_fail_with_a_fix(tmp_path):
+    with pytest.raises(ConfigError, match="add task=sr"):
+        run(compose(["data=fashion_mnist_sr", *TINY[:4]]), run_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match="model.scale"):
+        run(compose(["recipe=fmnist_sr_cpu", "hw.table=null", "constraints.latency_ms=null", "model.scale=3", *TINY]),
+            run_dir=tmp_path / "b")
+    with pytest.raises(ConfigError, match="classifiers only"):
+        run(compose(["recipe=fmnist_sr_cpu", "compress=none", *TINY[:4]]), run_dir=tmp_path / "c")
