@@ -44,7 +44,7 @@ def task_from_config(cfg, data_task: str | None = None) -> Task:
     if name == "sr":
         return SuperResolution(kd_alpha=task_cfg["kd_alpha"], kd_loss=task_cfg["kd_loss"], border=task_cfg["border"],
                                compute_ssim=task_cfg["ssim"], hint_layers=list(task_cfg["hint_layers"]),
-                               hint_weight=task_cfg["hint_weight"])
+                               hint_weight=task_cfg["hint_weight"], loss_scale=task_cfg["loss_scale"])
     return build_task(name, **{k: v for k, v in task_cfg.items() if k != "name"})
 
 

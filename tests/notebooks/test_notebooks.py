@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-NAMES = ("quickstart.ipynb", "api_tour.ipynb")
+NAMES = ("quickstart.ipynb", "api_tour.ipynb", "sr.ipynb")
 
 
 def _code_cells(nb):
@@ -41,5 +41,8 @@ def test_notebook_executes(name, monkeypatch):
         pytest.fail(f"{name}: {exc}")
     outputs = [o for c in _code_cells(nb) for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+    if name == "sr.ipynb":  # pluto.compress(..., task="sr") ran and reported PSNR and a verdict
+        text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+        assert "== pluto compression report ==" in text and "psnr" in text and "HOLDS" in text
     if name == "quickstart.ipynb":  # the compression ran and reported a verdict per constraint
         assert any("latency_ms <=" in o.get("text", "") for o in outputs if o.output_type == "stream")

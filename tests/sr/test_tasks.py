@@ -49,12 +49,14 @@ def test_registry_and_interface():
 
 
 def test_sr_losses():
-    task = SuperResolution(kd_alpha=0.25)
+    task = SuperResolution(kd_alpha=0.25, loss_scale=1.0)
     out, teacher, target = torch.zeros(2, 1, 4, 4), torch.full((2, 1, 4, 4), 0.4), torch.full((2, 1, 4, 4), 0.8)
     assert task.loss(out, target).item() == pytest.approx(0.8)
     assert task.distill_loss(out, teacher, target).item() == pytest.approx(0.25 * 0.4 + 0.75 * 0.8)
     assert task.distill_loss(out, teacher, None).item() == pytest.approx(0.4)
-    assert SuperResolution(kd_loss="l2", kd_alpha=1.0).distill_loss(out, teacher, target).item() == pytest.approx(0.16)
+    assert SuperResolution(kd_loss="l2", kd_alpha=1.0, loss_scale=1.0).distill_loss(out, teacher, target).item() == \
+        pytest.approx(0.16)
+    assert SuperResolution().loss(out, target).item() == pytest.approx(80.0)  # default: L1 x 100
     with pytest.raises(ConfigError, match="model.scale"):
         task.loss(torch.zeros(2, 1, 8, 8), target)
 
@@ -112,7 +114,7 @@ def test_attention_transfer_hints_compare_pruned_and_dense_features():
     assert torch.allclose(attention_map(f), attention_map(torch.cat([f, f], 1)))  # channel count does not matter
     teacher = create_model("edsr", 0, 1, 8, width=16, blocks=1).eval()
     student = create_model("edsr", 0, 1, 8, width=8, blocks=1)
-    task = SuperResolution(kd_alpha=1.0, hint_layers=["body_end"], hint_weight=10.0)
+    task = SuperResolution(kd_alpha=1.0, hint_layers=["body_end"], hint_weight=10.0, loss_scale=1.0)
     task.watch(student, teacher)
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
