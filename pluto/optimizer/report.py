@@ -17,6 +17,7 @@ from torch import nn
 
 from pluto.cost.metrics import needs_table
 from pluto.cost.ops import extract_ops, total_macs, total_params
+from pluto.errors import TableError
 from pluto.optimizer.constraints import constraints_hold, verdicts
 
 
@@ -76,8 +77,15 @@ def final_report(run) -> dict[str, Any]:
         result["onnx"] = str(run.onnx_path)
     table = cost_model.table
     metrics = sorted({c.metric for c in run.constraints} | ({"latency_ms"} if table is not None else set()))
-    predicted = {m: cost_model.of_model(float_model, m, bits) for m in metrics
-                 if not needs_table(m) or (table is not None and m in table.metrics)}
+    predicted = {}
+    for m in metrics:
+        if not needs_table(m) or (table is not None and m in table.metrics):
+            try:
+                predicted[m] = cost_model.of_model(float_model, m, bits)
+            except TableError as exc:  # a table read for measurement only (e.g. SR ops it was not profiled for)
+                if any(c.metric == m for c in run.constraints):
+                    raise
+                print(f"predicted {m}: n/a ({str(exc).split(';')[0]})")
     analytic = {m: v for m, v in predicted.items() if not needs_table(m)}  # exact counts: as good as measured
     results = verdicts(run.constraints, {**run.measured, **analytic}, predicted)
     uncompressed = run.uncompressed
