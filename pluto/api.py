@@ -76,8 +76,10 @@ def compress(
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="pluto-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     args = ["compress=joint", "constraints=none", "logger=tensorboard"]
-    if isinstance(model, str):
-        args.append(f"model.name={model}")
+    if isinstance(model, str):  # its config group when there is one (its constructor defaults), else just the name
+        from pluto.train import CONFIG_DIR
+
+        args.append(f"model={model}" if (CONFIG_DIR / "model" / f"{model}.yaml").exists() else f"model.name={model}")
     if isinstance(data, str):
         args.append(f"data={data}")
     args.append(f"task={task or _task_of(data)}")

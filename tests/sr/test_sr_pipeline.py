@@ -75,3 +75,15 @@ def test_mismatched_task_data_and_model_fail_with_a_fix(tmp_path):
             run_dir=tmp_path / "b")
     with pytest.raises(ConfigError, match="classifiers only"):
         run(compose(["recipe=fmnist_sr_cpu", "compress=none", *TINY[:4]]), run_dir=tmp_path / "c")
+
+
+def test_api_model_name_uses_its_config_group(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_execute(cfg, run_dir, model=None, datasets=None):
+        seen["cfg"] = cfg
+        return {}, None
+
+    monkeypatch.setattr("pluto.train.execute", fake_execute)
+    pluto.compress("edsr", None, {"macs": "0.5x"}, data="fashion_mnist_sr", run_dir=tmp_path)
+    assert seen["cfg"].model.width == 32 and seen["cfg"].model.scale == 2 and seen["cfg"].task.name == "sr"
