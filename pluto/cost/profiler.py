@@ -176,19 +176,22 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
     return runtime.prepare(model, (x,), precision)
 
 
-def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], prior: float = 0.05) -> dict:
+def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], prior: float = 0.05,
+                    prior_fit: dict | None = None) -> dict:
     """Fit ``measured = sum_g scale_g * summed_g + per_mb * weight_mb + per_op * n_ops + offset`` (all >= 0).
 
     ``points``: (entry sums per calibration group, weight megabytes, op count, measured cost) per
     whole network. ``per_op`` is per-unit dispatch overhead the isolated timings miss (eager
     PyTorch's Python module calls, ORT's per-node scheduling).
     Non-negative least squares on *relative* errors (rows scaled by 1 / measured, so small and
-    large networks count alike), with a weak pull (``prior``) of every group scale towards 1 so a
-    group the networks barely exercise keeps its measured entries. Records before/after MAPE (%).
+    large networks count alike), with a pull of weight ``prior`` towards ``prior_fit`` (an earlier fit,
+    e.g. the one made where the table was profiled: few-shot adaptation transfers it) or, without one,
+    of every group scale towards 1, so a group the networks barely exercise keeps its measured entries.
+    Records before/after MAPE (%).
     """
     from scipy.optimize import nnls
 
-    groups = sorted({g for point in points for g in point[0]})
+    groups = sorted({g for point in points for g in point[0]} | set((prior_fit or {}).get("scales", {})))
     meas = np.array([p[3] for p in points], dtype=float)
     sums = np.array([[p[0].get(g, 0.0) for g in groups] for p in points], dtype=float)
     mbs = np.array([p[1] for p in points], dtype=float)
@@ -196,15 +199,23 @@ def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], 
     design = np.concatenate([sums, mbs[:, None], n_ops[:, None], np.ones((len(points), 1))], axis=1) / meas[:, None]
     target = np.ones(len(points))
     k = len(groups)
-    reg = np.zeros((k, k + 3))
-    reg[:, :k] = np.eye(k) * math.sqrt(prior * len(points))
-    coef, _ = nnls(np.concatenate([design, reg]), np.concatenate([target, np.full(k, math.sqrt(prior * len(points)))]))
+    if prior_fit:  # transfer: every coefficient pulled towards the earlier fit, in units of its typical share
+        base = np.array([prior_fit.get("scales", {}).get(g, prior_fit.get("scale", 1.0)) for g in groups]
+                        + [prior_fit.get("per_mb", 0.0), prior_fit.get("per_op", 0.0), prior_fit.get("offset", 0.0)])
+        share = np.abs(design).mean(axis=0) + 1e-12  # relative contribution of one unit of each coefficient
+        reg = np.diag(share) * math.sqrt(prior * len(points))
+        reg_target = reg @ base
+    else:
+        reg = np.zeros((k, k + 3))
+        reg[:, :k] = np.eye(k) * math.sqrt(prior * len(points))
+        reg_target = np.full(k, math.sqrt(prior * len(points)))
+    coef, _ = nnls(np.concatenate([design, reg]), np.concatenate([target, reg_target]))
     scales, per_mb, per_op, offset = coef[:k], coef[k], coef[k + 1], coef[k + 2]
     fitted = sums @ scales + per_mb * mbs + per_op * n_ops + offset
     mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
     return {"scales": {g: float(v) for g, v in zip(groups, scales)}, "per_mb": float(per_mb), "per_op": float(per_op),
             "offset": float(offset), "n_models": len(points), "mape_uncalibrated_pct": mape(sums.sum(axis=1)),
-            "mape_calibrated_pct": mape(fitted)}
+            "mape_calibrated_pct": mape(fitted), "prior": prior, "transfer": bool(prior_fit)}
 
 
 def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
