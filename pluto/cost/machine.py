@@ -104,6 +104,19 @@ def int8_weight_type(override: str | None = None, facts: dict | None = None) -> 
     return "s8" if has_vnni(facts) else "u8"
 
 
+def int8_weights_mismatch(table_metadata: dict, weight_type: str | None = None) -> str | None:
+    """One line saying that a table's int8 entries were profiled with other int8 weights (hence other kernels)
+    than this machine exports (``weight_type`` None: :func:`int8_weight_type`), or None (same, or not recorded)."""
+    runtime = table_metadata.get("runtime", {}) if isinstance(table_metadata, dict) else {}
+    made = runtime.get("int8_weights") if isinstance(runtime, dict) else None
+    here = int8_weight_type(weight_type)
+    if made is None or made == here or "int8" not in table_metadata.get("precisions", ["int8"]):
+        return None
+    return (f"table {table_metadata.get('name', '?')} priced int8 with {made} weights ({INT8_KERNELS.get(made, '?')} "
+            f"kernels); this machine exports {here} ({INT8_KERNELS[here]}): set {INT8_WEIGHTS_ENV}={made} to deploy "
+            f"what the table priced, or profile int8 here")
+
+
 def describe(facts: dict | None = None) -> str:
     facts = facts or cpu_facts()
     isa = "AMX" if "amx_int8" in facts["flags"] else "AVX-512 VNNI" if "avx512_vnni" in facts["flags"] else \

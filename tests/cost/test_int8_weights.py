@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pluto.cost.machine import INT8_WEIGHTS_ENV, has_vnni, int8_weight_type
+from pluto.cost.machine import INT8_WEIGHTS_ENV, has_vnni, int8_weight_type, int8_weights_mismatch
 from pluto.cost.runtimes import Runtime, export_onnx, quantize_qdq
 from pluto.errors import ConfigError
 
@@ -69,3 +69,12 @@ def test_runtime_describe_records_the_weight_type(monkeypatch):
     info = Runtime("onnxruntime").describe()
     assert info["int8_weights"] == "u8" and "uint8 weights (U8U8 kernels)" in info["int8"]
     assert "int8_weights" not in Runtime("torch").describe()
+
+
+def test_a_table_priced_with_other_int8_weights_is_named():
+    meta = {"name": "t", "precisions": ["fp32", "int8"], "runtime": {"int8_weights": "u8"}}
+    assert int8_weights_mismatch(meta, "u8") is None
+    line = int8_weights_mismatch(meta, "s8")
+    assert "U8U8" in line and f"{INT8_WEIGHTS_ENV}=u8" in line
+    assert int8_weights_mismatch({"name": "old", "runtime": {"int8": "static QDQ"}}, "s8") is None  # not recorded
+    assert int8_weights_mismatch({**meta, "precisions": ["fp32"]}, "s8") is None
