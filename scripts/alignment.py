@@ -16,10 +16,10 @@ dense (onnxruntime fp32, 1 thread). Run on a quiet machine (latency figures on a
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -87,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                                           round(m.latency_iqr_ms, 4), round(m.latency_ms / dense_ms, 3),
                                           round(predicted, 4), " ".join(map(str, widths))])))
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
+        pd.DataFrame(rows, columns=header).to_csv(args.csv, index=False)
         print(f"# wrote {args.csv}")
     return 0
 

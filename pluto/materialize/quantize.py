@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pluto.cost.machine import int8_weight_type
 from pluto.decisions.bits import bit_choices, chosen_bits, strip_quantization
 from pluto.decisions.bits.folding import folded_weight_and_bias
-from pluto.cost.machine import int8_weight_type
 from pluto.decisions.bits.quantizer import integer_range
 from pluto.errors import ConfigError, UnsupportedModelError
 
