@@ -191,6 +191,9 @@ class RunConfig:
 def _closest(name: str, valid: list[str]) -> str:
     match = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f"did you mean {match[0]!r}? " if match else ""
+    if len(valid) > 12:
+        near = difflib.get_close_matches(name, valid, n=8, cutoff=0.0)
+        return f"{hint}nearby valid keys: {', '.join(near)} (all keys: pluto/config.py)"
     return f"{hint}valid keys: {', '.join(sorted(valid))}"
 
 
@@ -234,6 +237,8 @@ def _check_value(path: str, value: Any, hint: Any, meta: Mapping[str, Any]) -> A
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ConfigError(f"{path} must be a string, got {_show(value)}; {_expect(base, meta)}")
         value = str(value)
+        if "${" in value:
+            raise ConfigError(f"{path}={value!r} holds an unresolved ${{...}} reference; write the value itself")
     _check_range(path, value, base, meta)
     return value
 
@@ -314,7 +319,7 @@ def _check_variant(path: str, value: Any, schemas: Mapping[str, type], default: 
     if not isinstance(value, Mapping):
         raise ConfigError(f"{path} must be a mapping, got {_show(value)}")
     name = value.get("name", default)
-    if name not in schemas:
+    if not isinstance(name, str) or name not in schemas:
         close = difflib.get_close_matches(str(name), list(schemas), n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ConfigError(f"{path}.name={name!r} is unknown{hint}; choose one of {', '.join(schemas)} "
@@ -396,15 +401,16 @@ def _to_container(cfg: Any) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    if isinstance(cfg, DictConfig):
-        try:
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"the config does not resolve: {str(exc).splitlines()[0]}; check the ${{...}} "
-                              "references and overrides") from exc
-    if not isinstance(cfg, Mapping):
+    if not isinstance(cfg, (DictConfig, Mapping)):
         raise ConfigError(f"a run config must be a mapping, got {_show(cfg)}")
-    return dict(cfg)
+    try:
+        if not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.create(dict(cfg))
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except (OmegaConfBaseException, ValueError, TypeError) as exc:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        raise ConfigError(f"the config does not resolve: {lines[0]}; check the ${{...}} references, overrides and "
+                          "value types") from exc
 
 
 def validate_config(cfg: Any) -> Any:
@@ -529,17 +535,20 @@ def check_overrides(overrides: list[str]) -> None:
         parts = key.split(".")
         if len(parts) == 1 and (key in GROUPS or key == "recipe"):
             options = _group_options(key)
+            if key != "recipe" and value in ("null", ""):
+                raise ConfigError(f"{key}={value!r}: the {key} group needs one of its options: {', '.join(options)}")
             if value not in ("null", "") and value not in options and "," not in value:
                 raise ConfigError(f"{key}={value!r} is not an option of the {key} group; "
                                   f"{_closest(value, options).replace('valid keys', 'options')}")
             continue
         if parts[0] not in GROUPS and parts[0] not in ("run_name", "seed"):
             raise ConfigError(f"unknown key {key!r}; {_closest(parts[0], [*GROUPS, 'run_name', 'seed', 'recipe'])}")
-        if parts[0] == "model" or _is_known_key(key):
-            continue
-        if parts[0] == "constraints":
+        if parts[0] == "constraints" and len(parts) == 2:
             if parts[1] not in CONSTRAINT_METRICS:
-                raise ConfigError(f"unknown constraint metric {key!r}; {_closest(parts[1], list(CONSTRAINT_METRICS))}")
+                raise ConfigError(f"unknown constraint metric {key!r}; "
+                                  f"{_closest(parts[1], list(CONSTRAINT_METRICS))} (null = unconstrained)")
+            continue
+        if parts[0] == "model" or _is_known_key(key):
             continue
         valid = _keys_of(parts[0])
         raise ConfigError(f"unknown key {key!r}; {_closest(key, valid)}")

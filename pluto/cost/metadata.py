@@ -106,8 +106,8 @@ def validate_metadata(metadata: Any, path: Path) -> dict:
         if key in metadata and not (isinstance(value, str) and len(value) == 64
                                     and all(c in "0123456789abcdef" for c in value)):
             raise _fail(path, key, f"must be a 64-digit hex SHA-256, got {value!r}")
-    for key in ("space", "energy", "settings"):
-        if key in metadata and metadata[key] is not None and not isinstance(metadata[key], dict):
+    for key in ("space", "energy", "settings", "calibration", "overhead_ms"):  # read with .get(key, {}).get(...)
+        if key in metadata and not isinstance(metadata[key], dict):
             raise _fail(path, key, f"must be an object, got {metadata[key]!r}")
     overhead = metadata.get("overhead_ms")
     if overhead is not None:
@@ -156,7 +156,8 @@ def metadata_digest(metadata: dict) -> str:
     device = metadata.get("device") if isinstance(metadata.get("device"), dict) else {}
     runtime = metadata.get("runtime") if isinstance(metadata.get("runtime"), dict) else {}
     calibration = {}
-    for precision, per_metric in (metadata.get("calibration") or {}).items():
+    given = metadata.get("calibration")
+    for precision, per_metric in (given.items() if isinstance(given, dict) else ()):
         if isinstance(per_metric, dict):
             calibration[precision] = {
                 metric: {k: per_metric[metric][k] for k in (*COEFFICIENTS, "scales") if k in per_metric[metric]}
