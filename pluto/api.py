@@ -101,6 +101,8 @@ def compress(
     from pluto.train import compose, execute
 
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="pluto-"))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir={run_dir} is a file; pass a folder for the run's records")
     run_dir.mkdir(parents=True, exist_ok=True)
     args = ["compress=joint", "constraints=none", "logger=tensorboard"]
     if isinstance(model, str):

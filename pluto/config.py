@@ -342,7 +342,8 @@ def _check_model(value: Any) -> dict[str, Any]:
     if not isinstance(name, str) or name not in list_models():
         close = difflib.get_close_matches(str(name), list_models(), n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"model.name={name!r} is not a registered model{hint}; choose one of {', '.join(list_models())}")
+        raise ConfigError(f"model.name={name!r} is not a registered model{hint}; choose one of "
+                          f"{', '.join(list_models())}")
     params = inspect.signature(_REGISTRY[name]).parameters
     open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     known = [k for k in params if k not in ("num_classes", "in_channels", "input_size")
@@ -380,7 +381,8 @@ def _check_constraints(value: Any) -> dict[str, Any]:
         if isinstance(target, Mapping):  # {target: 0.4, metric: latency_ms, name: ...}
             extra = [k for k in target if k not in ("target", "metric", "name")]
             if extra:
-                raise ConfigError(f"unknown key {path}.{extra[0]}; {_closest(str(extra[0]), ['target', 'metric', 'name'])}")
+                valid = ["target", "metric", "name"]
+                raise ConfigError(f"unknown key {path}.{extra[0]}; {_closest(str(extra[0]), valid)}")
             metric = target.get("metric", key)
             if metric not in CONSTRAINT_METRICS:
                 raise ConfigError(f"{path}: unknown constraint metric {metric!r}; "

@@ -147,8 +147,8 @@ def _validate_calibration(calibration: Any, path: Path) -> None:
             if scales is not None:
                 if not isinstance(scales, dict) or not all(
                         isinstance(g, str) and _is_number(v) and 0 <= v <= MAX_COEFFICIENT for g, v in scales.items()):
-                    raise _fail(path, f"{key}.scales", f"must map groups to finite numbers in [0, {MAX_COEFFICIENT:g}], "
-                                f"got {scales!r}")
+                    raise _fail(path, f"{key}.scales", "must map groups to finite numbers in "
+                                f"[0, {MAX_COEFFICIENT:g}], got {scales!r}")
 
 
 def metadata_digest(metadata: dict) -> str:

@@ -186,7 +186,8 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"trainer.device={name!r} is not a device torch knows; use auto, cpu, cuda or cuda:N") from exc
+        raise ConfigError(f"trainer.device={name!r} is not a device torch knows; use auto, cpu, cuda or "
+                          "cuda:N") from exc
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible; "
                           "use cuda:0 .. cuda:N-1 or auto")

@@ -128,3 +128,25 @@ def test_bad_user_datasets(data, error, match):
 def test_datasets_must_be_a_pair():
     with pytest.raises(ConfigError, match="pair"):
         check_datasets([TensorDataset(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]))])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"constraints": {"latency": 0.4}}, "unknown constraint metric"),
+    ({"epochs": {"warmup": -1}}, "compress.epochs.warmup"),
+    ({"decison_lr": 0.1}, "did you mean 'compress.decision_lr'"),
+    ({"precision": "int3"}, "hw.precision"),
+    ({"table": "latency_tables/no_such_table", "constraints": {"latency_ms": 0.4}}, "does not exist"),
+])
+def test_api_arguments_are_checked_before_any_run(tmp_path, kwargs, match):
+    args = {"table": None, "constraints": {"macs": 1e6}, "data": "synthetic", "teacher": None,
+            "run_dir": tmp_path / "run", "overrides": ["logger=none"], **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        pluto.compress("small_cnn", **args)
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_api_run_dir_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("keep")
+    with pytest.raises(ConfigError, match="is a file"):
+        pluto.compress("small_cnn", None, {"macs": 1e6}, data="synthetic", run_dir=tmp_path / "f")
+    assert (tmp_path / "f").read_text() == "keep"
