@@ -8,6 +8,7 @@ checkpoints, and (for compression runs) the report.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from pluto.errors import PlutoError
+from pluto.errors import ConfigError, PlutoError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -34,6 +35,9 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
     from pluto.models import create_model
     from torch.utils.data import DataLoader
 
+    from pluto.config import validate_config
+
+    cfg = validate_config(cfg)  # every value typed and in range before any work starts
     torch.manual_seed(cfg.seed)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -43,16 +47,21 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
         train_set, test_set, spec = build_datasets(cfg.data.name, cfg.data.get("root"), cfg.data.get("train_limit"),
                                                    cfg.data.get("test_limit"), **dkw)
     else:
-        from pluto.data import infer_spec
+        from pluto.data import check_datasets, infer_spec
 
-        train_set, test_set = datasets
+        train_set, test_set = check_datasets(datasets)
         spec = infer_spec(train_set)
     test_loader = DataLoader(test_set, batch_size=512, shuffle=False, generator=torch.Generator())
     mkw = {k: v for k, v in cfg.model.items() if k != "name"}
     if model is None:
         model = create_model(cfg.model.name, spec.num_classes, spec.in_channels, spec.input_size, **mkw)
+    else:
+        from pluto.api import check_model_output
+
+        check_model_output(model, spec)
     device = pick_device(cfg.trainer.device)
-    ctx = RunContext(run_dir, cfg, resume=cfg.trainer.resume, tensorboard=cfg.logger.tensorboard)
+    ctx = RunContext(run_dir, cfg, resume=cfg.trainer.resume, tensorboard=cfg.logger.tensorboard,
+                     allow_changes=tuple(cfg.trainer.resume_allow_changes))
     try:
         if cfg.compress.name == "none":
             metrics = fit_plain(model, train_set, test_loader, cfg.trainer, ctx, device, cfg.seed)
@@ -68,12 +77,30 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
     return metrics, model
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """The resolved config for ``overrides`` without starting a Hydra app (tests, notebooks, sweeps)."""
+def compose(overrides: list[str] | None = None, validate: bool = True) -> DictConfig:
+    """The resolved config for ``overrides`` without starting a Hydra app (tests, notebooks, sweeps).
+
+    ConfigError (not a Hydra stack trace) for an unknown key or group option, and, with ``validate``,
+    for any value :func:`pluto.config.validate_config` rejects."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides or []))
+    from pluto.config import check_overrides, validate_config
+
+    overrides = list(overrides or [])
+    check_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="train", overrides=overrides)
+    except Exception as exc:  # composing only reads configs/: whatever fails here is the overrides' fault
+        lines = [line for line in str(exc).splitlines() if line.strip()]
+        match = re.search(r"Could not override '([^']+)'", str(exc))
+        if match:
+            from pluto.config import explain_unknown_key
+
+            raise ConfigError(explain_unknown_key(match.group(1))) from exc
+        raise ConfigError(f"the overrides {overrides} do not compose: {' '.join(lines[:2])}; check the keys "
+                          "against configs/ (or pluto/config.py)") from exc
+    return validate_config(cfg) if validate else cfg
 
 
 def run_with_overrides(overrides: list[str], run_dir: str | os.PathLike) -> dict[str, float]:
@@ -91,7 +118,21 @@ def _hydra_main(cfg: DictConfig) -> float:
     return float(metrics.get("objective", metrics.get("accuracy", 0.0)))
 
 
+def _precheck(argv: list[str]) -> None:
+    """Unknown keys and group options as one line + exit 2, before Hydra prints its own stack trace."""
+    from pluto.config import check_overrides
+
+    if any(a in ("-m", "--multirun") or a.startswith("-") for a in argv):
+        return  # Hydra's flags (multirun sweeps, --cfg, --help ...): let Hydra parse them
+    try:
+        check_overrides(argv)
+    except PlutoError as exc:
+        print(f"pluto: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
+    _precheck(sys.argv[1:])
     _hydra_main()
 
 

@@ -16,7 +16,30 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1,28,28 (C,H,W)") from exc
     if len(shape) != 3:
         raise argparse.ArgumentTypeError(f"input shape {text!r} must have 3 values C,H,W")
+    if not (1 <= shape[0] <= 4096 and all(8 <= v <= 8192 for v in shape[1:])):
+        raise argparse.ArgumentTypeError(f"input shape {text!r}: channels must be in 1..4096 and H, W in 8..8192")
     return shape
+
+
+def _bounded(kind: type, lo: float, hi: float | None = None, lo_open: bool = False):
+    """An argparse type: a number of ``kind`` in [lo, hi] (or (lo, hi] with ``lo_open``), else a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}")
+        if value != value or (lo_open and value <= lo) or value < lo or (hi is not None and value > hi):
+            bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}"
+                                             + (f" and <= {hi:g}" if hi is not None else ""))
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+MODEL_HELP = ("registry name (pluto.models), 'package.module:function' returning an nn.Module, or a .pt checkpoint "
+              "saved as {'model': registry name, 'kwargs': {...}, 'state_dict': ...}. NOTE: 'module:function' "
+              "imports that module and calls that function with your user's rights - pass only code you trust")
 
 
 def register(subparsers) -> None:
@@ -31,26 +54,36 @@ def register(subparsers) -> None:
     p.add_argument("--input-shape", type=_shape, action="append", default=None,
                    help="C,H,W for --model (repeat for several, e.g. --input-shape 1,28,28 --input-shape 3,32,32)")
     p.add_argument("--out", required=True, help="table folder, e.g. latency_tables/cpu_ort")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads on CPU (fixed for reproducibility)")
+    p.add_argument("--batch", type=_bounded(int, 1, 65536), default=1)
+    p.add_argument("--threads", type=_bounded(int, 1, 4096), default=1,
+                   help="intra-op threads on CPU (fixed for reproducibility)")
     p.add_argument("--energy", default="auto", choices=("auto", "nvml", "rapl", "none"))
-    p.add_argument("--samples", type=int, default=24, help="timed samples per entry, split over --rounds")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per entry (median of round medians)")
-    p.add_argument("--chunk", type=int, default=64, help="units kept prepared while their rounds interleave")
+    p.add_argument("--samples", type=_bounded(int, 3, 100_000), default=24,
+                   help="timed samples per entry, split over --rounds (median, IQR, Tukey outliers; at least 3)")
+    p.add_argument("--rounds", type=_bounded(int, 1, 1000), default=3,
+                   help="interleaved rounds per entry (median of round medians)")
+    p.add_argument("--chunk", type=_bounded(int, 1, 100_000), default=64,
+                   help="units kept prepared while their rounds interleave")
     p.add_argument("--no-pin", action="store_true", help="do not pin single-threaded profiling to one core")
-    p.add_argument("--energy-window", type=float, default=0.3, help="seconds of sustained loop per energy reading")
-    p.add_argument("--limit", type=int, default=None, help="measure at most this many new entries, then stop")
+    p.add_argument("--energy-window", type=_bounded(float, 0.0, 600.0, lo_open=True), default=0.3,
+                   help="seconds of sustained loop per energy reading")
+    p.add_argument("--limit", type=_bounded(int, 1), default=None, help="measure at most this many new entries, then stop")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_profile)
 
     p = subparsers.add_parser("predict", help="predicted latency/energy of a model from a table")
     _model_args(p)
     p.add_argument("--metric", default="latency_ms", choices=("latency_ms", "energy_mj", "size_bytes", "macs"))
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 2) instead of warning when the model has ops outside the table's measured "
+                        "resolutions or channel counts")
     p.set_defaults(func=_predict)
 
     p = subparsers.add_parser("validate", help="measure a model now on this machine and compare with the table")
     _model_args(p)
-    p.add_argument("--tolerance", type=float, default=10.0, help="percent error counted as a pass")
+    p.add_argument("--tolerance", type=_bounded(float, 0.0, 1e6, lo_open=True), default=10.0,
+                   help="percent error counted as a pass")
+    p.add_argument("--strict", action="store_true", help="refuse models the table did not measure (see predict)")
     p.set_defaults(func=_validate)
 
     p = subparsers.add_parser("measure", help="measure finished compression runs on the table's chip; verdict per constraint")
@@ -83,9 +116,7 @@ def register(subparsers) -> None:
 
 def _model_args(p) -> None:
     p.add_argument("--table", required=True, help="table folder, e.g. latency_tables/cpu_ort")
-    p.add_argument("--model", required=True,
-                   help="registry name (pluto.models), 'package.module:function' returning an nn.Module, or a .pt "
-                        "checkpoint saved as {'model': registry name, 'kwargs': {...}, 'state_dict': ...}")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--input-shape", type=_shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--kwargs", default="", help="model constructor kwargs, e.g. width=0.5")
@@ -114,26 +145,52 @@ def load_model(spec: str, input_shape: tuple[int, ...], kwargs: dict | None = No
     if spec.endswith((".pt", ".pth")):
         if not Path(spec).exists():
             raise ConfigError(f"no checkpoint at {spec}")
-        ckpt = torch.load(spec, weights_only=True, map_location="cpu")
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
+        from pluto.engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(spec)
+        if not isinstance(ckpt.get("model"), str) or not isinstance(ckpt.get("state_dict"), dict):
             raise ConfigError(f"{spec} is not a pluto model checkpoint (needs keys 'model' and 'state_dict'); "
                               "pass a registry name with --kwargs instead")
-        model = create_model(ckpt["model"], in_channels=input_shape[0], input_size=input_shape[-1],
-                             **ckpt.get("kwargs", {}))
-        model.load_state_dict(ckpt["state_dict"], strict=False)
+        model = _build(create_model, ckpt["model"], input_shape, ckpt.get("kwargs") or {})
+        try:
+            model.load_state_dict(ckpt["state_dict"], strict=False)
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            raise ConfigError(f"{spec}'s state_dict does not fit model {ckpt['model']!r} ({detail})") from exc
         return model.eval()
-    if ":" in spec:
+    if ":" in spec:  # runs the named code with the user's rights (documented in --model's help and the README)
         module_name, _, fn = spec.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), fn)(**kwargs).eval()
-        except (ImportError, AttributeError) as exc:
+            factory = getattr(importlib.import_module(module_name), fn)
+        except (ImportError, AttributeError, ValueError) as exc:
             raise ConfigError(f"cannot import model factory {spec!r}: {exc}") from exc
+        if not callable(factory):
+            raise ConfigError(f"{spec} is a {type(factory).__name__}, not a function returning an nn.Module")
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{spec}(**{kwargs}) failed: {exc}; check --kwargs") from exc
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
+        return model.eval()
     if spec.endswith(".onnx"):
         raise ConfigError("pluto predicts from PyTorch models (the table keys come from a torch.fx trace); pass the "
                           "registry name or 'module:function' the ONNX file was exported from")
     if spec not in list_models():
         raise ConfigError(f"unknown model {spec!r}; registered: {', '.join(list_models())}")
-    return create_model(spec, in_channels=input_shape[0], input_size=input_shape[-1], **kwargs).eval()
+    return _build(create_model, spec, input_shape, kwargs).eval()
+
+
+def _build(create_model, name: str, input_shape: tuple[int, ...], kwargs) -> "torch.nn.Module":
+    """create_model with a ConfigError naming the arguments when they do not fit the model."""
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"model kwargs must be key=value pairs, got {kwargs!r}")
+    try:
+        return create_model(name, in_channels=input_shape[0], input_size=input_shape[-1], **kwargs)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:
+        raise ConfigError(f"model {name!r} cannot be built with input {input_shape} and {kwargs or 'no kwargs'} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check --kwargs "
+                          "and --input-shape") from exc
 
 
 ZOO_SPACE = {"channel_grid": [8, 16, 32, 64, 128, 256, 512, 1024, 2048], "min_width": 0.25, "align": 8,
@@ -211,11 +268,26 @@ def _predict(args) -> int:
         print(f"{args.model}: {value:.0f} {args.metric.split('_')[0]}")
         return 0
     table = LatencyTable.load(args.table)
+    table._require(args.metric, args.precision)
+    _coverage(table, ops, args.precision, args.strict)
     value = table.predict_ops(ops, args.metric, args.precision)
     unit = "ms" if args.metric == "latency_ms" else "mJ"
     print(f"{args.model} {'x'.join(map(str, args.input_shape))} on {table.device['name']} / {table.runtime} "
           f"{args.precision}, batch {table.metadata['batch']}: {value:.4f} {unit} ({len(ops)} ops)")
     return 0
+
+
+def _coverage(table, ops, precision: str, strict: bool) -> None:
+    """Say so (or refuse with --strict) when the prediction extrapolates beyond what the table measured."""
+    import warnings
+
+    from pluto.cost.coverage import PredictionRangeWarning, check_coverage
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PredictionRangeWarning)
+        check_coverage(table, ops, precision, strict=strict)
+    for warning in caught:
+        print(f"pluto: warning: {warning.message} (--strict refuses such predictions)", file=sys.stderr)
 
 
 def _validate(args) -> int:
@@ -235,6 +307,8 @@ def _validate(args) -> int:
         print(f"note: {note}")
     model = load_model(args.model, args.input_shape, _kwargs(args.kwargs))
     ops = extract_ops(model, args.input_shape)
+    table._require("latency_ms", args.precision)
+    _coverage(table, ops, args.precision, args.strict)
     if args.precision == "int8":
         import torch
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pluto.cost.interp import interp1d, interp2d, monotone
+from pluto.cost.metadata import check_entry_text, metadata_digest, validate_entries, validate_metadata
 from pluto.cost.metrics import TABLE_METRICS as METRICS  # metrics a table can hold
 from pluto.cost.ops import MATRIX_KINDS, OpSpec, extract_ops
 from pluto.errors import TableError
@@ -138,8 +139,9 @@ class LatencyTable:
                              f"{folder}` or use a shipped one from latency_tables/.")
         try:
             metadata = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             raise TableError(f"{meta_path} is corrupt ({exc}); restore it from git or re-run `pluto profile`.") from exc
+        validate_metadata(metadata, meta_path)  # types, ranges and metadata_sha256 of what predictions read
         version = metadata.get("schema_version")
         if version != SCHEMA_VERSION:
             raise TableError(f"{folder} has table schema version {version!r} but this pluto reads version "
@@ -156,7 +158,9 @@ class LatencyTable:
         if metadata.get("complete") and metadata.get("sha256") != file_sha256(entries_path):
             raise TableError(f"{entries_path} does not match its checksum in {METADATA}: it was truncated or edited. "
                              f"Restore it from git or re-run: {metadata.get('command')}")
+        check_entry_text(entries_path, tuple(k for k, v in _DTYPES.items() if v is int))
         entries = read_entries(entries_path)
+        validate_entries(entries, entries_path, metadata)
         if metadata.get("complete") and len(entries) != metadata.get("n_entries"):
             raise TableError(f"{entries_path} has {len(entries)} rows, metadata says {metadata.get('n_entries')}; "
                              "restore the table or re-profile.")
@@ -186,6 +190,7 @@ class LatencyTable:
         self.entries[columns].to_csv(folder / ENTRIES, index=False, float_format="%.6g")
         self.metadata.update(schema_version=SCHEMA_VERSION, n_entries=len(self.entries), complete=True,
                              sha256=file_sha256(folder / ENTRIES))
+        self.metadata["metadata_sha256"] = metadata_digest(self.metadata)
         (folder / METADATA).write_text(json.dumps(self.metadata, indent=2, sort_keys=True, default=str) + "\n")
         self.path = folder
 

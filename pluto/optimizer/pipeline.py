@@ -55,7 +55,7 @@ STAGES = ("prepare", "warmup", "search", "harden", "finetune", "deploy", "report
 
 
 def load_table(cfg: DictConfig) -> LatencyTable | None:
-    path = cfg.hw.get("table")
+    path = cfg.hw.table
     return LatencyTable.load(path) if path else None
 
 
@@ -155,7 +155,7 @@ class Compression:
         return self.result, self.final
 
     def _measure_every(self) -> int:
-        every = self.c.get("measure_every", "auto")
+        every = self.c.measure_every
         if every == "auto":
             steps = self.c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size)
             return max(1, steps // 10)
@@ -165,15 +165,22 @@ class Compression:
     def prepare(self) -> None:
         c, cfg = self.c, self.cfg
         self.table = load_table(cfg)
-        quantize_default = cfg.hw.get("precision", "fp32") if c.quantize else "fp32"
+        self.info["table"] = {"status": "none"} if self.table is None else {"status": "as shipped"}
+        if self.table is not None and cfg.hw.measure != "off" and not cfg.hw.runner:
+            from pluto.cost.adapt import for_this_machine
+
+            # a CPU table made on another machine is a prior here: adapt it (cached per machine) before the search
+            self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt == "auto")
+        # widths snap to the channel multiple the chip's fast kernels need (the table's `align`)
+        self.align = self.table.align if self.table is not None else None
+        quantize_default = cfg.hw.precision if c.quantize else "fp32"
         self.cost_model = CostModel(self.model, self.input_shape, self.table, quantize_default,
                                     op_temperature=c.temperature.final)
-        self.correction = MeasuredCorrection(self.cost_model, float(c.get("correction_smoothing", 0.5)))
+        self.correction = MeasuredCorrection(self.cost_model, float(c.correction_smoothing))
         self.measurer: Measurer | None = None
-        mode = cfg.hw.get("measure", "auto")
+        mode = cfg.hw.measure
         if self.table is not None and mode != "off":
-            measurer = Measurer(self.table, cfg.hw.get("runner"), samples=int(cfg.hw.get("measure_samples", 50)),
-                                rounds=int(cfg.hw.get("measure_rounds", 3)))
+            measurer = Measurer(self.table, cfg.hw.runner, samples=cfg.hw.measure_samples, rounds=cfg.hw.measure_rounds)
             ok, why = measurer.reachable()
             if ok:
                 self.measurer = measurer
@@ -181,6 +188,7 @@ class Compression:
             else:
                 print(f"NOT MEASURED: {why}; the run keeps the table's prediction and its verdicts say 'not measured'")
         self.info["measured_on"] = self.measurer.where() if self.measurer else None
+        self.info["table"]["name"] = self.table.metadata.get("name") if self.table is not None else None
         raw_constraints = OmegaConf.to_container(cfg.constraints)
         metrics = {m for m in (raw_constraints or {}) if (raw_constraints or {}).get(m) is not None}
         self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
@@ -208,9 +216,9 @@ class Compression:
         self.ctx.write_json("feasibility.json", {"minimum": self.minimum, "uncompressed": self.uncompressed,
                                                  "targets": {con.metric: con.target for con in self.constraints},
                                                  "relative": relative, "measured_on": self.info["measured_on"]})
-        self._init_weights(c.get("init_from"))
+        self._init_weights(c.init_from)
         if isinstance(self.model, Supernet):
-            self.model.set_mode(c.get("supernet_warmup_mode", "sample"))
+            self.model.set_mode(c.supernet_warmup_mode)
         self.model.to(self.device)
         if c.distill and c.teacher not in ("self", None, "none"):
             self.teacher.build()
@@ -332,7 +340,7 @@ class Compression:
                                 c.gate_init_keep, self.calibration.to(self.device), c.gate_mode, c.gate_init,
                                 c.gate_init_spread)
         if self.decisions.supernet is not None:  # the search needs the mixture (see pluto.decisions.ops.choice)
-            self.decisions.supernet.set_mode(c.get("supernet_search_mode", "soft"))
+            self.decisions.supernet.set_mode(c.supernet_search_mode)
         self.objective = LagrangianObjective(self.constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
         steps = max(1, c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size))
         self.anneal = TemperatureSchedule(c.temperature.initial, c.temperature.final, steps)
@@ -363,7 +371,7 @@ class Compression:
         was_training = d.model.training
         saved = _hard_state(d)
         try:
-            fix_decisions(d)  # argmax bits, rounded widths (on the live decisions; restored below)
+            fix_decisions(d, round_to=self.align)  # argmax bits, rounded widths (live decisions; restored below)
             model, _ = build_concrete(d, self.example, self.calibration[:64])
         finally:
             _restore_hard_state(d, saved)
@@ -396,16 +404,16 @@ class Compression:
     def harden(self) -> None:
         d = self.decisions
         d.model.cpu()  # hardening is cheap and runs where the tables and the graph's indices live
-        fix_decisions(d, self.cost_model, self.constraints)
-        if self.measurer is not None and self.c.get("land", True):
-            band = tuple(float(b) for b in self.c.get("land_band", (0.93, 1.0)))
+        fix_decisions(d, self.cost_model, self.constraints, round_to=self.align)
+        if self.measurer is not None and self.c.land:
+            band = tuple(float(b) for b in self.c.land_band)
 
             def measure() -> dict[str, float]:
                 model, _ = build_concrete(d, self.example, self.calibration[:64])
                 return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
 
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
-                                                int(self.c.get("land_measurements", 8)))
+                                                int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]
             status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
             print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
