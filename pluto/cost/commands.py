@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     p.add_argument("--chunk", type=_bounded(int, 1, 100_000), default=64,
                    help="units kept prepared while their rounds interleave")
     p.add_argument("--no-pin", action="store_true", help="do not pin single-threaded profiling to one core")
+    p.add_argument("--precision-space", action="append", default=None, metavar="PRECISION=SPACE",
+                   help="profile PRECISION only over this (smaller) space, e.g. int8=configs/space/cpu_int8.yaml")
     p.add_argument("--energy-window", type=_bounded(float, 0.0, 600.0, lo_open=True), default=0.3,
                    help="seconds of sustained loop per energy reading")
     p.add_argument("--limit", type=_bounded(int, 1), default=None, help="measure at most this many new entries, then stop")
@@ -233,6 +235,18 @@ def profile_space(space_path: str | None, models: str | None, shapes: list[tuple
     return ProfileSpace.from_dict(data)
 
 
+def _precision_spaces(items: list[str] | None) -> dict:
+    from pluto.cost.space import ProfileSpace
+
+    out = {}
+    for item in items or []:
+        precision, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--precision-space {item!r}: write PRECISION=SPACE_YAML, e.g. int8=configs/space/cpu_int8.yaml")
+        out[precision.strip()] = ProfileSpace.load(path.strip())
+    return out
+
+
 def _profile(args) -> int:
     from pluto.cost.profiler import profile
 
@@ -245,7 +259,7 @@ def _profile(args) -> int:
     table = profile(space, args.out, args.device, args.runtime, precisions, args.batch,
                     args.threads, args.energy, args.samples, energy_window_s=args.energy_window, command=command,
                     progress=not args.no_progress, limit=args.limit, rounds=args.rounds, chunk=args.chunk,
-                    pin=not args.no_pin)
+                    pin=not args.no_pin, precision_spaces=_precision_spaces(args.precision_space))
     state = "complete" if table.metadata.get("complete") else "incomplete (re-run the same command to resume)"
     print(f"{table}: {state}")
     for precision, fit in table.metadata.get("calibration", {}).items():

@@ -140,6 +140,26 @@ def measure(runtime: Runtime, work: Prepared, meter=None, samples: int = 30, min
     return timing.median_ms, timing.iqr_ms, timing.n, mj
 
 
+def probe_alignment(rt: Runtime, hw: int = 14) -> tuple[int, dict]:
+    """Measure the channel multiple the runtime's fast conv kernels need (ORT's NCHWc block: 8 on AVX2, 16 on AVX-512).
+
+    3x3 convs at c = 48, 56, 64 (multiples of 16 and of 8 only) and 40, 44 (multiple of 8 and of 4 only): a
+    width whose time per MAC is > 12 % above its aligned neighbours' runs on slower kernels."""
+    from pluto.cost.units import build_unit
+
+    widths = (40, 44, 48, 56, 64)
+    works = [rt.prepare(*build_unit(OpSpec("conv", f"probe{c}", c, c, 3, 1, 1, hw, "relu", True), 1), "fp32")
+             for c in widths]
+    times = measure_interleaved(rt, works, rounds=5, samples=25, min_sample_s=0.001)
+    per_mac = {c: t / (c * c) for c, (t, _) in zip(widths, times)}
+    slow16 = per_mac[56] > 1.12 * min(per_mac[48], per_mac[64])
+    slow8 = per_mac[44] > 1.12 * min(per_mac[40], per_mac[48])
+    align = 16 if slow16 else 8 if slow8 else 4
+    return align, {"conv3x3_hw": hw, "ms": {str(c): t for c, (t, _) in zip(widths, times)},
+                   "per_mac_rel": {str(c): per_mac[c] / min(per_mac.values()) for c in widths},
+                   "rule": "16 if c=56 is >12 % slower per MAC than 48/64; else 8 if 44 vs 40/48; else 4"}
+
+
 def measure_interleaved(rt: Runtime, works: list[Prepared], rounds: int = 3, samples: int = 30,
                         min_sample_s: float = 0.002, seed: int = 0, progress: bool = False,
                         desc: str = "measure") -> list[tuple[float, float]]:
@@ -218,13 +238,24 @@ def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], 
             "mape_calibrated_pct": mape(fitted), "prior": prior, "transfer": bool(prior_fit)}
 
 
+def calibration_networks(table: LatencyTable) -> list[Network]:
+    """The whole networks a table's calibration is fitted on: ``reference: N`` in the space's calibration section
+    means N pruned members of its families (:func:`pluto.cost.adapt.reference_networks`), else the space's own."""
+    n = (table.metadata.get("space", {}).get("calibration") or {}).get("reference")
+    if n:
+        from pluto.cost.adapt import reference_networks
+
+        return [(label, model, shape) for label, _, model, shape in reference_networks(table, int(n))]
+    return ProfileSpace.from_dict(table.metadata["space"]).calibration_networks()
+
+
 def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
     """(Re-)fit the calibration from the whole-network *measurements* stored in the metadata.
 
     The networks are rebuilt from the table's space (they are seeded), their entry sums recomputed
     with the current lookup, and the fit redone; nothing is re-measured, so this runs anywhere."""
     if networks is None:
-        networks = ProfileSpace.from_dict(table.metadata["space"]).calibration_networks()
+        networks = calibration_networks(table)
     by_label = {label: (model, shape) for label, model, shape in networks}
     for precision, cal in table.metadata.get("calibration", {}).items():
         for record in cal.get("networks", []):
@@ -248,14 +279,16 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
             precisions: tuple[str, ...] = ("fp32",), batch: int = 1, threads: int = 1, energy: str = "auto",
             samples: int = 24, min_sample_s: float = 0.001, energy_window_s: float = 0.3, unroll: int = 10,
             command: str | None = None, progress: bool = True, limit: int | None = None, rounds: int = 3,
-            chunk: int = 64, seed: int = 0, pin: bool = True) -> LatencyTable:
+            chunk: int = 64, seed: int = 0, pin: bool = True,
+            precision_spaces: dict[str, ProfileSpace] | None = None) -> LatencyTable:
     """Measure ``space`` on this machine into table folder ``out`` and return the sealed table.
 
     ``threads``: intra-op threads (CPU); ``energy``: 'auto' | 'nvml' | 'rapl' | 'none';
     ``unroll``: unit copies per CUDA graph (amortises the graph launch); ``limit``: stop after that
     many new entries (the table stays incomplete; re-run to resume); ``rounds``/``chunk``: randomized
     interleaving (each entry timed in ``rounds`` shuffled rounds of ``samples / rounds`` samples while its
-    chunk of ``chunk`` units stays prepared); ``pin``: pin single-threaded CPU profiling to one core.
+    chunk of ``chunk`` units stays prepared); ``pin``: pin single-threaded CPU profiling to one core;
+    ``precision_spaces``: a smaller space for some precisions (e.g. int8 only for the int8 recipes' families).
     """
     if batch < 1 or threads < 1 or samples < 3 or rounds < 1 or chunk < 1:
         raise ConfigError(f"profile needs batch >= 1, threads >= 1, samples >= 3, rounds >= 1, chunk >= 1 (got batch "
@@ -307,7 +340,7 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         },
         "space": space.source, "overhead_ms": old.get("overhead_ms", {}), "calibration": old.get("calibration", {}),
         "machine": {**cpu_facts(), "fingerprint": fingerprint()} if device == "cpu" else dev,
-        "reference": old.get("reference", {}),
+        "reference": old.get("reference", {}), "calibration_groups": "fine",
     }
     metadata["method"].update(rounds=rounds, chunk=chunk, samples_per_round=max(3, samples // rounds),
                               interleaving="shuffled entries, chunks prepared once, shuffled rounds; entry = median of "
@@ -324,8 +357,16 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         metadata["overhead_ms"][precision] = 0.0 if runtime == "cudagraph" else \
             time_call(work, samples=samples, min_sample_s=min_sample_s, clock=rt.clock).median_ms
 
-    ops = space.unit_ops()
-    todo = [(p, op) for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in done]
+    precision_spaces = dict(precision_spaces or {})
+    ops_for = {p: (precision_spaces.get(p) or space).unit_ops() for p in precisions}
+    if precision_spaces:
+        metadata["precision_spaces"] = {**old.get("precision_spaces", {}),
+                                        **{p: sp.source for p, sp in precision_spaces.items()}}
+    if device == "cpu" and runtime == "onnxruntime" and "align_probe" not in old:
+        metadata["align"], metadata["align_probe"] = probe_alignment(rt)
+    elif "align_probe" in old:
+        metadata["align"], metadata["align_probe"] = old["align"], old["align_probe"]
+    todo = [(p, op) for p in precisions for op in ops_for[p] if tuple(map(str, entry_key(op, p))) not in done]
     if limit is not None:
         todo = todo[:limit]
     # Randomized interleaving (Google Benchmark's random interleaving): entries are taken in a shuffled order, in
@@ -369,12 +410,13 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         bar.close()
     meta_path.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
     measured = {tuple(r[:len(KEY_COLUMNS)]) for r in _read_intact_rows(entries_path)}
-    remaining = [1 for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in measured]
+    remaining = [1 for p in precisions for op in ops_for[p] if tuple(map(str, entry_key(op, p))) not in measured]
     if remaining:
         return LatencyTable.load(out, allow_incomplete=True)
 
     table = LatencyTable(read_entries(entries_path), metadata)
-    calibrate(table, rt, space.calibration_networks(), precisions, meter, samples, min_sample_s, energy_window_s,
+    table.metadata["calibration_groups"] = "fine"
+    calibrate(table, rt, calibration_networks(table), all_precisions, meter, samples, min_sample_s, energy_window_s,
               progress)
     table.save(out)
     return table
@@ -385,13 +427,25 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
     """Time whole ``networks`` end to end, store the measurements and fit the calibration (``refit``)."""
     batch = table.metadata["batch"]
     for precision in precisions:
+        nets = [(label, model, shape) for label, model, shape in networks if _priceable(table, model, shape, precision)]
+        works = [prepare_network(rt, model, shape, precision, batch) for _, model, shape in nets]
+        timed = measure_interleaved(rt, works, rounds=3, samples=samples, min_sample_s=min_sample_s,
+                                    progress=progress, desc=f"calibrate {precision}")
         records = []
-        for label, model, shape in tqdm(networks, desc=f"calibrate {precision}", disable=not progress):
-            work = prepare_network(rt, model, shape, precision, batch)
-            median, _, _, mj = measure(rt, work, meter, samples, min_sample_s, energy_window_s)
+        for (label, _, _), work, (median, _) in zip(nets, works, timed):
             record = {"model": label, "measured_latency_ms": median}
-            if "energy_mj" in table.metrics and not math.isnan(mj):
-                record["measured_energy_mj"] = mj
+            if meter is not None and "energy_mj" in table.metrics:
+                record["measured_energy_mj"] = energy_mod.measure_energy(meter, work, median / 1e3, energy_window_s)
             records.append(record)
+        del works
         table.metadata.setdefault("calibration", {})[precision] = {"networks": records}
     refit(table, networks)
+
+
+def _priceable(table: LatencyTable, model, shape, precision: str) -> bool:
+    """Whether every op of ``model`` has entries at ``precision`` (int8 may cover fewer families than fp32)."""
+    try:
+        table.summed(extract_ops(model, shape), "latency_ms", precision)
+        return True
+    except TableError:
+        return False
