@@ -2,6 +2,9 @@
 
 Resume semantics: ``trainer.resume=true`` continues from ``<run_dir>/last.pt``; without it a
 folder that already holds a checkpoint is an error (nothing a user trained is lost by a re-run).
+
+In a data-parallel run only the main process (rank 0) writes: on the other ranks ``save``,
+``write_json`` and the logger do nothing, while ``load`` reads the same ``last.pt``.
 """
 from __future__ import annotations
 
@@ -19,7 +22,11 @@ from pluto.errors import ConfigError
 
 
 class RunContext:
-    def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, resume: bool = False, tensorboard: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, resume: bool = False, tensorboard: bool = True,
+                 *, writer: bool | None = None):
+        from pluto.engine import distributed
+
+        self.writer = distributed.is_main() if writer is None else writer  # False: a rank that must not write
         self.dir = Path(run_dir)
         self.cfg = cfg
         self.last = self.dir / LAST
@@ -29,23 +36,38 @@ class RunContext:
                 "or start a new one with a different run_name=..."
             )
         self.resumed = resume and self.last.exists()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        self.logger = RunLogger(self.dir, tensorboard=tensorboard)
+        if self.writer:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        self.logger = RunLogger(self.dir, tensorboard=tensorboard) if self.writer else _SilentLogger()
 
     def load(self) -> dict[str, Any] | None:
         return load_checkpoint(self.last) if self.resumed else None
 
     def save(self, payload: dict[str, Any], name: str = LAST) -> Path:
-        return save_checkpoint(self.dir / name, payload)
+        return save_checkpoint(self.dir / name, payload) if self.writer else self.dir / name
 
     def write_json(self, name: str, data: dict) -> Path:
         path = self.dir / name
-        path.write_text(json.dumps(data, indent=2, default=float))
+        if self.writer:
+            path.write_text(json.dumps(data, indent=2, default=float))
         return path
 
     def close(self) -> None:
         self.logger.close()
+
+
+class _SilentLogger:
+    """The logger of a rank that does not write (see :class:`RunContext`)."""
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def figure(self, tag: str, figure, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def pick_device(name: str) -> torch.device:
