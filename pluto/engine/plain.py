@@ -57,6 +57,9 @@ def fit_plain(model: nn.Module, train_set: Dataset, test_loader: DataLoader, tcf
                  device=device, save=save, checkpoint_every=tcfg.checkpoint_every, log=ctx.logger.scalars,
                  log_every=tcfg.log_every, end_of_epoch=end_of_epoch, sync_bn=tcfg.sync_bn)
     final = evaluate(model, test_loader, device)
-    ctx.save({"model": model.state_dict()}, "model.pt")
+    if ctx.writer:  # architecture + weights: pluto.load(run_dir / "model.pt") rebuilds it without the config
+        from pluto.materialize.saving import save
+
+        save(model, ctx.dir / "model.pt")
     return {"accuracy": final["accuracy"], "loss": final["loss"], "best_accuracy": best["accuracy"],
             "params": float(sum(p.numel() for p in model.parameters()))}
