@@ -58,7 +58,7 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(device: torch.device, timeout_s: float = 600.0) -> torch.device:
+def init_from_env(device: torch.device, timeout_s: float = 1800.0) -> torch.device:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``...); returns this rank's device.
 
     NCCL on CUDA (``cuda:LOCAL_RANK``), gloo on CPU. Without torchrun's variables it returns ``device``
@@ -91,7 +91,9 @@ def barrier() -> None:
 
 
 def _device_of(t: Tensor) -> torch.device:
-    # gloo reduces CPU tensors, NCCL CUDA ones: a tensor already on the right kind of device is used as is
+    """Where ``t`` is communicated: NCCL reduces CUDA tensors only (a CPU tensor goes via this rank's GPU)."""
+    if t.device.type == "cpu" and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
     return t.device
 
 
@@ -128,7 +130,7 @@ def broadcast_tensors(tensors: Iterable[Tensor], src: int = 0) -> None:
     if not is_distributed():
         return
     for bucket in _buckets(t for t in tensors if t.numel()):
-        flat = torch.cat([t.detach().reshape(-1) for t in bucket])
+        flat = torch.cat([t.detach().reshape(-1) for t in bucket]).to(_device_of(bucket[0]))
         dist.broadcast(flat, src=src)
         offset = 0
         with torch.no_grad():
@@ -148,7 +150,7 @@ def broadcast_module(module: nn.Module, src: int = 0, what: str = "model") -> nn
 def _buckets(tensors: Iterable[Tensor]) -> Iterator[list[Tensor]]:
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for t in tensors:
-        groups.setdefault((_device_of(t), t.dtype), []).append(t)
+        groups.setdefault((t.device, t.dtype), []).append(t)
     yield from groups.values()
 
 
@@ -163,14 +165,14 @@ def all_reduce_gradients(params: Iterable[nn.Parameter]) -> None:
     params = list(dict.fromkeys(p for p in params if p.requires_grad))
     if not params:
         return
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=_device_of(params[0]))
     dist.all_reduce(has)
     n = world_size()
     for p, h in zip(params, has.tolist()):
         if h and p.grad is None:
             p.grad = torch.zeros_like(p)
     for bucket in _buckets(p.grad for p in params if p.grad is not None):
-        flat = torch.cat([g.reshape(-1) for g in bucket])
+        flat = torch.cat([g.reshape(-1) for g in bucket]).to(_device_of(bucket[0]))
         dist.all_reduce(flat)
         flat /= n
         offset = 0
@@ -185,7 +187,7 @@ def max_rank_difference(tensors: Iterable[Tensor]) -> float:
         return 0.0
     worst = 0.0
     for bucket in _buckets(t.detach() for t in tensors if t.numel() and t.is_floating_point()):
-        flat = torch.cat([t.reshape(-1) for t in bucket]).clone()
+        flat = torch.cat([t.reshape(-1) for t in bucket]).to(_device_of(bucket[0]))
         high, low = flat.clone(), flat.clone()
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
         dist.all_reduce(low, op=dist.ReduceOp.MIN)

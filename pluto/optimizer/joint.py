@@ -29,6 +29,7 @@ from pluto.cost.table import LatencyTable
 from pluto.data import DataSpec
 from pluto.decisions.ops.choice import TemperatureSchedule
 from pluto.decisions.ops.supernet import Supernet
+from pluto.engine import distributed
 from pluto.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from pluto.engine.loop import TrainState, batches_per_epoch, evaluate, train_epochs
 from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler
@@ -160,7 +161,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
         return loss, {"loss/task": loss.item()}
 
     def run_phase(phase: str, net: nn.Module, epochs: int, lr: float, step_fn, extra_opt=None, extra_state=None,
-                  weight_params=None) -> None:
+                  weight_params=None, replicated=None) -> None:
         """Train ``net`` for one phase, resuming inside it if the checkpoint says so."""
         nonlocal ckpt
         if phase in state.phases_done or epochs <= 0:
@@ -193,7 +194,7 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
 
         train_epochs(net, train_set, step_fn, optimizer, scheduler, state, epochs, t.batch_size, seed=cfg.seed,
                      device=device, save=save, checkpoint_every=t.checkpoint_every, log=ctx.logger.scalars,
-                     log_every=t.log_every, end_of_epoch=end_of_epoch)
+                     log_every=t.log_every, end_of_epoch=end_of_epoch, sync_bn=t.sync_bn, replicated=replicated)
         state.phases_done = (*state.phases_done, phase)
         ctx.save({"model": net.state_dict(), "state": state.to_dict()}, f"{phase}.pt")
         save()
@@ -240,12 +241,16 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     if dparams:
         decision_opt = torch.optim.Adam(dparams, lr=c.decision_lr, betas=(0.5, 0.999))
     run_phase("search", net, c.epochs.search, t.lr * c.search_lr_scale, search_step, extra_opt=decision_opt,
-              extra_state=objective, weight_params=decisions.weight_parameters())
+              extra_state=objective, weight_params=decisions.weight_parameters(),
+              replicated=lambda: [torch.tensor([m.value for m in objective.multipliers.values()], dtype=torch.float64)])
     _load_if_exists(net, ctx, "search.pt")
 
     # 3. harden ---------------------------------------------------------------------------------
     decisions.model.cpu()  # hardening is cheap and runs where the tables and the graph's indices live
     final, trail = harden(decisions, example, calibration, cost_model, constraints)
+    # every rank hardens the same (bit-identical) decisions; rank 0's model is the one all ranks fine-tune,
+    # and a rank whose architecture came out different stops the run instead of training a mismatch
+    distributed.broadcast_module(final, what="hardened model")
     final.to(device)
     ctx.write_json("decisions.json", trail)
 
@@ -260,6 +265,8 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     # 5. report ---------------------------------------------------------------------------------
     from pluto.optimizer.report import final_report
 
+    if not distributed.is_main():  # measurement and report: once, on rank 0 (pluto.train broadcasts the result)
+        return {}, final
     result = final_report(final, trail, decisions, cost_model, constraints, objective, test_loader, spec, cfg, ctx,
                           device, minimum, start)
     return result, final

@@ -30,7 +30,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     single([*BASE, "trainer.batch_size=64"], tmp_path / "one")
     torchrun([*BASE, "trainer.batch_size=32"], tmp_path / "two")
     one, two = load_state(tmp_path / "one" / "model.pt"), load_state(tmp_path / "two" / "model.pt")
-    assert max_weight_difference(one, two) < 1e-5  # 4 SGD steps: float summation order only (measured 2.4e-7)
+    # 4 SGD steps; float summation order only, amplified by max-pool argmax flips: measured 2.4e-7 (seed 0),
+    # 1.8e-4 (seed 2); without trainer.sync_bn 2.5e-3 (per-rank BatchNorm statistics)
+    assert max_weight_difference(one, two) < 1e-3
     logs = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     divergence = [row["train/rank_divergence"] for row in logs if "train/rank_divergence" in row]
     assert divergence == [0.0]  # parameters bit-identical on both ranks after every epoch
