@@ -77,7 +77,7 @@ def _execute(cfg: DictConfig, run_dir: Path, device: torch.device, model: torch.
         if cfg.compress.name == "none":
             metrics = fit_plain(model, train_set, test_loader, cfg.trainer, ctx, device, cfg.seed)
         else:
-            from pluto.optimizer.joint import compress_run
+            from pluto.optimizer.pipeline import compress_run
 
             metrics, model = compress_run(model, train_set, test_loader, spec, cfg, ctx, device)
         metrics = distributed.broadcast_object(metrics)  # what rank 0 measured and reported

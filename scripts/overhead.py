@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.models import create_model  # noqa: E402
 from pluto.optimizer.constraints import Constraint  # noqa: E402
-from pluto.optimizer.cost_model import CostModel  # noqa: E402
+from pluto.cost.model import CostModel  # noqa: E402
 from pluto.optimizer.decisions import attach  # noqa: E402
 from pluto.optimizer.distillation import DistillationLoss  # noqa: E402
 from pluto.optimizer.lagrangian import LagrangianConfig, LagrangianObjective  # noqa: E402

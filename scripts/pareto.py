@@ -97,7 +97,7 @@ from pluto.engine.loop import TrainState, batches_per_epoch, evaluate, train_epo
 from pluto.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from pluto.errors import InfeasibleConstraintError  # noqa: E402
 from pluto.models import create_model  # noqa: E402
-from pluto.optimizer.cost_model import CostModel  # noqa: E402
+from pluto.cost.model import CostModel  # noqa: E402
 
 METHODS = ("joint", "nas", "prune", "qat", "uniform", "magnitude", "torch_pruning", "ptq", "dense", "optuna")
 EXTRA_METHODS = ("joint_fp",)  # run only when named in --methods
@@ -292,7 +292,7 @@ def dense_model(s: Sweep) -> nn.Module:
 def save_runtime_model(s: Sweep, model: nn.Module, bits: dict[str, int], folder: Path) -> str | None:
     """For tables whose runtime is not onnxruntime (CUDA graphs): a TorchScript of what that runtime times, fp16
     layers included, so ``--stage measure`` re-times every config on the table's chip with nothing else running."""
-    from pluto.optimizer.report import with_fp16_layers
+    from pluto.cost.measure import with_fp16_layers
 
     if s.table.runtime == "onnxruntime":
         return None
@@ -330,7 +330,7 @@ def deploy(s: Sweep, model: nn.Module, folder: Path, precision: str, bits: dict[
     """PTQ (when int8), test accuracy, ONNX export, predicted (and, on the table's chip, measured) latency."""
     from pluto.decisions.bits import ptq
     from pluto.materialize.export import export_onnx
-    from pluto.optimizer.report import measure_latency, table_device_is_here
+    from pluto.cost.measure import Measurer
 
     example = torch.randn(*s.shape)
     if precision == "int8" and qmodel is None:  # calibrate on the training device: MSE step search is heavy on CPU
@@ -350,8 +350,9 @@ def deploy(s: Sweep, model: nn.Module, folder: Path, precision: str, bits: dict[
            "predicted_latency_ms": predicted_latency(s, model, precision, bits), "precision": precision,
            "onnx": str(Path(onnx).relative_to(Path(s.args.out)))}
     row["runtime_model"] = save_runtime_model(s, model, {}, folder)
-    if table_device_is_here(s.table) and s.table.runtime != "onnxruntime":
-        row["measured_latency_ms_train"] = measure_latency(s.table, model, Path(onnx), s.shape)["latency_ms"]
+    measurer = Measurer(s.table)
+    if s.table.runtime != "onnxruntime" and measurer.reachable()[0]:
+        row["measured_latency_ms_train"] = measurer.measure(model, s.shape, onnx=onnx).latency_ms
     return row
 
 
@@ -625,26 +626,25 @@ def collect(out: Path) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------- measure stage
-def measure_onnx(path: Path, shape: tuple[int, ...], threads: int, repeats: int, samples: int) -> tuple[float, float]:
-    """Median over ``repeats`` of time_call medians (ms) on this CPU with onnxruntime; also the spread (max-min)."""
-    from pluto.cost.runtimes import Runtime, time_call
+def measure_onnx(table: LatencyTable, path: Path, shape: tuple[int, ...], repeats: int, samples: int
+                 ) -> tuple[float, float]:
+    """Median over ``repeats`` rounds (ms) on this CPU with the table's method (pluto's Measurer); also the spread."""
+    from pluto.cost.measure import Measurer
 
-    rt = Runtime("onnxruntime", "cpu", threads)
-    work = rt.prepare_onnx(path.read_bytes(), (torch.randn(*shape),))
-    # the tables' clock (the calling thread's CPU time): time slices taken by other processes do not count
-    medians = [time_call(work, samples=samples, clock=rt.clock).median_ms for _ in range(repeats)]
-    return float(np.median(medians)), float(max(medians) - min(medians))
+    m = Measurer(table, samples=samples, rounds=repeats).measure(input_shape=shape, onnx=path)
+    rounds = m.extra["rounds_ms"]
+    return m.latency_ms, float(max(rounds) - min(rounds))
 
 
 def measure_runtime_model(table: LatencyTable, path: Path, shape: tuple[int, ...], repeats: int
                           ) -> tuple[float, float, float]:
     """Median over ``repeats`` of the table runtime's latency (ms) of a saved TorchScript, its spread, and energy (mJ)."""
-    from pluto.optimizer.report import measure_latency
+    from pluto.cost.measure import Measurer
 
     model = torch.jit.load(str(path), map_location="cuda" if table.device.get("type") == "cuda" else "cpu")
-    runs = [measure_latency(table, model, None, shape) for _ in range(repeats)]
-    lats = [r["latency_ms"] for r in runs]
-    energies = [r["energy_mj"] for r in runs if r.get("energy_mj") is not None]
+    runs = [Measurer(table, rounds=1).measure(model, shape) for _ in range(repeats)]
+    lats = [r.latency_ms for r in runs]
+    energies = [r.energy_mj for r in runs if r.energy_mj is not None]
     return float(np.median(lats)), float(max(lats) - min(lats)), float(np.median(energies)) if energies else math.nan
 
 
@@ -747,8 +747,8 @@ def plot(frame: pd.DataFrame, table: str, path: Path, title: str) -> None:
 
 
 def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from pluto.cost.measure import Measurer
     from pluto.cost.runtimes import cpu_name
-    from pluto.optimizer.report import table_device_is_here
 
     out = Path(args.out)
     frame = collect(out)
@@ -767,14 +767,13 @@ def measure_stage(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]
         if isinstance(onnx, str) and (out / onnx).exists():
             shape = (1, *load_data_shape(test, args))
             if table.runtime == "onnxruntime":
-                lat, sp = measure_onnx(out / onnx, shape, int(table.metadata.get("threads", 1)), args.repeats,
-                                       args.samples)
+                lat, sp = measure_onnx(table, out / onnx, shape, args.repeats, args.samples)
             if test is not None:
                 acc = onnx_accuracy(out / onnx, test)
         runtime_model = row.get("runtime_model")
         folder = out / row["table"] / row["method"] / target_tag(None if pd.isna(row["target_ms"]) else row["target_ms"])
         if table.runtime != "onnxruntime" and isinstance(runtime_model, str) and (out / runtime_model).exists() \
-                and table_device_is_here(table):
+                and Measurer(table).reachable()[0]:
             lat, sp, en = measure_runtime_model(table, out / runtime_model, (1, *load_data_shape(test, args)),
                                                 args.repeats)
             (folder / "measured.json").write_text(json.dumps({"latency_ms": lat, "latency_spread_ms": sp,

@@ -2,7 +2,7 @@
 # Run several recipes one after another into outputs/<recipe>, keep going if one fails, print each verdict.
 # Usage: scripts/run_recipes.sh "<shared overrides>" recipe1 recipe2 ...
 #   e.g. scripts/run_recipes.sh "trainer.device=cuda" fmnist_small_cnn_cpu_int8 fmnist_resnet18_cpu_int8
-# Runs trained on a GPU for a CPU table are then measured on the CPU with scripts/measure_runs.py.
+# Runs trained on a GPU for a CPU table are then measured on the CPU with pluto measure RUN_DIR.
 set -uo pipefail
 shared=$1; shift
 PY=${PYTHON:-python3}

@@ -1,4 +1,4 @@
-"""CLI: ``pluto profile``, ``pluto predict``, ``pluto validate``, ``pluto table import|show``."""
+"""CLI: ``pluto profile``, ``pluto predict``, ``pluto validate``, ``pluto measure``, ``pluto table ...``."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,14 @@ def register(subparsers) -> None:
     _model_args(p)
     p.add_argument("--tolerance", type=float, default=10.0, help="percent error counted as a pass")
     p.set_defaults(func=_validate)
+
+    p = subparsers.add_parser("measure", help="measure finished compression runs on the table's chip; verdict per constraint")
+    p.add_argument("runs", nargs="+", help="run folders (with report.json and the exported ONNX)")
+    p.add_argument("--table", default=None, help="table folder instead of the run's hw.table")
+    p.add_argument("--runner", default=None, help="remote runner template, e.g. 'ssh board ./bench {onnx}'")
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3)
+    p.set_defaults(func=_measure_runs)
 
     p = subparsers.add_parser("table", help="inspect tables or import external power-meter readings")
     sub = p.add_subparsers(dest="table_command", required=True)
@@ -159,35 +167,94 @@ def _predict(args) -> int:
 
 
 def _validate(args) -> int:
-    from pluto.cost.energy import open_meter
+    from pluto.cost.measure import Measurer
     from pluto.cost.ops import extract_ops
-    from pluto.cost.profiler import measure, prepare_network
-    from pluto.cost.runtimes import Runtime, device_info
     from pluto.cost.table import LatencyTable
 
     table = LatencyTable.load(args.table)
-    device = table.device["type"]
-    here = device_info(device) if device == "cpu" or _cuda() else {"name": "no CUDA device"}
-    if here["name"] != table.device["name"]:
-        raise TableError(f"table {args.table} was measured on '{table.device['name']}' but this machine has "
-                         f"'{here['name']}'; run validate on that device, or profile a table here.")
+    measurer = Measurer(table)
+    ok, why = measurer.reachable()
+    if not ok:
+        raise TableError(f"cannot validate {args.table} here: {why}")
+    from pluto.cost.machine import mismatch
+
+    note = mismatch({**table.metadata, "path": args.table})
+    if note:
+        print(f"note: {note}")
     model = load_model(args.model, args.input_shape, _kwargs(args.kwargs))
     ops = extract_ops(model, args.input_shape)
-    runtime = Runtime(table.runtime, device, table.metadata.get("threads") or 1)
-    meter = open_meter("auto", device) if "energy_mj" in table.metrics else None
-    work = prepare_network(runtime, model, args.input_shape, args.precision, table.metadata["batch"])
-    median, iqr, _, mj = measure(runtime, work, meter)
+    if args.precision == "int8":
+        import torch
+
+        from pluto.decisions.bits import prepare_qat
+
+        model = prepare_qat(model, bits=8, example_input=torch.zeros(1, *args.input_shape),
+                            calibrate=torch.randn(64, *args.input_shape))
+    m = measurer.measure(model, (1, *args.input_shape))
     predicted = table.predict_ops(ops, "latency_ms", args.precision)
-    error = (predicted - median) / median * 100
-    print(f"{args.model}: measured {median:.4f} ms (IQR {iqr:.4f}), predicted {predicted:.4f} ms, error {error:+.1f}%")
+    error = (predicted - m.latency_ms) / m.latency_ms * 100
+    print(f"{args.model}: measured {m.latency_ms:.4f} ms (IQR {m.latency_iqr_ms:.4f}), predicted {predicted:.4f} ms, "
+          f"error {error:+.1f}%  [{m.machine}]")
     ok = abs(error) <= args.tolerance
-    if meter is not None:
+    if m.energy_mj is not None:
         e_pred = table.predict_ops(ops, "energy_mj", args.precision)
-        e_err = (e_pred - mj) / mj * 100
-        print(f"  energy: measured {mj:.4f} mJ, predicted {e_pred:.4f} mJ, error {e_err:+.1f}%")
+        e_err = (e_pred - m.energy_mj) / m.energy_mj * 100
+        print(f"  energy: measured {m.energy_mj:.4f} mJ, predicted {e_pred:.4f} mJ, error {e_err:+.1f}%")
         ok = ok and abs(e_err) <= args.tolerance
     print("PASS" if ok else f"FAIL (tolerance {args.tolerance}%)")
     return 0 if ok else 1
+
+
+def _measure_runs(args) -> int:
+    """``pluto measure RUN_DIR...``: re-measure runs' exported ONNX on the table's chip; ``report_measured.json``."""
+    import json
+    from datetime import date
+
+    import pandas as pd
+    import yaml
+
+    from pluto.cost.measure import Measurer
+    from pluto.cost.table import LatencyTable
+    from pluto.optimizer.constraints import Constraint, constraints_hold, verdicts
+
+    rows = []
+    for run in map(Path, args.runs):
+        if not (run / "report.json").exists():
+            raise ConfigError(f"{run} has no report.json: it is not a finished compression run")
+        report = json.loads((run / "report.json").read_text())
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        table = LatencyTable.load(args.table or cfg["hw"]["table"])
+        measurer = Measurer(table, args.runner or cfg["hw"].get("runner"), samples=args.samples, rounds=args.rounds)
+        ok, why = measurer.reachable()
+        if not ok:
+            raise TableError(f"{run}: cannot measure here: {why}")
+        onnx = Path(report["result"]["onnx"])
+        onnx = onnx if onnx.exists() else run / onnx.name
+        shape = _run_input_shape(cfg)
+        m = measurer.measure(input_shape=shape, onnx=onnx)
+        constraints = [Constraint(v["metric"], v["metric"], v["target"]) for v in report["constraints"]]
+        predicted = {v["metric"]: v["predicted"] for v in report["constraints"]}
+        analytic = {c.metric: predicted[c.metric] for c in constraints if c.source == "analytic"}
+        results = verdicts(constraints, {**m.as_metrics(), **analytic}, predicted)
+        for v in results:
+            rows.append({"run": run.name, "constraint": v["constraint"], "predicted": v["predicted"],
+                         "measured": v["measured"], "holds": v["holds"],
+                         "error_pct": None if not v["measured"] or v["predicted"] is None
+                         else 100 * (v["predicted"] - v["measured"]) / v["measured"]})
+        report["measured_here"] = {**m.as_metrics(), "machine": m.machine, "method": m.method,
+                                   "date": str(date.today()), "constraints": results,
+                                   "constraints_hold": constraints_hold(results)}
+        (run / "report_measured.json").write_text(json.dumps(report, indent=2, default=float))
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def _run_input_shape(cfg: dict) -> tuple[int, ...]:
+    data = cfg.get("data", {})
+    if data.get("name") == "cifar10":
+        return (1, 3, 32, 32)
+    return (1, int(data.get("in_channels", 1) or 1), int(data.get("input_size", 28) or 28),
+            int(data.get("input_size", 28) or 28))
 
 
 def _cuda() -> bool:

@@ -19,8 +19,7 @@ from pluto.cost.ops import OpSpec
 from pluto.cost.table import LatencyTable
 from pluto.errors import ConfigError, TableError
 
-TABLE_METRICS = ("latency_ms", "energy_mj")
-ANALYTIC_METRICS = ("size_bytes", "macs")
+from pluto.cost.metrics import ANALYTIC_METRICS, TABLE_METRICS
 from pluto.cost.table import BYTES_PER_WEIGHT, calibration_group
 
 
@@ -34,6 +33,11 @@ def bits_to_precision(bits: int) -> str:
     if bits not in mapping:
         raise ConfigError(f"no runtime precision for {bits}-bit weights; use one of {sorted(mapping)}")
     return mapping[bits]
+
+
+def precision_key(bits: int) -> str:
+    """Key of a bit-width in cost precisions: 4-bit keeps its own key so size counts 4 bits (timed as int8)."""
+    return "int4" if bits == 4 else bits_to_precision(bits)
 
 
 def _storage_name(key: str | int) -> str:

@@ -27,13 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from pluto.cost.interp import interp1d, interp2d, monotone
+from pluto.cost.metrics import TABLE_METRICS as METRICS  # metrics a table can hold
 from pluto.cost.ops import MATRIX_KINDS, OpSpec, extract_ops
 from pluto.errors import TableError
 
 SCHEMA_VERSION = 1
 KEY_COLUMNS = ("precision", "kind", "kernel", "stride", "hw", "act", "bn", "variant", "cin", "cout")
 VALUE_COLUMNS = ("latency_ms", "latency_iqr_ms", "energy_mj", "n_samples")
-METRICS = ("latency_ms", "energy_mj")
 ENTRIES, METADATA = "entries.csv", "metadata.json"
 REQUIRED_METADATA = ("schema_version", "device", "runtime", "precisions", "metrics", "batch", "threads",
                      "created", "command", "method")

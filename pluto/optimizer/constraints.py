@@ -23,10 +23,8 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
+from pluto.cost.metrics import METRICS, SOURCES, UNITS  # noqa: F401  (re-exported: the constraint vocabulary)
 from pluto.errors import ConfigError, InfeasibleConstraintError
-
-UNITS: dict[str, str] = {"latency_ms": "ms", "energy_mj": "mJ", "size_bytes": "bytes", "macs": "MACs"}
-METRICS = tuple(UNITS)
 
 
 @dataclass(frozen=True)
@@ -58,31 +56,94 @@ class Constraint:
         """Whether ``cost <= target * (1 + tolerance)``."""
         return float(cost) <= self.target * (1.0 + tolerance)
 
+    @property
+    def source(self) -> str:
+        """'table' (predicted, verified by measurement) or 'analytic' (exact)."""
+        return SOURCES[self.metric]
+
     def __str__(self) -> str:
         return f"{self.metric} <= {self.target:g} {self.unit}"
 
 
-def constraints_from_config(config: Mapping[str, Any] | None) -> list[Constraint]:
+def verdicts(constraints: list[Constraint], measured: Mapping[str, float | None],
+             predicted: Mapping[str, float | None] | None = None) -> list[dict[str, Any]]:
+    """One verdict per constraint, honest about its basis.
+
+    A table metric holds only if it was *measured* (``measured[metric]``) on the table's chip; an
+    analytic metric is exact and may come from ``measured`` or ``predicted``. ``holds`` is None
+    (reported as NOT MEASURED) when no trustworthy value exists.
+    """
+    predicted = predicted or {}
+    out = []
+    for c in constraints:
+        value = measured.get(c.metric)
+        if value is None and c.source == "analytic":
+            value = predicted.get(c.metric)
+        basis = ("analytic" if c.source == "analytic" else "measured") if value is not None else \
+            "not measured (the table's chip was not reachable from this run)"
+        out.append({"constraint": str(c), "metric": c.metric, "target": c.target, "source": c.source,
+                    "predicted": predicted.get(c.metric), "measured": measured.get(c.metric),
+                    "holds": None if value is None else c.satisfied(value), "basis": basis})
+    return out
+
+
+def constraints_hold(results: list[dict[str, Any]]) -> bool | None:
+    """True only when every constraint has a verdict and holds; False if any is violated; None if any is unknown."""
+    if any(r["holds"] is False for r in results):
+        return False
+    if any(r["holds"] is None for r in results):
+        return None
+    return True
+
+
+def relative_targets(config: Mapping[str, Any] | None) -> dict[str, float]:
+    """The targets written relative to the uncompressed model (``latency_ms: 0.6x``): metric -> factor."""
+    out = {}
+    for metric, value in (config or {}).items():
+        if isinstance(value, Mapping):
+            value = value.get("target")
+        if isinstance(value, str) and value.strip().lower().endswith("x"):
+            try:
+                factor = float(value.strip()[:-1])
+            except ValueError:
+                raise ConfigError(f"constraint {metric}: {value!r} is not a relative target; write e.g. "
+                                  f"constraints.{metric}=0.6x (60 % of the uncompressed model's cost)") from None
+            if not 0 < factor < 1e6:
+                raise ConfigError(f"constraint {metric}: relative target {value!r} must be a positive factor")
+            out[metric] = factor
+    return out
+
+
+def constraints_from_config(config: Mapping[str, Any] | None,
+                            reference: Mapping[str, float] | None = None) -> list[Constraint]:
     """Constraints from a ``{metric: target}`` mapping (e.g. Hydra's ``constraints`` group); ``None`` targets are off.
 
     ``{"latency_ms": 0.5, "energy_mj": None}`` -> ``[Constraint("latency_ms", "latency_ms", 0.5)]``.
-    A value may also be a mapping ``{target: 0.5, name: ...}``.
+    A value may also be a mapping ``{target: 0.5, name: ...}``, or a factor of the uncompressed
+    model's cost (``"0.6x"``), resolved with ``reference[metric]`` (measured where the chip is
+    reachable, else predicted).
     """
+    relative = relative_targets(config)
     out = []
     for metric, value in (config or {}).items():
+        name = metric
+        if isinstance(value, Mapping):
+            name, metric = value.get("name", metric), value.get("metric", metric)
+            value = value.get("target")
         if value is None:
             continue
-        if isinstance(value, Mapping):
-            if value.get("target") is None:
-                continue
-            out.append(Constraint(value.get("name", metric), value.get("metric", metric), float(value["target"])))
+        if metric in relative or name in relative:
+            if reference is None or reference.get(metric) is None:
+                raise ConfigError(f"constraint {metric}: a relative target ({value}) needs the uncompressed model's "
+                                  f"{metric}; it is resolved when a compression run starts")
+            target = relative.get(name, relative.get(metric)) * float(reference[metric])
         else:
             try:
                 target = float(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"constraint {metric}: target {value!r} is not a number; write e.g. "
-                                  f"constraints.{metric}=0.5") from None
-            out.append(Constraint(metric, metric, target))
+                                  f"constraints.{metric}=0.5 or constraints.{metric}=0.6x") from None
+        out.append(Constraint(name, metric, target))
     names = [c.name for c in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"constraint names must be unique, got {names}")

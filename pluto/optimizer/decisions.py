@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from pluto.decisions.channels import ChannelGates, DependencyGraph, attach_gates
 from pluto.decisions.ops.supernet import Supernet
 from pluto.optimizer.constraints import Constraint
-from pluto.optimizer.cost_model import CostModel, precision_key
+from pluto.cost.expected import precision_key
+from pluto.cost.model import CostModel
 
 
 @dataclass
@@ -159,7 +160,7 @@ def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: 
         switches = []
         while bad := violated(decisions, cost_model, constraints):
             metric = bad[0].metric
-            table = cost_model.table if metric in ("latency_ms", "energy_mj") else None
+            table = cost_model.table_for(metric)
             _, deltas = block_costs(sn, table, cost_model.input_shape, metric,
                                     default_precision=cost_model.default_precision)
             blocks, arch, best = sn.choice_blocks(), sn.architecture(), None
@@ -202,26 +203,50 @@ def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = N
     (:func:`project_to_budget`). Returns the new model (fake-quantized at its chosen bit-widths when
     QAT is on) and the trail of what was decided (architecture, widths, bits, projections).
     """
-    model = decisions.model
-    trail: dict[str, Any] = {}
-    chosen_bits: dict[str, int] = {}
+    fix_decisions(decisions, cost_model, constraints)
+    model, trail = build_concrete(decisions, example, calibration, copy_first=False)
+    if "projection" in decisions.trail:
+        trail["projection"] = decisions.trail["projection"]
+    return model, trail
+
+
+def fix_decisions(decisions: Decisions, cost_model: CostModel | None = None,
+                  constraints: list[Constraint] | None = None) -> None:
+    """Harden bits (argmax) and project ops and widths onto the predicted budget, in place on the decisions."""
     if decisions.quantized:
         from pluto.decisions.bits import harden_bits
 
-        harden_bits(model)
+        harden_bits(decisions.model)
+    if decisions.gates is not None and "search_probs" not in decisions.trail:
+        decisions.trail["search_probs"] = {k: v.detach().clone().cpu()
+                                           for k, v in decisions.gates.keep_probabilities().items()}
     if cost_model is not None and constraints:
-        trail["projection"] = project_to_budget(decisions, cost_model, constraints)
+        decisions.trail["projection"] = project_to_budget(decisions, cost_model, constraints)
     elif decisions.gates is not None:
         probs = {k: v.detach().clone().cpu() for k, v in decisions.gates.keep_probabilities().items()}
         round_gates(decisions.gates, gate_counts(decisions.gates), probs)
+
+
+def build_concrete(decisions: Decisions, example: Tensor, calibration: Tensor | None = None,
+                   copy_first: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """The concrete model the current *hard* decisions describe: derived ops, pruned channels, fixed bits.
+
+    ``copy_first`` leaves ``decisions`` usable (candidates measured during the search and the landing
+    projection); the final hardening builds in place.
+    """
+    model = copy.deepcopy(decisions.model) if copy_first else decisions.model
+    supernet = None
+    if decisions.supernet is not None:
+        supernet = model if isinstance(model, Supernet) else _find_supernet(model, decisions)
+    trail: dict[str, Any] = {}
+    chosen_bits: dict[str, int] = {}
     if decisions.quantized:
         from pluto.decisions.bits import strip_quantization
 
         model, chosen_bits = strip_quantization(model)
-    if decisions.supernet is not None:
+    if supernet is not None:
         from pluto.decisions.ops.derive import derive
 
-        supernet = model if isinstance(model, Supernet) else decisions.supernet
         trail["architecture"] = dict(supernet.architecture())
         chosen_bits = _derived_bits(chosen_bits, supernet)
         model = derive(supernet)
@@ -229,17 +254,95 @@ def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = N
         from pluto.decisions.channels import width_report
         from pluto.materialize.prune import materialize
 
-        report = width_report(model)
-        trail["widths"] = report.to_dict(orient="records")
+        trail["widths"] = width_report(model).to_dict(orient="records")
         model = materialize(model)
-    else:
-        model = copy.deepcopy(model) if decisions.supernet is None else model
+    elif supernet is None and not copy_first:
+        model = copy.deepcopy(model)
     if decisions.quantized:
         from pluto.decisions.bits import prepare_qat
 
         trail["bits"] = dict(chosen_bits)
         model = prepare_qat(model, bits=chosen_bits, example_input=example, calibrate=calibration) or model
     return model, trail
+
+
+def _find_supernet(model: nn.Module, decisions: Decisions) -> Supernet:
+    """The supernet inside a (deep-copied) decisions model."""
+    for module in model.modules():
+        if isinstance(module, Supernet):
+            return module
+    return decisions.supernet
+
+
+def land_on_target(decisions: Decisions, constraints: list[Constraint], measure: Callable[[], dict[str, float]],
+                   band: tuple[float, float] = (0.93, 1.0), max_measurements: int = 8) -> dict[str, Any]:
+    """Grow or shrink the hard widths until every measured table metric lies in ``band`` x target.
+
+    ``measure()`` builds and measures the model the current hard decisions describe and returns
+    ``{metric: value}``. Widths move by one common factor of the search's channel ranking (the most
+    probable channels are kept), found by a secant/bisection search on the *measured* cost — the
+    chip's truth, not the table's. Stops at the first measurement inside the band for every
+    constraint; otherwise keeps the best feasible one and says why it could not land.
+    """
+    gates = decisions.gates
+    table_constraints = [c for c in constraints if c.source == "table"]
+    notes: dict[str, Any] = {"band": list(band), "measurements": []}
+    if gates is None or not table_constraints:
+        notes["skipped"] = "no channel decisions or no measured constraint"
+        return notes
+    probs = decisions.trail.get("search_probs") or {k: v.detach().clone().cpu()
+                                                    for k, v in gates.keep_probabilities().items()}
+    counts = {gid: float(k.sum()) for gid, k in gates.hard().items()}
+    sizes = {gid: g.size for gid, g in zip(probs, gates.graph.groups)}
+    hi_scale = max(sizes[g] / max(c, 1.0) for g, c in counts.items())
+
+    def ratio_at(scale: float) -> tuple[float, dict[str, float]]:
+        round_gates(gates, counts, probs, scale)
+        measured = measure()
+        worst = max(measured[c.metric] / c.target for c in table_constraints)
+        notes["measurements"].append({"scale": round(scale, 4), **{k: round(v, 5) for k, v in measured.items()}})
+        return worst, measured
+
+    lo_s, hi_s = 0.0, hi_scale  # lo_s: known feasible (<= 1.0) side, hi_s: known over-budget side
+    scale, best = 1.0, None
+    r, measured = ratio_at(scale)
+    for _ in range(max_measurements - 1):
+        if band[0] <= r <= band[1]:
+            best = (scale, r)
+            break
+        if r <= band[1]:
+            lo_s = max(lo_s, scale)
+            if best is None or r > best[1]:
+                best = (scale, r)
+        else:
+            hi_s = min(hi_s, scale)
+        if lo_s >= hi_scale - 1e-9 and r < band[0]:
+            notes["why"] = "every channel is kept and the model is still under the band: the target is not binding"
+            break
+        # latency ~ scale^a: step in log space towards the middle of the band, kept inside the bracket
+        goal = (band[0] + band[1]) / 2
+        guess = scale * (goal / r) ** 0.6
+        low_b, high_b = (lo_s if lo_s > 0 else scale / 4), hi_s
+        if not low_b < guess < high_b:
+            guess = (low_b + high_b) / 2
+        scale = max(min(guess, hi_scale), 1e-3)
+        r, measured = ratio_at(scale)
+    else:
+        if band[0] <= r <= band[1] or (r <= band[1] and (best is None or r > best[1])):
+            best = (scale, r)
+    if best is None:
+        notes["why"] = notes.get("why") or ("no width scale measured within the target: the smallest widths tried "
+                                            "still exceed it (op or bit choices must change)")
+        round_gates(gates, counts, probs, lo_s if lo_s > 0 else 1e-3)
+        notes["landed"] = False
+        return notes
+    if notes["measurements"][-1]["scale"] != round(best[0], 4):
+        round_gates(gates, counts, probs, best[0])
+    notes.update(scale=best[0], measured_ratio=best[1], landed=band[0] <= best[1] <= band[1])
+    if not notes["landed"] and "why" not in notes:
+        notes["why"] = f"closest feasible measurement is {best[1]:.3f} x target after {len(notes['measurements'])} " \
+                       "measurements (latency moves in steps as whole channels switch)"
+    return notes
 
 
 def _derived_bits(bits: dict[str, int], supernet: Supernet) -> dict[str, int]:

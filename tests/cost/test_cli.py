@@ -19,8 +19,10 @@ def test_bad_inputs_are_clean_errors(tmp_path, tiny_space, capsys):
     make_table(tiny_space).save(tmp_path / "t")
     assert main(["predict", "--table", str(tmp_path / "t"), "--model", "nonexistent"]) == 2
     assert "unknown model" in capsys.readouterr().err
-    assert main(["validate", "--table", str(tmp_path / "t"), "--model", "small_cnn"]) == 2
-    assert "measured on 'Test CPU'" in capsys.readouterr().err
+    # a CPU table made on another machine is measured here against its prediction, with a one-line warning
+    assert main(["validate", "--table", str(tmp_path / "t"), "--model", "small_cnn", "--kwargs", "width=0.5"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "made on 'Test CPU'" in out and "pluto table calibrate" in out and "measured" in out
 
 
 def test_import_energy(tmp_path, tiny_space, capsys):

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import load_state, max_weight_difference, single, torchrun
 
-BASE = ["recipe=smoke_compress", "logger=none", "trainer.threads=1", "+model.dropout=0.0", "trainer.sync_bn=true",
+BASE = ["recipe=smoke_compress", "logger=none", "hw.measure=off", "trainer.threads=1", "+model.dropout=0.0", "trainer.sync_bn=true",
         "data.num_samples=256", "compress.epochs.warmup=1", "compress.epochs.search=1", "compress.epochs.finetune=1"]
 
 
@@ -30,3 +30,7 @@ def test_two_process_joint_run_matches_one_process(tmp_path):
     assert max_weight_difference(load_state(one / "finetune.pt"), load_state(two / "finetune.pt")) < 2e-2
     # rank 0 alone wrote the outputs; the deployable model.pt carries its architecture
     assert (two / "report.json").exists() and (two / "model_int8.onnx").exists()
+    import pluto
+
+    restored = pluto.load(two / "model.pt")
+    assert max_weight_difference(restored.state_dict(), load_state(two / "finetune.pt")) == 0.0

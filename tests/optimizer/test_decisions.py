@@ -7,7 +7,8 @@ from pluto.errors import TableError
 from pluto.materialize.prune import materialize
 from pluto.models import create_model
 from pluto.optimizer.constraints import Constraint
-from pluto.optimizer.cost_model import CostModel, precision_key
+from pluto.cost.expected import precision_key
+from pluto.cost.model import CostModel
 from pluto.optimizer.decisions import attach, gate_counts, hard_channels, harden, project_to_budget, violated
 
 SHAPE = (1, 1, 28, 28)

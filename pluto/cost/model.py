@@ -12,18 +12,12 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
-from pluto.cost.expected import bits_to_precision, expected_cost, minimum_cost
+from pluto.cost.expected import expected_cost, minimum_cost, precision_key
+from pluto.cost.metrics import METRICS, needs_table  # noqa: F401
 from pluto.cost.ops import OpSpec, extract_ops
 from pluto.cost.table import LatencyTable
 from pluto.decisions.ops.supernet import Supernet
 from pluto.errors import TableError
-
-METRICS = ("latency_ms", "energy_mj", "size_bytes", "macs")
-
-
-def precision_key(bits: int) -> str:
-    """Key of a bit-width in cost precisions: 4-bit keeps its own key so size counts 4 bits (timed as int8)."""
-    return "int4" if bits == 4 else bits_to_precision(bits)
 
 
 class CostModel:
@@ -36,14 +30,21 @@ class CostModel:
         # Price op choices at the *final* softmax temperature: priced at the annealed one, the expected cost keeps
         # falling as the temperature drops after the constraint is met, and the search overshoots to the cheapest ops.
         self.op_temperature = op_temperature
+        # metric -> measured / predicted ratio on this chip (the chip-in-the-loop correction); 1 when absent
+        self.correction: dict[str, float] = {}
         self.supernet = model if isinstance(model, Supernet) else None
         self.ops: list[OpSpec] = [] if self.supernet is not None else extract_ops(model, self.input_shape)
         if table is not None and default_precision not in table.precisions:
             raise TableError(f"table {table.metadata.get('name', '')!r} has no {default_precision!r} entries "
                              f"(it has {', '.join(table.precisions)}); set hw.precision to one of those.")
 
+    def table_for(self, metric: str) -> LatencyTable | None:
+        """The table that prices ``metric`` (None for analytic metrics); TableError if it cannot be priced."""
+        self.check_metric(metric)
+        return self.table if needs_table(metric) else None
+
     def check_metric(self, metric: str) -> None:
-        if metric in ("latency_ms", "energy_mj"):
+        if needs_table(metric):
             if self.table is None:
                 raise TableError(f"a {metric} constraint needs a latency table: set hw.table=latency_tables/<name>.")
             if metric not in self.table.metrics:
@@ -53,10 +54,15 @@ class CostModel:
                     "meter (NVML on NVIDIA GPUs, RAPL on Intel/AMD) or import one with `pluto table import`.")
 
     def expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-                 precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
-        """Differentiable expected ``metric`` for the current soft decisions."""
-        self.check_metric(metric)
-        table = self.table if metric in ("latency_ms", "energy_mj") else None
+                 precisions: Mapping[str, Mapping[str, Tensor]] | None = None, raw: bool = False) -> Tensor:
+        """Differentiable expected ``metric`` for the current soft decisions, times the measured correction
+        (``raw=True``: the table's prediction alone)."""
+        value = self._expected(metric, channels, precisions)
+        return value if raw else value * self.correction.get(metric, 1.0)
+
+    def _expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
+                  precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+        table = self.table_for(metric)
         # Tables live on the CPU; decisions may be on a GPU. .cpu() keeps the gradient path.
         if channels:
             channels = {k: (i.cpu(), o.cpu()) for k, (i, o) in channels.items()}
@@ -74,8 +80,7 @@ class CostModel:
     def minimum(self, metric: str, min_channels: Mapping[str, tuple[float, float]] | None = None,
                 allowed_bits: Mapping[str, list[int]] | None = None) -> float:
         """The cheapest model the decisions can reach: each layer at its fewest channels and cheapest bit-width."""
-        self.check_metric(metric)
-        table = self.table if metric in ("latency_ms", "energy_mj") else None
+        table = self.table_for(metric)
         allowed = {k: [precision_key(b) for b in v] for k, v in (allowed_bits or {}).items()}
         if self.supernet is not None:
             from pluto.decisions.ops.cost import min_cost_architecture
@@ -86,16 +91,19 @@ class CostModel:
                 precision = min(options, key=lambda p: {"int4": 0, "int8": 1, "fp16": 2, "fp32": 3}.get(p, 4))
                 if precision == "int4" and metric != "size_bytes":
                     precision = "int8"
-            return float(min_cost_architecture(self.supernet, table, self.input_shape, metric, precision)[1])
-        return minimum_cost(table, self.ops, metric, dict(min_channels or {}), allowed,
-                            default_precisions=[self.default_precision])
+            value = float(min_cost_architecture(self.supernet, table, self.input_shape, metric, precision)[1])
+        else:
+            value = minimum_cost(table, self.ops, metric, dict(min_channels or {}), allowed,
+                                 default_precisions=[self.default_precision])
+        return value * self.correction.get(metric, 1.0)
 
-    def of_model(self, model: nn.Module, metric: str, bits: Mapping[str, int] | None = None) -> float:
-        """Predicted ``metric`` of a concrete (materialized) model with per-layer ``bits`` (name -> bits)."""
-        self.check_metric(metric)
-        table = self.table if metric in ("latency_ms", "energy_mj") else None
+    def of_model(self, model: nn.Module, metric: str, bits: Mapping[str, int] | None = None, raw: bool = True) -> float:
+        """Predicted ``metric`` of a concrete (materialized) model with per-layer ``bits`` (name -> bits);
+        the table's own prediction unless ``raw=False`` (then times the measured correction)."""
+        table = self.table_for(metric)
         ops = extract_ops(model, self.input_shape)
         precisions = {name: {precision_key(b): torch.tensor(1.0)} for name, b in (bits or {}).items()}
         with torch.no_grad():
-            return float(expected_cost(table, ops, metric, precisions=precisions or None,
-                                       default_precision=self.default_precision))
+            value = float(expected_cost(table, ops, metric, precisions=precisions or None,
+                                        default_precision=self.default_precision))
+        return value if raw else value * self.correction.get(metric, 1.0)

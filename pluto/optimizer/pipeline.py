@@ -1,0 +1,535 @@
+"""One compression run as explicit stages of one object: the chip in the loop from start to verdict.
+
+``Compression(...).run()`` runs, in order (each training stage resumable to the batch;
+``state.phases_done`` records the finished ones, so a resumed run skips them):
+
+1. ``prepare``  - load the table, the measurer (is the table's chip reachable?), the constraints
+                  (relative targets such as ``0.6x`` resolved against the *measured* uncompressed
+                  model), the cost model; reject infeasible targets before any training.
+2. ``warmup``   - train the weights alone (a supernet samples one candidate per block); start from
+                  ``compress.init_from`` when given. Its accuracy is the dense reference.
+3. ``search``   - attach the decisions (op choice, channel gates, bit-widths) and minimize
+                  task(+KD) loss + sum_i lambda_i * (c_i * E[cost_i] / target_i - 1), where
+                  ``c_i`` is the smoothed measured/predicted ratio of candidates hardened and
+                  measured every ``compress.measure_every`` steps (1 without a reachable chip).
+4. ``harden``   - fix every decision, project it onto the corrected budget, then *land*: grow or
+                  shrink the widths until the measured cost is within ``compress.land_band`` x
+                  target; build the concrete model (derived ops, pruned channels, fixed bits).
+5. ``finetune`` - train the concrete model with KD (QAT at its chosen bits).
+6. ``deploy``   - export ONNX (int8 QDQ when quantized) and measure it on the chip.
+7. ``report``   - a verdict per constraint *as measured* (never "holds" unmeasured), accuracy,
+                  params/MACs, per-layer widths/bits; ``report.json``, ``layers.csv``/``.png``.
+
+Benchmarks call the stages (``prepare()``, ``warmup()``, ``search_step`` ...) instead of copying them.
+
+Data-parallel under ``torchrun`` (:mod:`pluto.engine.distributed`): every rank trains (the loop
+averages the gradients of weights and decision logits, so decisions, costs and multipliers stay
+bit-identical, checked after every epoch); measurement, landing, export and the report run once,
+on rank 0, and what they decide (measured costs, the correction, the landed decisions, the
+hardened model) is broadcast to the other ranks.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from pluto.cost.measure import Measurer, MeasurementError
+from pluto.cost.model import CostModel
+from pluto.cost.table import LatencyTable
+from pluto.data import DataSpec
+from pluto.decisions.ops.choice import TemperatureSchedule
+from pluto.decisions.ops.supernet import Supernet
+from pluto.engine import distributed
+from pluto.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
+from pluto.engine.loop import TrainState, batches_per_epoch, train_epochs
+from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler
+from pluto.engine.run import RunContext
+from pluto.errors import ConfigError
+from pluto.optimizer.constraints import Constraint, check_feasible, constraints_from_config, relative_targets
+from pluto.optimizer.decisions import Decisions, attach, build_concrete, fix_decisions, land_on_target
+from pluto.optimizer.lagrangian import LagrangianConfig, LagrangianObjective
+from pluto.tasks import Classification, Task
+
+STAGES = ("prepare", "warmup", "search", "harden", "finetune", "deploy", "report")
+
+
+def load_table(cfg: DictConfig) -> LatencyTable | None:
+    path = cfg.hw.get("table")
+    return LatencyTable.load(path) if path else None
+
+
+def _calibration_batch(train_set: Dataset, n: int = 256) -> Tensor:
+    return next(iter(DataLoader(train_set, batch_size=n, shuffle=False)))[0]
+
+
+class Teacher:
+    """The KD teacher: the warmed-up model itself (``self``), a registry name, or a checkpoint path."""
+
+    def __init__(self, spec: str | None, data: DataSpec, device: torch.device):
+        self.spec, self.data, self.device = spec, data, device
+        self.model: nn.Module | None = None
+
+    def build(self, warm_model: nn.Module | None = None) -> None:
+        if not self.spec or self.spec == "none":
+            return
+        if self.spec == "self":
+            self.model = copy.deepcopy(warm_model)
+        else:
+            from pluto.optimizer.distillation import load_teacher
+
+            self.model = load_teacher(self.spec, self.data.num_classes, self.data.in_channels, self.data.input_size)
+        self.model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor | None:
+        return self.model(x) if self.model is not None else None
+
+
+class MeasuredCorrection:
+    """Smoothed measured/predicted ratio per table metric (geometric EMA), applied to the cost model."""
+
+    def __init__(self, cost_model: CostModel, smoothing: float = 0.5):
+        self.cost_model, self.smoothing = cost_model, smoothing
+        self.history: list[dict[str, float]] = []
+
+    def update(self, measured: dict[str, float], predicted: dict[str, float], step: int) -> dict[str, float]:
+        for metric, value in measured.items():
+            pred = predicted.get(metric)
+            if pred is None or not pred > 0 or not value > 0:
+                continue
+            ratio = value / pred
+            old = self.cost_model.correction.get(metric)
+            new = ratio if old is None else math.exp((1 - self.smoothing) * math.log(old)
+                                                     + self.smoothing * math.log(ratio))
+            self.cost_model.correction[metric] = new
+            self.history.append({"step": step, "metric": metric, "measured": value, "predicted": pred,
+                                 "ratio": ratio, "correction": new})
+        return dict(self.cost_model.correction)
+
+    def state_dict(self) -> dict:
+        return {"correction": dict(self.cost_model.correction), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cost_model.correction.update(state.get("correction", {}))
+        self.history = list(state.get("history", []))
+
+
+class Compression:
+    """The joint compression run; see the module docstring for its stages."""
+
+    def __init__(self, model: nn.Module, train_set: Dataset, test_loader: DataLoader, spec: DataSpec,
+                 cfg: DictConfig, ctx: RunContext, device: torch.device, task: Task | None = None):
+        self.model, self.train_set, self.test_loader, self.spec = model, train_set, test_loader, spec
+        self.cfg, self.ctx, self.device = cfg, ctx, device
+        self.c, self.t = cfg.compress, cfg.trainer
+        self.task = task or Classification(label_smoothing=self.t.label_smoothing, kd_temperature=self.c.kd.temperature,
+                                           kd_alpha=self.c.kd.alpha)
+        if isinstance(model, Supernet) and self.c.prune:
+            raise ConfigError("compress.prune=true with a NAS supernet: the supernet searches widths through its op "
+                              "choices (expansion); set compress.prune=false, or use a plain model for pruning.")
+        self.input_shape = spec.input_shape
+        self.example = torch.zeros(self.input_shape)
+        self.bits = tuple(int(b) for b in self.c.bits)
+        self.calibration = _calibration_batch(train_set)
+        self.state = TrainState(phase="warmup")
+        self.ckpt = ctx.load()
+        if self.ckpt:
+            self.state = TrainState.from_dict(self.ckpt["state"])
+            print(f"resuming {ctx.dir}: phase {self.state.phase}, epoch {self.state.epoch}, batch {self.state.batch}")
+        self.teacher = Teacher(self.c.teacher if self.c.distill else None, spec, device)
+        self.decisions: Decisions | None = None
+        self.final: nn.Module | None = None
+        self.trail: dict[str, Any] = {}
+        self.info: dict[str, Any] = {"timing_s": {}}
+        self.measured: dict[str, float] = {}
+
+    # ---- running -------------------------------------------------------------------------
+    def run(self) -> tuple[dict[str, Any], nn.Module]:
+        for stage in STAGES:
+            start = time.perf_counter()
+            getattr(self, stage)()
+            self.info["timing_s"][stage] = round(time.perf_counter() - start, 2)
+        return self.result, self.final
+
+    def _measure_every(self) -> int:
+        every = self.c.get("measure_every", "auto")
+        if every == "auto":
+            steps = self.c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size)
+            return max(1, steps // 10)
+        return int(every)
+
+    # ---- 1. prepare ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        c, cfg = self.c, self.cfg
+        self.table = load_table(cfg)
+        quantize_default = cfg.hw.get("precision", "fp32") if c.quantize else "fp32"
+        self.cost_model = CostModel(self.model, self.input_shape, self.table, quantize_default,
+                                    op_temperature=c.temperature.final)
+        self.correction = MeasuredCorrection(self.cost_model, float(c.get("correction_smoothing", 0.5)))
+        self.measurer: Measurer | None = None
+        mode = cfg.hw.get("measure", "auto")
+        if self.table is not None and mode != "off":
+            measurer = Measurer(self.table, cfg.hw.get("runner"), samples=int(cfg.hw.get("measure_samples", 50)),
+                                rounds=int(cfg.hw.get("measure_rounds", 3)))
+            ok, why = distributed.broadcast_object(measurer.reachable() if distributed.is_main() else None)
+            if ok:
+                self.measurer = measurer
+                print(f"measuring on {why}")
+            else:
+                print(f"NOT MEASURED: {why}; the run keeps the table's prediction and its verdicts say 'not measured'")
+        self.info["measured_on"] = self.measurer.where() if self.measurer else None
+        raw_constraints = OmegaConf.to_container(cfg.constraints)
+        metrics = {m for m in (raw_constraints or {}) if (raw_constraints or {}).get(m) is not None}
+        self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
+        if self.measurer is not None:
+            self.uncompressed["measured"] = distributed.broadcast_object(
+                self._measure_dense() if distributed.is_main() else None)
+        relative = relative_targets(raw_constraints)
+        reference = {m: self.uncompressed.get("measured", {}).get(m, self.uncompressed["predicted"].get(m))
+                     for m in metrics}
+        self.constraints: list[Constraint] = constraints_from_config(raw_constraints, reference)
+        if relative:
+            print("relative targets: " + ", ".join(f"{m} = {f:g} x {reference[m]:.4g} = {f * reference[m]:.4g}"
+                                                    for m, f in relative.items()))
+        # A target below the cheapest reachable model is rejected before any training.
+        probe = attach(copy.deepcopy(self.model), self.example, c.prune, False, self.bits, c.gate_init_keep)
+        min_channels = {k: (1.0 if i.requires_grad else float(i), 1.0 if o.requires_grad else float(o))
+                        for k, (i, o) in (probe.channels() or {}).items()}
+        del probe
+        allowed = None
+        if c.quantize:
+            allowed = {"*": list(self.bits)} if isinstance(self.model, Supernet) else \
+                {op.name: list(self.bits) for op in self.cost_model.ops if op.kind in ("conv", "dwconv", "linear")}
+        self.minimum = {con.metric: self.cost_model.minimum(con.metric, min_channels, allowed)
+                        for con in self.constraints}
+        check_feasible(self.constraints, self.minimum)
+        self.ctx.write_json("feasibility.json", {"minimum": self.minimum, "uncompressed": self.uncompressed,
+                                                 "targets": {con.metric: con.target for con in self.constraints},
+                                                 "relative": relative, "measured_on": self.info["measured_on"]})
+        self._init_weights(c.get("init_from"))
+        if isinstance(self.model, Supernet):
+            self.model.set_mode(c.get("supernet_warmup_mode", "sample"))
+        self.model.to(self.device)
+        if c.distill and c.teacher not in ("self", None, "none"):
+            self.teacher.build()
+
+    def _measure_dense(self) -> dict[str, float]:
+        """Measured cost of the uncompressed model as deployed at the run's default precision (and fp32)."""
+        out: dict[str, float] = {}
+        dense = copy.deepcopy(self.model).cpu().eval()
+        if isinstance(dense, Supernet):
+            return out  # a supernet has no single uncompressed deployment; targets are absolute
+        try:
+            out.update({f"fp32_{k}": v for k, v in self.measurer.measure(dense, self.input_shape).as_metrics().items()})
+            if self.c.quantize and 8 in self.bits:
+                from pluto.decisions.bits import prepare_qat
+
+                q = prepare_qat(copy.deepcopy(dense), bits=8, example_input=self.example, calibrate=self.calibration)
+                out.update({f"int8_{k}": v for k, v in self.measurer.measure(q, self.input_shape).as_metrics().items()})
+        except MeasurementError as exc:
+            print(f"NOT MEASURED: the uncompressed model ({exc})")
+            return {}
+        for metric in ("latency_ms", "energy_mj"):
+            values = [out[k] for k in (f"fp32_{metric}", f"int8_{metric}") if k in out]
+            if values:
+                out[metric] = min(values)  # the cheapest uncompressed deployment: the target must beat it
+        print("uncompressed model measured: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items() if "iqr" not in k))
+        return out
+
+    def _init_weights(self, path: str | None) -> None:
+        """Start from trained weights (``compress.init_from``): a state dict or a run checkpoint (``{"model": ...}``).
+
+        Loaded on every start, resumed or not, so a resumed run rebuilds the same teacher and gate ranking."""
+        if not path:
+            return
+        state = load_checkpoint(path)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[1:2] or [str(exc)]
+            raise ConfigError(f"compress.init_from={path} does not fit model {type(self.model).__name__} "
+                              f"({first[0].strip()}); pass weights saved from the same model and data shape.") from exc
+
+    # ---- shared training machinery ---------------------------------------------------------
+    def task_loss(self, output: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        t_out = self.teacher(x)
+        if t_out is not None:
+            loss = self.task.distill_loss(output, t_out, y)
+            return loss, {"loss/kd_total": loss.detach()}
+        loss = self.task.loss(output, y)
+        return loss, {"loss/task": loss.detach()}
+
+    def _phase(self, phase: str, net: nn.Module, epochs: int, lr: float, step_fn, extra_opt=None, extra_state=None,
+               weight_params=None, replicated=None) -> None:
+        """Train ``net`` for one phase, resuming inside it if the checkpoint says so."""
+        state, ctx, t = self.state, self.ctx, self.t
+        if phase in state.phases_done or epochs <= 0:
+            if phase not in state.phases_done:
+                state.phases_done = (*state.phases_done, phase)
+            return
+        weights = build_optimizer(weight_params if weight_params is not None else net.parameters(), t, lr=lr)
+        optimizer = OptimizerGroup(weights, extra_opt)
+        scheduler = build_scheduler(weights, t, epochs * batches_per_epoch(self.train_set, t.batch_size))
+        if state.phase != phase:
+            state.phase, state.epoch, state.batch = phase, 0, 0
+        elif self.ckpt is not None and self.ckpt["state"]["phase"] == phase:
+            net.load_state_dict(self.ckpt["model"])
+            optimizer.load_state_dict(self.ckpt["optimizer"])
+            scheduler.load_state_dict(self.ckpt["scheduler"])
+            if extra_state is not None and "extra" in self.ckpt:
+                extra_state.load_state_dict(self.ckpt["extra"])
+            set_rng_state(self.ckpt["rng"])
+        self.ckpt = None
+
+        def save() -> None:
+            ctx.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict(), "state": state.to_dict(), "rng": rng_state(),
+                      **({"extra": extra_state.state_dict()} if extra_state is not None else {})})
+
+        def end_of_epoch(epoch: int) -> None:
+            metrics = self.task.evaluate(net, self.test_loader, self.device)
+            value = metrics[self.task.metric]
+            ctx.logger.scalars({f"{phase}/test_{self.task.metric}": value}, state.global_step)
+            print(f"{phase} epoch {epoch}/{epochs}: test {self.task.metric} {value:.2f}")
+
+        train_epochs(net, self.train_set, step_fn, optimizer, scheduler, state, epochs, t.batch_size,
+                     seed=self.cfg.seed, device=self.device, save=save, checkpoint_every=t.checkpoint_every,
+                     log=ctx.logger.scalars, log_every=t.log_every, end_of_epoch=end_of_epoch, sync_bn=t.sync_bn,
+                     replicated=replicated)
+        state.phases_done = (*state.phases_done, phase)
+        ctx.save({"model": net.state_dict(), "state": state.to_dict(),
+                  **({"extra": extra_state.state_dict()} if extra_state is not None else {})}, f"{phase}.pt")
+        save()
+
+    def _load_phase(self, net: nn.Module, name: str, extra_state=None) -> None:
+        """Load a finished phase's weights (identical to the in-memory ones unless this run was resumed past it)."""
+        path = self.ctx.dir / name
+        if path.exists():
+            ckpt = load_checkpoint(path)
+            net.load_state_dict(ckpt["model"])
+            if extra_state is not None and "extra" in ckpt:
+                extra_state.load_state_dict(ckpt["extra"])
+
+    # ---- 2. warmup -------------------------------------------------------------------------
+    def warmup_step(self, x: Tensor, y: Tensor):
+        return self.task_loss(self.model(x), x, y)
+
+    def warmup(self) -> None:
+        model = self.model
+        self._phase("warmup", model, self.c.epochs.warmup, self.t.lr, self.warmup_step,
+                    weight_params=model.weight_parameters() if isinstance(model, Supernet) else None)
+        self._load_phase(model, "warmup.pt")
+        self.dense_reference = self.task.evaluate(model, self.test_loader, self.device)
+        if self.c.distill and self.c.teacher == "self":
+            self.teacher.build(model)
+
+    # ---- 3. search -------------------------------------------------------------------------
+    def attach_decisions(self) -> Decisions:
+        c = self.c
+        self.decisions = attach(self.model, self.example.to(self.device), c.prune, c.quantize, self.bits,
+                                c.gate_init_keep, self.calibration.to(self.device), c.gate_mode, c.gate_init,
+                                c.gate_init_spread)
+        if self.decisions.supernet is not None:  # the search needs the mixture (see pluto.decisions.ops.choice)
+            self.decisions.supernet.set_mode(c.get("supernet_search_mode", "soft"))
+        self.objective = LagrangianObjective(self.constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
+        steps = max(1, c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size))
+        self.anneal = TemperatureSchedule(c.temperature.initial, c.temperature.final, steps)
+        self.per_epoch = batches_per_epoch(self.train_set, self.t.batch_size)
+        self.every = self._measure_every() if self.measurer is not None else 0
+        return self.decisions
+
+    def search_step(self, x: Tensor, y: Tensor):
+        d, state = self.decisions, self.state
+        if d.supernet is not None:
+            d.supernet.set_temperature(self.anneal(state.epoch * self.per_epoch + state.batch))
+        task, logs = self.task_loss(d.model(x), x, y)
+        channels, precisions = d.channels(), d.precisions()
+        costs = {con.metric: self.cost_model.expected(con.metric, channels, precisions).to(task.dtype).to(task.device)
+                 for con in self.constraints}
+        loss, lag_logs = self.objective(task, costs)
+        self.objective.dual_step({k: v.detach() for k, v in costs.items()})
+        step = state.global_step + 1  # the loop counts this step after it returns
+        if step % self.t.log_every == 0:
+            logs.update(d.logs())
+        if self.every and step % self.every == 0:  # measured on rank 0; every rank prices with its correction
+            logs.update(self.measure_candidate(step) if distributed.is_main() else {})
+            self.cost_model.correction.update(distributed.broadcast_object(dict(self.cost_model.correction)))
+        return loss, {**logs, **{f"lagrangian/{k}": v for k, v in lag_logs.items()}}
+
+    def measure_candidate(self, step: int) -> dict[str, float]:
+        """Harden the current decisions on a copy, measure them on the chip, update the correction."""
+        d = self.decisions
+        was_training = d.model.training
+        saved = _hard_state(d)
+        try:
+            fix_decisions(d)  # argmax bits, rounded widths (on the live decisions; restored below)
+            model, _ = build_concrete(d, self.example, self.calibration[:64])
+        finally:
+            _restore_hard_state(d, saved)
+            d.model.train(was_training)
+        model = model.cpu().eval()
+        float_model, bits = _float_and_bits(model)
+        try:
+            measured = self.measurer.measure(model, self.input_shape).as_metrics()
+        except MeasurementError as exc:
+            print(f"in-loop measurement failed ({exc}); keeping the last correction")
+            return {}
+        predicted = {con.metric: self.cost_model.of_model(float_model, con.metric, bits)
+                     for con in self.constraints if con.source == "table"}
+        measured = {m: measured[m] for m in predicted if m in measured}
+        correction = self.correction.update(measured, predicted, step)
+        logs = {f"measured/{m}": v for m, v in measured.items()}
+        logs.update({f"predicted/{m}": v for m, v in predicted.items()})
+        logs.update({f"correction/{m}": v for m, v in correction.items()})
+        return logs
+
+    def search(self) -> None:
+        d = self.attach_decisions()
+        opt = torch.optim.Adam(d.parameters(), lr=self.c.decision_lr, betas=(0.5, 0.999)) if d.parameters() else None
+        extra = _SearchState(self.objective, self.correction)
+        self._phase("search", d.model.to(self.device), self.c.epochs.search, self.t.lr * self.c.search_lr_scale,
+                    self.search_step, extra_opt=opt, extra_state=extra, weight_params=d.weight_parameters(),
+                    replicated=self._replicated)
+        self._load_phase(d.model, "search.pt", extra)
+
+    def _replicated(self) -> list[Tensor]:
+        """What must be identical on every rank besides the trained parameters: multipliers and correction."""
+        values = [m.value for m in self.objective.multipliers.values()] + list(self.cost_model.correction.values())
+        return [torch.tensor(values, dtype=torch.float64)]
+
+    # ---- 4. harden -------------------------------------------------------------------------
+    def harden(self) -> None:
+        d = self.decisions
+        d.model.cpu()  # hardening is cheap and runs where the tables and the graph's indices live
+        fix_decisions(d, self.cost_model, self.constraints)
+        if self.measurer is not None and self.c.get("land", True) and distributed.is_main():
+            band = tuple(float(b) for b in self.c.get("land_band", (0.93, 1.0)))
+
+            def measure() -> dict[str, float]:
+                model, _ = build_concrete(d, self.example, self.calibration[:64])
+                return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
+
+            d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
+                                                int(self.c.get("land_measurements", 8)))
+            landing = d.trail["landing"]
+            status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
+            print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
+        distributed.broadcast_module(d.model, what="hard decisions")  # rank 0's landed gates, bits and ops
+        final, trail = build_concrete(d, self.example, self.calibration, copy_first=False)
+        # every rank built the concrete model from the same decisions; all fine-tune rank 0's, and a rank whose
+        # architecture came out different stops the run here instead of training a mismatch
+        distributed.broadcast_module(final, what="hardened model")
+        trail.update({k: v for k, v in d.trail.items() if k in ("projection", "landing")})
+        trail["correction"] = dict(self.cost_model.correction)
+        self.trail = trail
+        self.final = final.to(self.device)
+        self.ctx.write_json("decisions.json", trail)
+
+    # ---- 5. finetune -----------------------------------------------------------------------
+    def finetune_step(self, x: Tensor, y: Tensor):
+        return self.task_loss(self.final(x), x, y)
+
+    def finetune(self) -> None:
+        self._phase("finetune", self.final, self.c.epochs.finetune, self.t.lr * self.c.finetune_lr_scale,
+                    self.finetune_step)
+        self._load_phase(self.final, "finetune.pt")
+
+    # ---- 6. deploy -------------------------------------------------------------------------
+    def deploy(self) -> None:
+        from pluto.optimizer.report import export_final
+
+        self.metrics = self.task.evaluate(self.final, self.test_loader, self.device)
+        self.final = self.final.cpu().eval()
+        self.measured, self.onnx_path = {}, None
+        if not distributed.is_main():  # export and measurement: once, on rank 0
+            return
+        from pluto.materialize.saving import save
+
+        save(self.final, self.ctx.dir / "model.pt")  # architecture + weights + bits: pluto.load(path) restores it
+        self.onnx_path = export_final(self.final, self.input_shape, self.ctx.dir) if self.c.export else None
+        if self.measurer is not None:
+            try:
+                m = self.measurer.measure(self.final, self.input_shape, onnx=self.onnx_path)
+                self.measured = m.as_metrics()
+                self.info["measurement"] = {"machine": m.machine, "method": m.method, **m.extra}
+            except MeasurementError as exc:
+                print(f"NOT MEASURED: {exc}")
+
+    # ---- 7. report -------------------------------------------------------------------------
+    def report(self) -> None:
+        from pluto.optimizer.report import final_report
+
+        # rank 0 reports; pluto.train hands its result to the other ranks
+        self.result = final_report(self) if distributed.is_main() else {}
+
+
+class _SearchState:
+    """What the search checkpoints besides weights: the multipliers and the measured correction."""
+
+    def __init__(self, objective: LagrangianObjective, correction: MeasuredCorrection):
+        self.objective, self.correction = objective, correction
+
+    def state_dict(self) -> dict:
+        return {"objective": self.objective.state_dict(), "correction": self.correction.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "objective" in state:
+            self.objective.load_state_dict(state["objective"])
+            self.correction.load_state_dict(state.get("correction", {}))
+        else:  # checkpoints written before the correction existed hold the objective alone
+            self.objective.load_state_dict(state)
+
+
+def _hard_state(d: Decisions) -> dict:
+    """Everything :func:`fix_decisions` changes, to restore the live search afterwards."""
+    state: dict[str, Any] = {"trail": dict(d.trail)}
+    if d.gates is not None:
+        state["gates"] = copy.deepcopy(d.gates.state_dict())
+        state["gates_mode"] = d.gates.mode
+    if d.quantized:
+        from pluto.decisions.bits import bit_choices
+
+        state["bits"] = {name: (c.chosen.clone(), c.mode) for name, c in bit_choices(d.model).items()}
+    return state
+
+
+def _restore_hard_state(d: Decisions, state: dict) -> None:
+    d.trail = state["trail"]
+    if d.gates is not None:
+        d.gates.load_state_dict(state["gates"])
+        d.gates.set_mode(state["gates_mode"])
+    if d.quantized:
+        from pluto.decisions.bits import bit_choices
+
+        for name, c in bit_choices(d.model).items():
+            chosen, mode = state["bits"][name]
+            c.chosen.copy_(chosen)
+            c.mode = mode
+
+
+def _float_and_bits(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+    from pluto.decisions.bits import bit_choices, strip_quantization
+
+    if bit_choices(model):
+        return strip_quantization(copy.deepcopy(model))
+    return model, {}
+
+
+def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, spec: DataSpec, cfg: DictConfig,
+                 ctx: RunContext, device: torch.device, task: Task | None = None) -> tuple[dict[str, Any], nn.Module]:
+    """Run every stage of :class:`Compression`; returns ``(metrics, compressed model)``."""
+    return Compression(model, train_set, test_loader, spec, cfg, ctx, device, task).run()
+
+
+__all__ = ["Compression", "STAGES", "Teacher", "MeasuredCorrection", "compress_run", "load_table", "Path"]
