@@ -128,3 +128,14 @@ def test_gated_model_is_refused(tmp_path):
     attach(model, torch.randn(2, 1, 28, 28), True, False, (8,))
     with pytest.raises(ConfigError, match="gates"):
         pluto.save(model, tmp_path / "x.pt")
+
+
+def test_pluto_export_reads_a_saved_compressed_model_without_model_name(tmp_path):
+    from pluto.cli import main as cli_main
+
+    path = pluto.save(CASES["pruned+quantized"], tmp_path / "model.pt")
+    rc = cli_main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out"), "--data", "synthetic",
+                   "--verify", "64"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert summary["quantization"] == "qat" and summary["verify"]["int8_vs_fakequant_top1_agreement"] > 0.9
