@@ -34,14 +34,17 @@ def single(args: list[str], run_dir: Path, timeout: float = 180) -> subprocess.C
     return proc
 
 
-def kill_torchrun_after_checkpoint(args: list[str], run_dir: Path, timeout: float = 120) -> None:
-    """Start a 2-process run and SIGKILL both workers and the launcher once ``last.pt`` exists."""
+def kill_torchrun_after_checkpoint(args: list[str], run_dir: Path, timeout: float = 120, phase: str | None = None) -> None:
+    """Start a 2-process run; SIGKILL both workers and the launcher once ``last.pt`` exists (in ``phase``, if given)."""
     proc = subprocess.Popen([*TORCHRUN, "-m", "pluto.train", *args, f"hydra.run.dir={run_dir}"], env=env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
-    while not (run_dir / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "last.pt").exists() and (phase is None or _phase_of(run_dir / "last.pt") == phase):
+            break
         time.sleep(0.05)
-    time.sleep(0.3)
+    if phase is None:
+        time.sleep(0.3)
     for pid in _children(proc.pid):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -49,6 +52,15 @@ def kill_torchrun_after_checkpoint(args: list[str], run_dir: Path, timeout: floa
             pass
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def _phase_of(path: Path) -> str | None:
+    from pluto.engine.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path)["state"]["phase"]
+    except Exception:  # being replaced right now
+        return None
 
 
 def _children(pid: int) -> list[int]:

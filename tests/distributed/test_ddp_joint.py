@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import load_state, max_weight_difference, single, torchrun
+from conftest import kill_torchrun_after_checkpoint, load_state, max_weight_difference, single, torchrun
 
 BASE = ["recipe=smoke_compress", "logger=none", "hw.measure=off", "trainer.threads=1", "+model.dropout=0.0", "trainer.sync_bn=true",
         "data.num_samples=256", "compress.epochs.warmup=1", "compress.epochs.search=1", "compress.epochs.finetune=1"]
@@ -34,3 +34,20 @@ def test_two_process_joint_run_matches_one_process(tmp_path):
 
     restored = pluto.load(two / "model.pt")
     assert max_weight_difference(restored.state_dict(), load_state(two / "finetune.pt")) == 0.0
+
+
+def test_killed_two_process_joint_run_resumes_mid_search(tmp_path):
+    from pluto.engine.checkpoint import load_checkpoint
+
+    args = [*BASE, "trainer.batch_size=32", "data.num_samples=512", "compress.epochs.search=2",
+            "trainer.checkpoint_every=3"]
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    kill_torchrun_after_checkpoint(args, killed, phase="search")
+    assert not (killed / "report.json").exists(), "run finished before the kill"
+    assert load_checkpoint(killed / "last.pt")["state"]["phase"] == "search"
+    torchrun([*args, "trainer.resume=true"], killed)
+    torchrun(args, straight)
+    assert json.loads((killed / "decisions.json").read_text()) == json.loads((straight / "decisions.json").read_text())
+    r1, r2 = (json.loads((d / "report.json").read_text()) for d in (killed, straight))
+    assert r1["multipliers"] == pytest.approx(r2["multipliers"], rel=1e-9)
+    assert max_weight_difference(load_state(killed / "finetune.pt"), load_state(straight / "finetune.pt")) < 1e-5
