@@ -24,12 +24,20 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "cudagraph"), default="onnxruntime")
     p.add_argument("--precision", default="fp32", help="comma list of fp32,fp16,int8")
-    p.add_argument("--space", required=True, help="space config YAML, e.g. configs/space/fmnist_cifar.yaml")
+    p.add_argument("--space", default=None, help="space config YAML, e.g. configs/space/fmnist_cifar.yaml")
+    p.add_argument("--model", default=None,
+                   help="comma list of registry models: add exactly their ops and pruned widths (with --input-shape) "
+                        "to the table; into an existing --out table they are merged with its space")
+    p.add_argument("--input-shape", type=_shape, action="append", default=None,
+                   help="C,H,W for --model (repeat for several, e.g. --input-shape 1,28,28 --input-shape 3,32,32)")
     p.add_argument("--out", required=True, help="table folder, e.g. latency_tables/cpu_ort")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads on CPU (fixed for reproducibility)")
     p.add_argument("--energy", default="auto", choices=("auto", "nvml", "rapl", "none"))
-    p.add_argument("--samples", type=int, default=30, help="timed samples per entry (median, IQR, Tukey outliers)")
+    p.add_argument("--samples", type=int, default=24, help="timed samples per entry, split over --rounds")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per entry (median of round medians)")
+    p.add_argument("--chunk", type=int, default=64, help="units kept prepared while their rounds interleave")
+    p.add_argument("--no-pin", action="store_true", help="do not pin single-threaded profiling to one core")
     p.add_argument("--energy-window", type=float, default=0.3, help="seconds of sustained loop per energy reading")
     p.add_argument("--limit", type=int, default=None, help="measure at most this many new entries, then stop")
     p.add_argument("--no-progress", action="store_true")
@@ -128,15 +136,59 @@ def load_model(spec: str, input_shape: tuple[int, ...], kwargs: dict | None = No
     return create_model(spec, in_channels=input_shape[0], input_size=input_shape[-1], **kwargs).eval()
 
 
+ZOO_SPACE = {"channel_grid": [8, 16, 32, 64, 128, 256, 512, 1024, 2048], "min_width": 0.25, "align": 8,
+             "calibration": {"mbconv": 0, "resnet": 0, "models": True, "seed": 0}}
+
+
+def profile_space(space_path: str | None, models: str | None, shapes: list[tuple[int, ...]] | None,
+                  out: Path) -> "ProfileSpace":
+    """The space to profile: ``--space``, plus ``--model`` entries, merged into ``out``'s existing space if any."""
+    import json
+
+    from pluto.cost.space import ProfileSpace
+    from pluto.models import list_models
+
+    if not space_path and not models:
+        raise ConfigError("pluto profile needs --space FILE or --model NAME[,NAME...] (or both)")
+    data: dict = {}
+    meta = out / "metadata.json"
+    if meta.exists():
+        try:
+            data = dict(json.loads(meta.read_text()).get("space") or {})
+        except json.JSONDecodeError as exc:
+            raise TableError(f"{meta} is corrupt ({exc}); delete {out} or choose another --out") from exc
+    if space_path:
+        new = ProfileSpace.load(space_path).source
+        for key, value in new.items():
+            if key in ("models", "mbconv", "resnet") and data.get(key):
+                value = data[key] + [v for v in value if v not in data[key]]
+            data[key] = value
+    if models:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = [m for m in names if m not in list_models()]
+        if unknown:
+            raise ConfigError(f"unknown model(s) {unknown}; registered: {', '.join(list_models())}")
+        entries = [{"name": n, "input_shape": list(sh)} for n in names for sh in (shapes or [(1, 28, 28)])]
+        for key, value in ZOO_SPACE.items():
+            data.setdefault(key, value)
+        data["models"] = list(data.get("models") or []) + [e for e in entries if e not in (data.get("models") or [])]
+    data.setdefault("name", out.name)
+    return ProfileSpace.from_dict(data)
+
+
 def _profile(args) -> int:
     from pluto.cost.profiler import profile
-    from pluto.cost.space import ProfileSpace
 
+    if args.batch < 1 or args.threads < 1 or args.samples < 3 or args.rounds < 1:
+        raise ConfigError(f"--batch, --threads and --rounds must be >= 1 and --samples >= 3 (got batch {args.batch}, "
+                          f"threads {args.threads}, rounds {args.rounds}, samples {args.samples})")
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     command = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    table = profile(ProfileSpace.load(args.space), args.out, args.device, args.runtime, precisions, args.batch,
+    space = profile_space(args.space, args.model, args.input_shape, Path(args.out))
+    table = profile(space, args.out, args.device, args.runtime, precisions, args.batch,
                     args.threads, args.energy, args.samples, energy_window_s=args.energy_window, command=command,
-                    progress=not args.no_progress, limit=args.limit)
+                    progress=not args.no_progress, limit=args.limit, rounds=args.rounds, chunk=args.chunk,
+                    pin=not args.no_pin)
     state = "complete" if table.metadata.get("complete") else "incomplete (re-run the same command to resume)"
     print(f"{table}: {state}")
     for precision, fit in table.metadata.get("calibration", {}).items():
