@@ -139,3 +139,14 @@ def test_pluto_export_reads_a_saved_compressed_model_without_model_name(tmp_path
     assert rc == 0
     summary = json.loads((tmp_path / "out" / "export.json").read_text())
     assert summary["quantization"] == "qat" and summary["verify"]["int8_vs_fakequant_top1_agreement"] > 0.9
+
+
+def test_a_saved_compressed_model_can_be_the_teacher(tmp_path):
+    from pluto.optimizer.distillation import load_teacher
+
+    model = CASES["pruned"]
+    teacher = load_teacher(str(pluto.save(model, tmp_path / "model.pt")))
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), model(x), rtol=0, atol=0)
+    assert not any(p.requires_grad for p in teacher.parameters())
