@@ -26,6 +26,7 @@ Single-process runs never touch ``torch.distributed``: every function here is th
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import os
 from typing import Any, Iterable, Iterator
@@ -202,8 +203,17 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     Swapped in by class (:func:`sync_batchnorm`), so module names, hooks, parametrizations and the
     state dict are untouched and the swap is undone before the model is traced, hardened or exported.
     Mean and variance are two differentiable all-reduces (sum, then sum of squared deviations);
-    the running variance uses the unbiased global estimate, as ``nn.BatchNorm2d`` does.
+    the running variance uses the unbiased global estimate, as ``nn.BatchNorm2d`` does. A deep copy
+    (a teacher, a candidate hardened for measurement during the search) is a plain ``nn.BatchNorm2d``:
+    synchronization belongs to the live training run, and torch.fx traces only ``torch.nn`` layers as leaves.
     """
+
+    def __deepcopy__(self, memo: dict) -> nn.BatchNorm2d:
+        self.__class__ = nn.BatchNorm2d
+        try:
+            return copy.deepcopy(self, memo)
+        finally:
+            self.__class__ = SyncBatchNorm2d
 
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and is_distributed()):

@@ -1,4 +1,5 @@
 """pluto.engine.distributed on 2 gloo processes (spawned in-test): sync BN, gradient averaging, structure checks."""
+import copy
 import os
 import tempfile
 
@@ -25,6 +26,8 @@ def _worker(rank: int, init_file: str, results: dict) -> None:
         bn = nn.Sequential(nn.BatchNorm2d(3))
         part = x[rank * 4:(rank + 1) * 4].clone().requires_grad_(True)
         with distributed.sync_batchnorm(bn):
+            assert type(bn[0]) is distributed.SyncBatchNorm2d
+            assert type(copy.deepcopy(bn)[0]) is nn.BatchNorm2d  # copies (teachers, measured candidates) are plain
             assert type(bn[0]) is distributed.SyncBatchNorm2d
             y = bn(part)
             (y * torch.arange(1.0, 4.0).view(1, 3, 1, 1)).sum().backward()
