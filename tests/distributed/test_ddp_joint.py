@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import kill_torchrun_after_checkpoint, load_state, max_weight_difference, single, torchrun
+from torchrun_jobs import kill_torchrun_after_checkpoint, load_state, max_weight_difference, single, torchrun
 
 BASE = ["recipe=smoke_compress", "logger=none", "hw.measure=off", "trainer.threads=1", "+model.dropout=0.0", "trainer.sync_bn=true",
         "data.num_samples=256", "compress.epochs.warmup=1", "compress.epochs.search=1", "compress.epochs.finetune=1"]

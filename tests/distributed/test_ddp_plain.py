@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import kill_torchrun_after_checkpoint, load_state, max_weight_difference, single, torchrun
+from torchrun_jobs import kill_torchrun_after_checkpoint, load_state, max_weight_difference, single, torchrun
 from pluto.engine.loop import _global_batches, _shard, epoch_batches
 
 # dropout off: N processes draw N masks for N shards, one process one mask for the global batch
