@@ -28,6 +28,8 @@ _EXPORTS = {
     "derive": "pluto.decisions.ops.derive",
     "prepare_qat": "pluto.decisions.bits",
     "export_onnx": "pluto.materialize.export",
+    "save": "pluto.materialize.saving",
+    "load": "pluto.materialize.saving",
     "DistillationLoss": "pluto.optimizer.distillation",
     "Constraint": "pluto.optimizer.constraints",
     "LagrangianObjective": "pluto.optimizer.lagrangian",

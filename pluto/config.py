@@ -61,6 +61,7 @@ class TrainerConfig:
     resume_allow_changes: list = _opt([], doc="config keys allowed to differ from the run being resumed")
     checkpoint_every: int = _opt(200, 1, 10**9, doc="batches between checkpoints")
     log_every: int = _opt(20, 1, 10**9, doc="batches between logged scalars")
+    sync_bn: bool = _opt(False, doc="torchrun runs: BatchNorm statistics over the global batch (all ranks)")
 
 
 @dataclass
@@ -472,6 +473,12 @@ def _check_across(cfg: dict[str, Any]) -> None:
                                   f"{', '.join(map(str, SUPPORTED_BITS))}")
         if len(set(bits)) != len(bits):
             raise ConfigError(f"compress.bits={bits} repeats a bit-width; list each once")
+        band = c["land_band"]
+        if (not isinstance(band, list) or len(band) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in band)
+                or not 0 < band[0] < band[1] <= 2):
+            raise ConfigError(f"compress.land_band={band} must be two numbers 0 < low < high <= 2 (fractions of the "
+                              "target the measured cost must land in), e.g. compress.land_band=[0.93,1.0]")
         lag = c["lagrangian"]
         if lag["lambda_init"] > lag["lambda_max"]:
             raise ConfigError(f"compress.lagrangian.lambda_init={lag['lambda_init']} exceeds lambda_max="

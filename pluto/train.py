@@ -4,6 +4,11 @@ Config groups live in ``configs/`` (model, data, trainer, hw, constraints, compr
 ready recipes in ``recipes/`` (reachable as the ``recipe`` group). Each run writes to
 ``outputs/<run_name>/``: the resolved config, TensorBoard scalars, ``metrics.jsonl``,
 checkpoints, and (for compression runs) the report.
+
+Data-parallel on N devices (one process each; ``trainer.batch_size`` is per process, the global
+batch is N times it; rank 0 writes the run folder)::
+
+    torchrun --standalone --nproc_per_node=N -m pluto.train [overrides...]
 """
 from __future__ import annotations
 
@@ -29,19 +34,33 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None) -> dict[str, 
 def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: torch.nn.Module | None = None,
             datasets: tuple | None = None) -> tuple[dict[str, float], torch.nn.Module]:
     """Like :func:`run`, optionally with a model and ``(train, test)`` datasets given as objects; also returns the model."""
-    from pluto.data import build_datasets
-    from pluto.engine.plain import fit_plain
-    from pluto.engine.run import RunContext, pick_device
-    from pluto.models import create_model
-    from torch.utils.data import DataLoader
-
     from pluto.config import validate_config
+    from pluto.engine import distributed
+    from pluto.engine.run import pick_device
 
     cfg = validate_config(cfg)  # every value typed and in range before any work starts
     torch.manual_seed(cfg.seed)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     run_dir = Path(run_dir or hydra.core.hydra_config.HydraConfig.get().runtime.output_dir)
+    joined = distributed.launched_by_torchrun() and not distributed.is_distributed()
+    device = distributed.init_from_env(pick_device(cfg.trainer.device))
+    try:
+        return _execute(cfg, distributed.broadcast_object(run_dir), device, model, datasets)  # rank 0's folder
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _execute(cfg: DictConfig, run_dir: Path, device: torch.device, model: torch.nn.Module | None,
+             datasets: tuple | None) -> tuple[dict[str, float], torch.nn.Module]:
+    from pluto.data import build_datasets
+    from pluto.engine import distributed
+    from pluto.engine.plain import fit_plain
+    from pluto.engine.run import RunContext
+    from pluto.models import create_model
+    from torch.utils.data import DataLoader
+
     dkw = {k: v for k, v in cfg.data.items() if k not in ("name", "root", "train_limit", "test_limit")}
     if datasets is None:
         train_set, test_set, spec = build_datasets(cfg.data.name, cfg.data.get("root"), cfg.data.get("train_limit"),
@@ -59,9 +78,9 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
         from pluto.api import check_model_output
 
         check_model_output(model, spec)
-    device = pick_device(cfg.trainer.device)
     ctx = RunContext(run_dir, cfg, resume=cfg.trainer.resume, tensorboard=cfg.logger.tensorboard,
                      allow_changes=tuple(cfg.trainer.resume_allow_changes))
+    distributed.barrier()  # every rank has checked the folder before rank 0 writes a checkpoint into it
     try:
         if cfg.compress.name == "none":
             metrics = fit_plain(model, train_set, test_loader, cfg.trainer, ctx, device, cfg.seed)
@@ -69,9 +88,12 @@ def execute(cfg: DictConfig, run_dir: str | os.PathLike | None = None, model: to
             from pluto.optimizer.pipeline import compress_run
 
             metrics, model = compress_run(model, train_set, test_loader, spec, cfg, ctx, device)
+        metrics = distributed.broadcast_object(metrics)  # what rank 0 measured and reported
         ctx.write_json("metrics.json", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     finally:
         ctx.close()
+    if not distributed.is_main():
+        return metrics, model
     print(f"run dir: {run_dir}")
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float))))
     return metrics, model

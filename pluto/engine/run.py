@@ -10,6 +10,9 @@ Guarantees, checked before anything in the folder is written:
   keys that only say where and how it runs, :data:`pluto.config.RESUME_SAFE_KEYS`) must match the
   stored one, else the differing keys are listed; ``trainer.resume_allow_changes=[key, ...]`` accepts
   named changes, which are recorded in ``run.json``.
+
+In a data-parallel run only the main process (rank 0) takes the lock and writes: on the other ranks
+``save``, ``write_json`` and the logger do nothing, while ``load`` reads the same ``last.pt``.
 """
 from __future__ import annotations
 
@@ -57,10 +60,18 @@ def holds_run(folder: Path) -> bool:
 
 class RunContext:
     def __init__(self, run_dir: str | os.PathLike, cfg: DictConfig, resume: bool = False, tensorboard: bool = True,
-                 *, allow_changes: tuple[str, ...] = (), lock: bool = True):
+                 *, allow_changes: tuple[str, ...] = (), lock: bool = True, writer: bool | None = None):
+        from pluto.engine import distributed
+
+        self.writer = distributed.is_main() if writer is None else writer  # False: a rank that must not write
         self.dir = Path(run_dir)
         self.cfg = cfg
         self.last = self.dir / LAST
+        if not self.writer:  # rank 0 guards and writes the folder; the others only read its checkpoint
+            self.resumed = resume and self.last.exists()
+            self._lock, self._checkpoint = None, None
+            self.logger = _SilentLogger()
+            return
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError(f"run folder {self.dir} is a file; choose another run_name=... or output folder")
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -155,13 +166,14 @@ class RunContext:
         return checkpoint
 
     def save(self, payload: dict[str, Any], name: str = LAST) -> Path:
-        return save_checkpoint(self.dir / name, payload)
+        return save_checkpoint(self.dir / name, payload) if self.writer else self.dir / name
 
     def write_json(self, name: str, data: dict) -> Path:
         path = self.dir / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=float))
-        os.replace(tmp, path)
+        if self.writer:
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(json.dumps(data, indent=2, default=float))
+            os.replace(tmp, path)
         return path
 
     def close(self) -> None:
@@ -176,6 +188,19 @@ def _lookup(d: Any, dotted: str) -> Any:
             return "<absent>"
         d = d[part]
     return d
+
+
+class _SilentLogger:
+    """The logger of a rank that does not write (see :class:`RunContext`)."""
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        pass
+
+    def figure(self, tag: str, figure, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def pick_device(name: str) -> torch.device:

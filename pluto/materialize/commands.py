@@ -39,7 +39,8 @@ PHASE_CHECKPOINTS = ("last.pt", "warmup.pt", "search.pt", "finetune.pt")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a model to fp32 and int8 (QDQ) ONNX files",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="registry name of the architecture, e.g. small_cnn, mobilenet_v2")
+    p.add_argument("--model", help="registry name of the architecture, e.g. small_cnn, mobilenet_v2 (not needed for a "
+                   "model.pt written by pluto.save, which carries its architecture)")
     p.add_argument("--checkpoint", help="model.pt of a run (float or QAT state dict); omit to export random weights")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data", default="fashion_mnist", help="dataset for calibration/verification: fashion_mnist | synthetic")
@@ -56,13 +57,25 @@ def _load_model(args: argparse.Namespace, spec) -> tuple[torch.nn.Module, bool]:
     from pluto.engine.checkpoint import load_checkpoint
     from pluto.models import create_model
 
+    payload = None
+    if args.checkpoint:
+        if not Path(args.checkpoint).is_file():
+            raise ConfigError(f"checkpoint {args.checkpoint} does not exist; pass a run's model.pt "
+                              "(outputs/<run>/model.pt)")
+        payload = load_checkpoint(args.checkpoint)
+        if isinstance(payload, dict) and "architecture" in payload:  # pluto.save: pruned/NAS/QAT as trained
+            from pluto.decisions.bits import bit_choices
+            from pluto.materialize.saving import load
+
+            restored = load(args.checkpoint)
+            return restored, bool(bit_choices(restored))
+    if not args.model:
+        raise ConfigError("--model is needed for random weights or a plain state dict; pass the registry name "
+                          "the checkpoint was trained as")
     model = create_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
                          input_size=spec.input_size)
-    if not args.checkpoint:
+    if payload is None:
         return model.eval(), False
-    if not Path(args.checkpoint).is_file():
-        raise ConfigError(f"checkpoint {args.checkpoint} does not exist; pass a run's model.pt (outputs/<run>/model.pt)")
-    payload = load_checkpoint(args.checkpoint)
     state = payload.get("model", payload)
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{args.checkpoint} holds no state dict under 'model'; pass a run's model.pt")
