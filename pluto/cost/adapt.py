@@ -37,11 +37,16 @@ Sample = tuple[str, str, nn.Module, tuple[int, ...]]  # (label, family, model, i
 
 def family_networks(families: list[str], shapes: list[tuple[int, ...]], n: int, seed: int, align: int = 8,
                     min_width: float = 0.25) -> list[Sample]:
-    """``n`` pruned networks spread round-robin over ``families`` x ``shapes``; every other draw is rounded to
+    """``n`` pruned networks spread round-robin over ``families`` x ``shapes`` (see :func:`pair_networks`)."""
+    return pair_networks([(f, tuple(s)) for f in families for s in shapes], n, seed, align, min_width)
+
+
+def pair_networks(pairs: list[tuple[str, tuple[int, ...]]], n: int, seed: int, align: int = 8,
+                  min_width: float = 0.25) -> list[Sample]:
+    """``n`` pruned networks spread round-robin over (family, input shape) ``pairs``; every other round is rounded to
     ``align`` (what the materializer makes by default), the rest keep any width (unrounded pruning)."""
     from pluto.cost.samples import PrunedFamily
 
-    pairs = [(f, tuple(s)) for f in families for s in shapes]
     rng = random.Random(seed)
     cache: dict[tuple, PrunedFamily] = {}
     out = []
@@ -49,7 +54,7 @@ def family_networks(families: list[str], shapes: list[tuple[int, ...]], n: int, 
         family, shape = pairs[i % len(pairs)]
         if (family, shape) not in cache:
             cache[(family, shape)] = PrunedFamily(family, shape)
-        rounded = (i // len(pairs)) % 2 == 0
+        rounded = (i + i // len(pairs)) % 2 == 0  # alternate, and swap each round over the pairs
         model = cache[(family, shape)].sample(rng, min_width, align if rounded else 1)
         out.append((f"{family}@{'x'.join(map(str, shape))}#{i}{'r' if rounded else 'u'}", family, model, shape))
     return out
@@ -82,23 +87,23 @@ def space_networks(table: LatencyTable, n: int, seed: int) -> list[Sample]:
     return [(a, b, m.eval(), s) for a, b, m, s in out]
 
 
-def table_families(table: LatencyTable) -> tuple[list[str], list[tuple[int, ...]]]:
-    """Registry families and input shapes a table was profiled for (its space's ``models``)."""
+def table_families(table: LatencyTable, precision: str | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """(registry family, input shape) pairs a table was profiled for at ``precision`` (its space's ``models``)."""
     from pluto.models import list_models
 
-    models = table.metadata.get("space", {}).get("models") or []
-    names = sorted({m["name"] for m in models if m.get("name") in list_models()})
-    shapes = sorted({tuple(m.get("input_shape", (1, 28, 28))) for m in models})
-    return names, shapes
+    space = (table.metadata.get("precision_spaces") or {}).get(precision) or table.metadata.get("space", {})
+    models = space.get("models") or []
+    return sorted({(m["name"], tuple(m.get("input_shape", (1, 28, 28)))) for m in models
+                   if m.get("name") in list_models()})
 
 
-def reference_networks(table: LatencyTable, n: int = 20, seed: int = 0) -> list[Sample]:
-    """The fixed, diverse reference set of a table: ``n`` pruned members of its families (seed 0; held-out checks
-    use other seeds)."""
-    names, shapes = table_families(table)
-    if not names:
+def reference_networks(table: LatencyTable, n: int = 20, seed: int = 0, precision: str | None = None) -> list[Sample]:
+    """The fixed, diverse reference set of a table: ``n`` pruned members of its families at ``precision`` (seed 0;
+    held-out checks use other seeds)."""
+    pairs = table_families(table, precision)
+    if not pairs:
         return space_networks(table, n, seed)
-    return family_networks(names, shapes or [(1, 28, 28)], n, seed, table.align or 8)
+    return pair_networks(pairs, n, seed, table.align or 8)
 
 
 # ---- the reference kernels ---------------------------------------------------------------------
@@ -143,7 +148,7 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
     now describe this machine); returns the summary also stored as ``metadata['adapted']``.
     """
     from pluto.cost.ops import extract_ops
-    from pluto.cost.profiler import fit_calibration, measure_interleaved, prepare_network
+    from pluto.cost.profiler import fit_calibration, measure_interleaved, prepare_network, priceable
     from pluto.cost.runtimes import Runtime
     from pluto.cost.table import weight_bytes
 
@@ -153,19 +158,23 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
     start = time.perf_counter()
     rt = Runtime(table.runtime, "cpu", int(table.metadata.get("threads") or 1))
     batch = int(table.metadata.get("batch") or 1)
-    nets = reference_networks(table, n, seed)
     summary: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": describe(),
-                     "fingerprint": fingerprint(), "networks": len(nets), "precisions": {}}
+                     "fingerprint": fingerprint(), "networks": n, "precisions": {}}
     old_reference = table.metadata.get("reference") or {}
     new_reference: dict = {}
     for precision in table.precisions:
         kernels = time_kernels(table, precision, rounds, samples)
         new_reference[precision] = {k: {"median_ms": v, "n": rounds} for k, v in kernels.items()}
-        works = [prepare_network(rt, model, shape, precision, batch) for _, _, model, shape in nets]
+        nets = reference_networks(table, n, seed, precision)  # int8 may cover fewer families than fp32
+        nets_p = [net for net in nets if priceable(table, net[2], net[3], precision)]
+        if len(nets_p) < 3:
+            summary["precisions"][precision] = {"skipped": f"only {len(nets_p)} reference networks priceable"}
+            continue
+        works = [prepare_network(rt, model, shape, precision, batch) for _, _, model, shape in nets_p]
         measured = measure_interleaved(rt, works, rounds, samples, progress=progress, desc=f"adapt {precision}")
         del works
         points, records = [], []
-        for (label, family, model, shape), (ms, _) in zip(nets, measured):
+        for (label, family, model, shape), (ms, _) in zip(nets_p, measured):
             ops = extract_ops(model, shape)
             parts = {g: float(v) for g, v in table.summed(ops, "latency_ms", precision).items()}
             points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), ms))
@@ -173,7 +182,7 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
         cal = table.metadata.setdefault("calibration", {}).setdefault(precision, {})
         before = cal.get("latency_ms")
         fit = fit_calibration(points, prior=prior, prior_fit=before)
-        err_before = _mape(table, nets, measured, precision)
+        err_before = _mape(table, nets_p, measured, precision)
         cal["latency_ms"] = fit
         cal["reference_networks"] = records
         summary["precisions"][precision] = {

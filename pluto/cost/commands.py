@@ -101,10 +101,19 @@ def register(subparsers) -> None:
     q = sub.add_parser("show", help="print a table's metadata summary")
     q.add_argument("table")
     q.set_defaults(func=_show)
-    q = sub.add_parser("calibrate", help="re-measure a table's whole calibration networks on this machine and re-fit")
+    q = sub.add_parser("calibrate", help="adapt a table to this machine in under a minute: time reference kernels and "
+                                         "<= 20 reference networks here, refit the calibration")
     q.add_argument("table")
-    q.add_argument("--space", default=None, help="take the calibration section from this space config")
+    q.add_argument("--out", default=None, help="write the adapted table here (default: in place)")
+    q.add_argument("--networks", type=_bounded(int, 3, 200), default=20, help="reference networks to time")
+    q.add_argument("--rounds", type=_bounded(int, 1, 100), default=3)
+    q.add_argument("--samples", type=_bounded(int, 3, 10_000), default=24)
+    q.add_argument("--prior", type=_bounded(float, 0.0, 1e6), default=0.3,
+                   help="pull of the refit towards the table's own fit (transfer); 0 = fit the references alone")
     q.set_defaults(func=_calibrate)
+    q = sub.add_parser("check", help="time the reference kernels here: does the table describe this machine?")
+    q.add_argument("table")
+    q.set_defaults(func=_check)
     q = sub.add_parser("refit", help="re-fit a table's calibration from its stored whole-network measurements")
     q.add_argument("table")
     q.set_defaults(func=_refit)
@@ -443,24 +452,34 @@ def _refit(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from pluto.cost.energy import open_meter
-    from pluto.cost.profiler import calibrate
-    from pluto.cost.runtimes import Runtime, device_info
-    from pluto.cost.space import ProfileSpace
+    from pluto.cost.adapt import adapt
     from pluto.cost.table import LatencyTable
 
     table = LatencyTable.load(args.table)
-    device = table.device["type"]
-    here = device_info(device) if device == "cpu" or _cuda() else {"name": "no CUDA device"}
-    if here["name"] != table.device["name"]:
-        raise TableError(f"table {args.table} was measured on '{table.device['name']}', this machine has "
-                         f"'{here['name']}'; calibrate it on that device.")
-    if args.space:
-        table.metadata["space"]["calibration"] = ProfileSpace.load(args.space).calibration
-        table.metadata["calibration_command"] = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    runtime = Runtime(table.runtime, device, table.metadata.get("threads") or 1)
-    meter = open_meter("auto", device) if "energy_mj" in table.metrics else None
-    space = ProfileSpace.from_dict(table.metadata["space"])
-    calibrate(table, runtime, space.calibration_networks(), table.precisions, meter)
-    table.save(args.table)
+    summary = adapt(table, n=args.networks, rounds=args.rounds, samples=args.samples, prior=args.prior)
+    table.metadata["calibration_command"] = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = args.out or args.table
+    table.save(out)
+    print(f"adapted {args.table} -> {out} on {summary['machine']} in {summary['seconds']} s "
+          f"({summary['networks']} reference networks)")
+    for precision, p in summary["precisions"].items():
+        if "skipped" in p:
+            print(f"  {precision}: not adapted ({p['skipped']})")
+            continue
+        ratios = [v for v in p["kernel_ratio"].values() if v == v]
+        kr = f"reference kernels {min(ratios):.2f}-{max(ratios):.2f}x the table's; " if ratios else ""
+        print(f"  {precision}: {kr}reference-network MAPE {p['mape_before_pct']:.1f}% -> {p['mape_after_pct']:.1f}%")
+    args.table = out
     return _show(args)
+
+
+def _check(args) -> int:
+    from pluto.cost.adapt import check
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    result = check(table)
+    print(result["message"])
+    for k, r in result["ratios"].items():
+        print(f"  {k}: {r:.2f}x")
+    return 0 if result["agrees"] else 1

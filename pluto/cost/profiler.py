@@ -240,12 +240,17 @@ def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], 
 
 def calibration_networks(table: LatencyTable) -> list[Network]:
     """The whole networks a table's calibration is fitted on: ``reference: N`` in the space's calibration section
-    means N pruned members of its families (:func:`pluto.cost.adapt.reference_networks`), else the space's own."""
+    means N pruned members of its families at each precision (:func:`pluto.cost.adapt.reference_networks`), else
+    the space's own calibration networks."""
     n = (table.metadata.get("space", {}).get("calibration") or {}).get("reference")
     if n:
         from pluto.cost.adapt import reference_networks
 
-        return [(label, model, shape) for label, _, model, shape in reference_networks(table, int(n))]
+        nets = {}
+        for precision in table.precisions:
+            for label, _, model, shape in reference_networks(table, int(n), precision=precision):
+                nets.setdefault(label, (label, model, shape))
+        return list(nets.values())
     return ProfileSpace.from_dict(table.metadata["space"]).calibration_networks()
 
 
@@ -427,7 +432,7 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
     """Time whole ``networks`` end to end, store the measurements and fit the calibration (``refit``)."""
     batch = table.metadata["batch"]
     for precision in precisions:
-        nets = [(label, model, shape) for label, model, shape in networks if _priceable(table, model, shape, precision)]
+        nets = [(label, model, shape) for label, model, shape in networks if priceable(table, model, shape, precision)]
         works = [prepare_network(rt, model, shape, precision, batch) for _, model, shape in nets]
         timed = measure_interleaved(rt, works, rounds=3, samples=samples, min_sample_s=min_sample_s,
                                     progress=progress, desc=f"calibrate {precision}")
@@ -442,7 +447,7 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
     refit(table, networks)
 
 
-def _priceable(table: LatencyTable, model, shape, precision: str) -> bool:
+def priceable(table: LatencyTable, model, shape, precision: str) -> bool:
     """Whether every op of ``model`` has entries at ``precision`` (int8 may cover fewer families than fp32)."""
     try:
         table.summed(extract_ops(model, shape), "latency_ms", precision)
