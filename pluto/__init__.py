@@ -28,6 +28,8 @@ _EXPORTS = {
     "derive": "pluto.decisions.ops.derive",
     "prepare_qat": "pluto.decisions.bits",
     "export_onnx": "pluto.materialize.export",
+    "save": "pluto.materialize.saving",
+    "load": "pluto.materialize.saving",
     "DistillationLoss": "pluto.optimizer.distillation",
     "Constraint": "pluto.optimizer.constraints",
     "LagrangianObjective": "pluto.optimizer.lagrangian",
@@ -40,7 +42,15 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    """Import on first use, so ``import pluto`` stays light and one broken extra cannot break the rest."""
+    """Import on first use, so ``import pluto`` stays light and one broken extra cannot break the rest.
+
+    ``materialize`` names both a function and the subpackage ``pluto.materialize``; importing the subpackage
+    binds the package to ``pluto.materialize``, so the package itself is callable (see
+    ``pluto/materialize/__init__.py``) and ``pluto.materialize(model)`` works however often it is called."""
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        if name == "materialize":
+            value = importlib.import_module("pluto.materialize")
+        globals()[name] = value  # later lookups skip __getattr__ and stay the same object
+        return value
     raise AttributeError(f"module 'pluto' has no attribute {name!r}")

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from pluto.cost.table import LatencyTable
+from pluto.engine.run import holds_run
 from pluto.errors import ConfigError
 
 
@@ -30,6 +31,44 @@ class CompressionResult:
     def __repr__(self) -> str:
         shown = {k: round(v, 4) for k, v in self.metrics.items() if isinstance(v, float)}
         return f"CompressionResult(run_dir={str(self.run_dir)!r}, {shown})"
+
+
+def check_model_output(model: nn.Module, spec) -> None:
+    """ConfigError unless ``model`` maps a batch of ``spec``'s images to a ``(batch, num_classes)`` logits tensor.
+
+    Checked once before training (in eval mode, with the RNG state restored) so that a model returning a dict,
+    a tuple or the wrong number of classes is named up front instead of failing deep inside the loss."""
+    import torch
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be an nn.Module or a registry name, got {type(model).__name__}")
+    x = torch.zeros((2, *spec.input_shape[1:]))
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model.eval()
+        try:
+            out = model(x.to(device))
+        except Exception as exc:
+            raise ConfigError(f"{type(model).__name__} fails on a batch of the data's images {tuple(x.shape)} "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check that "
+                              "it accepts that input shape") from exc
+        finally:
+            model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        kind = type(out).__name__
+        raise ConfigError(f"{type(model).__name__} returns a {kind}, but pluto trains on a logits tensor of shape "
+                          f"(batch, {spec.num_classes}); wrap it so forward returns the logits (e.g. "
+                          "out['logits'] or out[0])")
+    if out.dim() != 2 or out.shape[0] != 2 or out.shape[1] != spec.num_classes:
+        raise ConfigError(f"{type(model).__name__} returns shape {tuple(out.shape)} for a batch of 2 images, but the "
+                          f"data has {spec.num_classes} classes: expected (2, {spec.num_classes}); set the model's "
+                          "number of outputs to the class count")
+    if not out.dtype.is_floating_point:
+        raise ConfigError(f"{type(model).__name__} returns {out.dtype} values; logits must be floating point")
 
 
 def _table_path(table: LatencyTable | str | Path | None, run_dir: Path) -> str | None:
@@ -74,6 +113,8 @@ def compress(
     from pluto.train import compose, execute
 
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="pluto-"))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir={run_dir} is a file; pass a folder for the run's records")
     run_dir.mkdir(parents=True, exist_ok=True)
     args = ["compress=joint", "constraints=none", "logger=tensorboard"]
     if isinstance(model, str):  # its config group when there is one (its constructor defaults), else just the name
@@ -83,7 +124,7 @@ def compress(
     if isinstance(data, str):
         args.append(f"data={data}")
     args.append(f"task={task or _task_of(data)}")
-    table_path = _table_path(table, run_dir)
+    table_path = None if table is None else str(table) if isinstance(table, (str, Path)) else str(run_dir / "table")
     args.append(f"hw.table={table_path if table_path else 'null'}")
     if precision:
         args.append(f"hw.precision={precision}")
@@ -97,9 +138,14 @@ def compress(
         args.append(f"compress.epochs.{phase}={n}")
     for key, value in compress_options.items():
         args.append(f"compress.{key}={json.dumps(value) if isinstance(value, (list, tuple)) else value}")
-    cfg = compose([*args, *overrides])
     if not isinstance(model, (str, nn.Module)):
         raise ConfigError(f"model must be an nn.Module or a registry name, got {type(model).__name__}")
+    cfg = compose([*args, *overrides], validate=False)
+    if not cfg.trainer.resume and holds_run(run_dir):  # checked before the table is written into the folder
+        raise ConfigError(f"{run_dir} already holds a run; pass another run_dir, or overrides=['trainer.resume=true'] "
+                          "to continue it")
+    if isinstance(table, LatencyTable) and not (cfg.trainer.resume and (run_dir / "table").exists()):
+        _table_path(table, run_dir)
     metrics, final = execute(cfg, run_dir, model=None if isinstance(model, str) else model,
                              datasets=None if isinstance(data, str) else tuple(data))
     report_file = run_dir / "report.json"

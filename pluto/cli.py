@@ -5,7 +5,7 @@ Each area of pluto owns its subcommands and registers them here through a
 
 - ``pluto.cost.commands``: profile, predict, validate, table
 - ``pluto.materialize.commands``: export
-- ``pluto.optimizer.commands``: sweep
+- ``pluto.sweep``: sweep
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pluto.errors import PlutoError
 COMMAND_MODULES = (
     "pluto.cost.commands",
     "pluto.materialize.commands",
-    "pluto.optimizer.commands",
+    "pluto.sweep",
 )
 
 

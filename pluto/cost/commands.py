@@ -16,7 +16,30 @@ def _shape(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"input shape {text!r} must look like 1,28,28 (C,H,W)") from exc
     if len(shape) != 3:
         raise argparse.ArgumentTypeError(f"input shape {text!r} must have 3 values C,H,W")
+    if not (1 <= shape[0] <= 4096 and all(8 <= v <= 8192 for v in shape[1:])):
+        raise argparse.ArgumentTypeError(f"input shape {text!r}: channels must be in 1..4096 and H, W in 8..8192")
     return shape
+
+
+def _bounded(kind: type, lo: float, hi: float | None = None, lo_open: bool = False):
+    """An argparse type: a number of ``kind`` in [lo, hi] (or (lo, hi] with ``lo_open``), else a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}")
+        if value != value or (lo_open and value <= lo) or value < lo or (hi is not None and value > hi):
+            bound = f"> {lo:g}" if lo_open else f">= {lo:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bound}"
+                                             + (f" and <= {hi:g}" if hi is not None else ""))
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+MODEL_HELP = ("registry name (pluto.models), 'package.module:function' returning an nn.Module, or a .pt checkpoint "
+              "saved as {'model': registry name, 'kwargs': {...}, 'state_dict': ...}. NOTE: 'module:function' "
+              "imports that module and calls that function with your user's rights - pass only code you trust")
 
 
 def register(subparsers) -> None:
@@ -24,25 +47,45 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--runtime", choices=("torch", "onnxruntime", "cudagraph"), default="onnxruntime")
     p.add_argument("--precision", default="fp32", help="comma list of fp32,fp16,int8")
-    p.add_argument("--space", required=True, help="space config YAML, e.g. configs/space/fmnist_cifar.yaml")
+    p.add_argument("--space", default=None, help="space config YAML, e.g. configs/space/fmnist_cifar.yaml")
+    p.add_argument("--model", default=None,
+                   help="comma list of registry models: add exactly their ops and pruned widths (with --input-shape) "
+                        "to the table; into an existing --out table they are merged with its space")
+    p.add_argument("--input-shape", type=_shape, action="append", default=None,
+                   help="C,H,W for --model (repeat for several, e.g. --input-shape 1,28,28 --input-shape 3,32,32)")
     p.add_argument("--out", required=True, help="table folder, e.g. latency_tables/cpu_ort")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="intra-op threads on CPU (fixed for reproducibility)")
+    p.add_argument("--batch", type=_bounded(int, 1, 65536), default=1)
+    p.add_argument("--threads", type=_bounded(int, 1, 4096), default=1,
+                   help="intra-op threads on CPU (fixed for reproducibility)")
     p.add_argument("--energy", default="auto", choices=("auto", "nvml", "rapl", "none"))
-    p.add_argument("--samples", type=int, default=30, help="timed samples per entry (median, IQR, Tukey outliers)")
-    p.add_argument("--energy-window", type=float, default=0.3, help="seconds of sustained loop per energy reading")
-    p.add_argument("--limit", type=int, default=None, help="measure at most this many new entries, then stop")
+    p.add_argument("--samples", type=_bounded(int, 3, 100_000), default=24,
+                   help="timed samples per entry, split over --rounds (median, IQR, Tukey outliers; at least 3)")
+    p.add_argument("--rounds", type=_bounded(int, 1, 1000), default=3,
+                   help="interleaved rounds per entry (median of round medians)")
+    p.add_argument("--chunk", type=_bounded(int, 1, 100_000), default=64,
+                   help="units kept prepared while their rounds interleave")
+    p.add_argument("--no-pin", action="store_true", help="do not pin single-threaded profiling to one core")
+    p.add_argument("--precision-space", action="append", default=None, metavar="PRECISION=SPACE",
+                   help="profile PRECISION only over this (smaller) space, e.g. int8=configs/space/cpu_int8.yaml")
+    p.add_argument("--energy-window", type=_bounded(float, 0.0, 600.0, lo_open=True), default=0.3,
+                   help="seconds of sustained loop per energy reading")
+    p.add_argument("--limit", type=_bounded(int, 1), default=None, help="measure at most this many new entries, then stop")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_profile)
 
     p = subparsers.add_parser("predict", help="predicted latency/energy of a model from a table")
     _model_args(p)
     p.add_argument("--metric", default="latency_ms", choices=("latency_ms", "energy_mj", "size_bytes", "macs"))
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 2) instead of warning when the model has ops outside the table's measured "
+                        "resolutions or channel counts")
     p.set_defaults(func=_predict)
 
     p = subparsers.add_parser("validate", help="measure a model now on this machine and compare with the table")
     _model_args(p)
-    p.add_argument("--tolerance", type=float, default=10.0, help="percent error counted as a pass")
+    p.add_argument("--tolerance", type=_bounded(float, 0.0, 1e6, lo_open=True), default=10.0,
+                   help="percent error counted as a pass")
+    p.add_argument("--strict", action="store_true", help="refuse models the table did not measure (see predict)")
     p.set_defaults(func=_validate)
 
     p = subparsers.add_parser("measure", help="measure finished compression runs on the table's chip; verdict per constraint")
@@ -58,10 +101,19 @@ def register(subparsers) -> None:
     q = sub.add_parser("show", help="print a table's metadata summary")
     q.add_argument("table")
     q.set_defaults(func=_show)
-    q = sub.add_parser("calibrate", help="re-measure a table's whole calibration networks on this machine and re-fit")
+    q = sub.add_parser("calibrate", help="adapt a table to this machine in under a minute: time reference kernels and "
+                                         "<= 20 reference networks here, refit the calibration")
     q.add_argument("table")
-    q.add_argument("--space", default=None, help="take the calibration section from this space config")
+    q.add_argument("--out", default=None, help="write the adapted table here (default: in place)")
+    q.add_argument("--networks", type=_bounded(int, 3, 200), default=20, help="reference networks to time")
+    q.add_argument("--rounds", type=_bounded(int, 1, 100), default=3)
+    q.add_argument("--samples", type=_bounded(int, 3, 10_000), default=24)
+    q.add_argument("--prior", type=_bounded(float, 0.0, 1e6), default=0.3,
+                   help="pull of the refit towards the table's own fit (transfer); 0 = fit the references alone")
     q.set_defaults(func=_calibrate)
+    q = sub.add_parser("check", help="time the reference kernels here: does the table describe this machine?")
+    q.add_argument("table")
+    q.set_defaults(func=_check)
     q = sub.add_parser("refit", help="re-fit a table's calibration from its stored whole-network measurements")
     q.add_argument("table")
     q.set_defaults(func=_refit)
@@ -75,9 +127,7 @@ def register(subparsers) -> None:
 
 def _model_args(p) -> None:
     p.add_argument("--table", required=True, help="table folder, e.g. latency_tables/cpu_ort")
-    p.add_argument("--model", required=True,
-                   help="registry name (pluto.models), 'package.module:function' returning an nn.Module, or a .pt "
-                        "checkpoint saved as {'model': registry name, 'kwargs': {...}, 'state_dict': ...}")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--input-shape", type=_shape, default=(1, 28, 28), help="C,H,W (default 1,28,28)")
     p.add_argument("--precision", default="fp32")
     p.add_argument("--kwargs", default="", help="model constructor kwargs, e.g. width=0.5")
@@ -106,37 +156,119 @@ def load_model(spec: str, input_shape: tuple[int, ...], kwargs: dict | None = No
     if spec.endswith((".pt", ".pth")):
         if not Path(spec).exists():
             raise ConfigError(f"no checkpoint at {spec}")
-        ckpt = torch.load(spec, weights_only=True, map_location="cpu")
-        if not isinstance(ckpt, dict) or "model" not in ckpt:
+        from pluto.engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(spec)
+        if not isinstance(ckpt.get("model"), str) or not isinstance(ckpt.get("state_dict"), dict):
             raise ConfigError(f"{spec} is not a pluto model checkpoint (needs keys 'model' and 'state_dict'); "
                               "pass a registry name with --kwargs instead")
-        model = create_model(ckpt["model"], in_channels=input_shape[0], input_size=input_shape[-1],
-                             **ckpt.get("kwargs", {}))
-        model.load_state_dict(ckpt["state_dict"], strict=False)
+        model = _build(create_model, ckpt["model"], input_shape, ckpt.get("kwargs") or {})
+        try:
+            model.load_state_dict(ckpt["state_dict"], strict=False)
+        except RuntimeError as exc:
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+            raise ConfigError(f"{spec}'s state_dict does not fit model {ckpt['model']!r} ({detail})") from exc
         return model.eval()
-    if ":" in spec:
+    if ":" in spec:  # runs the named code with the user's rights (documented in --model's help and the README)
         module_name, _, fn = spec.partition(":")
         try:
-            return getattr(importlib.import_module(module_name), fn)(**kwargs).eval()
-        except (ImportError, AttributeError) as exc:
+            factory = getattr(importlib.import_module(module_name), fn)
+        except (ImportError, AttributeError, ValueError) as exc:
             raise ConfigError(f"cannot import model factory {spec!r}: {exc}") from exc
+        if not callable(factory):
+            raise ConfigError(f"{spec} is a {type(factory).__name__}, not a function returning an nn.Module")
+        try:
+            model = factory(**kwargs)
+        except TypeError as exc:
+            raise ConfigError(f"{spec}(**{kwargs}) failed: {exc}; check --kwargs") from exc
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"{spec} returned a {type(model).__name__}, not an nn.Module")
+        return model.eval()
     if spec.endswith(".onnx"):
         raise ConfigError("pluto predicts from PyTorch models (the table keys come from a torch.fx trace); pass the "
                           "registry name or 'module:function' the ONNX file was exported from")
     if spec not in list_models():
         raise ConfigError(f"unknown model {spec!r}; registered: {', '.join(list_models())}")
-    return create_model(spec, in_channels=input_shape[0], input_size=input_shape[-1], **kwargs).eval()
+    return _build(create_model, spec, input_shape, kwargs).eval()
+
+
+def _build(create_model, name: str, input_shape: tuple[int, ...], kwargs) -> "torch.nn.Module":
+    """create_model with a ConfigError naming the arguments when they do not fit the model."""
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"model kwargs must be key=value pairs, got {kwargs!r}")
+    try:
+        return create_model(name, in_channels=input_shape[0], input_size=input_shape[-1], **kwargs)
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:
+        raise ConfigError(f"model {name!r} cannot be built with input {input_shape} and {kwargs or 'no kwargs'} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check --kwargs "
+                          "and --input-shape") from exc
+
+
+ZOO_SPACE = {"channel_grid": [8, 16, 32, 64, 128, 256, 512, 1024, 2048], "min_width": 0.25, "align": 8,
+             "calibration": {"mbconv": 0, "resnet": 0, "models": True, "seed": 0}}
+
+
+def profile_space(space_path: str | None, models: str | None, shapes: list[tuple[int, ...]] | None,
+                  out: Path) -> "ProfileSpace":
+    """The space to profile: ``--space``, plus ``--model`` entries, merged into ``out``'s existing space if any."""
+    import json
+
+    from pluto.cost.space import ProfileSpace
+    from pluto.models import list_models
+
+    if not space_path and not models:
+        raise ConfigError("pluto profile needs --space FILE or --model NAME[,NAME...] (or both)")
+    data: dict = {}
+    meta = out / "metadata.json"
+    if meta.exists():
+        try:
+            data = dict(json.loads(meta.read_text()).get("space") or {})
+        except json.JSONDecodeError as exc:
+            raise TableError(f"{meta} is corrupt ({exc}); delete {out} or choose another --out") from exc
+    if space_path:
+        new = ProfileSpace.load(space_path).source
+        for key, value in new.items():
+            if key in ("models", "mbconv", "resnet") and data.get(key):
+                value = data[key] + [v for v in value if v not in data[key]]
+            data[key] = value
+    if models:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        unknown = [m for m in names if m not in list_models()]
+        if unknown:
+            raise ConfigError(f"unknown model(s) {unknown}; registered: {', '.join(list_models())}")
+        entries = [{"name": n, "input_shape": list(sh)} for n in names for sh in (shapes or [(1, 28, 28)])]
+        for key, value in ZOO_SPACE.items():
+            data.setdefault(key, value)
+        data["models"] = list(data.get("models") or []) + [e for e in entries if e not in (data.get("models") or [])]
+    data.setdefault("name", out.name)
+    return ProfileSpace.from_dict(data)
+
+
+def _precision_spaces(items: list[str] | None) -> dict:
+    from pluto.cost.space import ProfileSpace
+
+    out = {}
+    for item in items or []:
+        precision, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"--precision-space {item!r}: write PRECISION=SPACE_YAML, e.g. int8=configs/space/cpu_int8.yaml")
+        out[precision.strip()] = ProfileSpace.load(path.strip())
+    return out
 
 
 def _profile(args) -> int:
     from pluto.cost.profiler import profile
-    from pluto.cost.space import ProfileSpace
 
+    if args.batch < 1 or args.threads < 1 or args.samples < 3 or args.rounds < 1:
+        raise ConfigError(f"--batch, --threads and --rounds must be >= 1 and --samples >= 3 (got batch {args.batch}, "
+                          f"threads {args.threads}, rounds {args.rounds}, samples {args.samples})")
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     command = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    table = profile(ProfileSpace.load(args.space), args.out, args.device, args.runtime, precisions, args.batch,
+    space = profile_space(args.space, args.model, args.input_shape, Path(args.out))
+    table = profile(space, args.out, args.device, args.runtime, precisions, args.batch,
                     args.threads, args.energy, args.samples, energy_window_s=args.energy_window, command=command,
-                    progress=not args.no_progress, limit=args.limit)
+                    progress=not args.no_progress, limit=args.limit, rounds=args.rounds, chunk=args.chunk,
+                    pin=not args.no_pin, precision_spaces=_precision_spaces(args.precision_space))
     state = "complete" if table.metadata.get("complete") else "incomplete (re-run the same command to resume)"
     print(f"{table}: {state}")
     for precision, fit in table.metadata.get("calibration", {}).items():
@@ -159,11 +291,26 @@ def _predict(args) -> int:
         print(f"{args.model}: {value:.0f} {args.metric.split('_')[0]}")
         return 0
     table = LatencyTable.load(args.table)
+    table._require(args.metric, args.precision)
+    _coverage(table, ops, args.precision, args.strict)
     value = table.predict_ops(ops, args.metric, args.precision)
     unit = "ms" if args.metric == "latency_ms" else "mJ"
     print(f"{args.model} {'x'.join(map(str, args.input_shape))} on {table.device['name']} / {table.runtime} "
           f"{args.precision}, batch {table.metadata['batch']}: {value:.4f} {unit} ({len(ops)} ops)")
     return 0
+
+
+def _coverage(table, ops, precision: str, strict: bool) -> None:
+    """Say so (or refuse with --strict) when the prediction extrapolates beyond what the table measured."""
+    import warnings
+
+    from pluto.cost.coverage import PredictionRangeWarning, check_coverage
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PredictionRangeWarning)
+        check_coverage(table, ops, precision, strict=strict)
+    for warning in caught:
+        print(f"pluto: warning: {warning.message} (--strict refuses such predictions)", file=sys.stderr)
 
 
 def _validate(args) -> int:
@@ -183,6 +330,8 @@ def _validate(args) -> int:
         print(f"note: {note}")
     model = load_model(args.model, args.input_shape, _kwargs(args.kwargs))
     ops = extract_ops(model, args.input_shape)
+    table._require("latency_ms", args.precision)
+    _coverage(table, ops, args.precision, args.strict)
     if args.precision == "int8":
         import torch
 
@@ -303,24 +452,34 @@ def _refit(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from pluto.cost.energy import open_meter
-    from pluto.cost.profiler import calibrate
-    from pluto.cost.runtimes import Runtime, device_info
-    from pluto.cost.space import ProfileSpace
+    from pluto.cost.adapt import adapt
     from pluto.cost.table import LatencyTable
 
     table = LatencyTable.load(args.table)
-    device = table.device["type"]
-    here = device_info(device) if device == "cpu" or _cuda() else {"name": "no CUDA device"}
-    if here["name"] != table.device["name"]:
-        raise TableError(f"table {args.table} was measured on '{table.device['name']}', this machine has "
-                         f"'{here['name']}'; calibrate it on that device.")
-    if args.space:
-        table.metadata["space"]["calibration"] = ProfileSpace.load(args.space).calibration
-        table.metadata["calibration_command"] = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    runtime = Runtime(table.runtime, device, table.metadata.get("threads") or 1)
-    meter = open_meter("auto", device) if "energy_mj" in table.metrics else None
-    space = ProfileSpace.from_dict(table.metadata["space"])
-    calibrate(table, runtime, space.calibration_networks(), table.precisions, meter)
-    table.save(args.table)
+    summary = adapt(table, n=args.networks, rounds=args.rounds, samples=args.samples, prior=args.prior)
+    table.metadata["calibration_command"] = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    out = args.out or args.table
+    table.save(out)
+    print(f"adapted {args.table} -> {out} on {summary['machine']} in {summary['seconds']} s "
+          f"({summary['networks']} reference networks)")
+    for precision, p in summary["precisions"].items():
+        if "skipped" in p:
+            print(f"  {precision}: not adapted ({p['skipped']})")
+            continue
+        ratios = [v for v in p["kernel_ratio"].values() if v == v]
+        kr = f"reference kernels {min(ratios):.2f}-{max(ratios):.2f}x the table's; " if ratios else ""
+        print(f"  {precision}: {kr}reference-network MAPE {p['mape_before_pct']:.1f}% -> {p['mape_after_pct']:.1f}%")
+    args.table = out
     return _show(args)
+
+
+def _check(args) -> int:
+    from pluto.cost.adapt import check
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    result = check(table)
+    print(result["message"])
+    for k, r in result["ratios"].items():
+        print(f"  {k}: {r:.2f}x")
+    return 0 if result["agrees"] else 1

@@ -13,6 +13,8 @@ import os
 import platform
 from functools import lru_cache
 
+from pluto.errors import ConfigError
+
 # Flags that select different onnxruntime / oneDNN / MLAS kernels on x86 (and their Arm counterparts).
 KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
                 "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
@@ -76,6 +78,43 @@ def has_vnni(facts: dict | None = None) -> bool:
     """Whether int8 dot products run on VNNI (AVX512-VNNI / AVX-VNNI / AMX): U8S8 kernels are then exact and fast."""
     flags = set((facts or cpu_facts())["flags"])
     return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+INT8_WEIGHT_TYPES = ("s8", "u8")
+INT8_KERNELS = {"s8": "U8S8", "u8": "U8U8"}  # onnxruntime's kernel for uint8 activations x these weights
+INT8_WEIGHTS_ENV = "PLUTO_INT8_WEIGHTS"
+
+
+def int8_weight_type(override: str | None = None, facts: dict | None = None) -> str:
+    """The int8 weight type that is exact and fastest on this CPU: ``'s8'`` (U8S8 kernels) or ``'u8'`` (U8U8).
+
+    Without VNNI (AVX2 only), onnxruntime's U8S8 kernels sum pairs of u8 x s8 products in int16 and
+    saturate (a trained small_cnn lost 3 points), so weights are uint8 there. With VNNI / AMX the U8S8
+    kernels accumulate in int32 (exact) and are the fast ones (mobilenet_v2 0.49 ms U8S8 vs 0.69 ms U8U8).
+    Precedence: ``override``, then the environment variable ``PLUTO_INT8_WEIGHTS``, then the CPU flags.
+    """
+    for value, where in ((override, "int8 weight type"), (os.environ.get(INT8_WEIGHTS_ENV) or None, INT8_WEIGHTS_ENV)):
+        if value is None:
+            continue
+        value = {"int8": "s8", "uint8": "u8"}.get(str(value).lower(), str(value).lower())
+        if value not in INT8_WEIGHT_TYPES:
+            raise ConfigError(f"{where} {value!r} is not one of {', '.join(INT8_WEIGHT_TYPES)} (s8: int8 weights, "
+                              "U8S8 kernels, exact with VNNI/AMX; u8: uint8 weights, U8U8 kernels, exact everywhere)")
+        return value
+    return "s8" if has_vnni(facts) else "u8"
+
+
+def int8_weights_mismatch(table_metadata: dict, weight_type: str | None = None) -> str | None:
+    """One line saying that a table's int8 entries were profiled with other int8 weights (hence other kernels)
+    than this machine exports (``weight_type`` None: :func:`int8_weight_type`), or None (same, or not recorded)."""
+    runtime = table_metadata.get("runtime", {}) if isinstance(table_metadata, dict) else {}
+    made = runtime.get("int8_weights") if isinstance(runtime, dict) else None
+    here = int8_weight_type(weight_type)
+    if made is None or made == here or "int8" not in table_metadata.get("precisions", ["int8"]):
+        return None
+    return (f"table {table_metadata.get('name', '?')} priced int8 with {made} weights ({INT8_KERNELS.get(made, '?')} "
+            f"kernels); this machine exports {here} ({INT8_KERNELS[here]}): set {INT8_WEIGHTS_ENV}={made} to deploy "
+            f"what the table priced, or profile int8 here")
 
 
 def describe(facts: dict | None = None) -> str:

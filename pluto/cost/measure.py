@@ -73,14 +73,18 @@ def with_fp16_layers(model: nn.Module, bits: dict[str, int]) -> nn.Module:
     return model
 
 
-def deployable_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> Path:
-    """Write what a deployment runs: int8 QDQ ONNX for a quantization-aware model, fp32 ONNX otherwise."""
+def deployable_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path,
+                    weight_type: str | None = None) -> Path:
+    """Write what a deployment runs: int8 QDQ ONNX for a quantization-aware model, fp32 ONNX otherwise.
+
+    ``weight_type``: int8 weights 's8' or 'u8' (the chip's, from its table); None: this machine's choice."""
     from pluto.decisions.bits import bit_choices
     from pluto.materialize.export import export_onnx
 
     example = torch.randn(1, *input_shape[-3:])
     quantized = bool(bit_choices(model))
-    return Path(export_onnx(copy.deepcopy(model).cpu().eval(), example, path, int8=quantized))
+    return Path(export_onnx(copy.deepcopy(model).cpu().eval(), example, path, int8=quantized,
+                            weight_type=weight_type if quantized else None))
 
 
 class Measurer:
@@ -93,6 +97,10 @@ class Measurer:
         self.batch = int(table.metadata.get("batch") or 1)
         self.threads = int(table.metadata.get("threads") or 1)
         self.device = table.device.get("type", "cpu")
+
+    def weight_type(self) -> str | None:
+        """int8 weight type the table's chip runs: recorded in the table, else this machine's (local measurement)."""
+        return (self.table.metadata.get("runtime") or {}).get("int8_weights") if self.runner else None
 
     # ---- where ------------------------------------------------------------------------------
     def reachable(self) -> tuple[bool, str]:
@@ -148,7 +156,7 @@ class Measurer:
             raise ConfigError("measure needs input_shape=(1, C, H, W)")
         with tempfile.TemporaryDirectory() as tmp:
             if onnx is None and model is not None and (self.runner or self.table.runtime == "onnxruntime"):
-                onnx = deployable_onnx(model, input_shape, Path(tmp) / "model.onnx")
+                onnx = deployable_onnx(model, input_shape, Path(tmp) / "model.onnx", self.weight_type())
             if self.runner:
                 return self._remote(Path(onnx))
             return self._local(model, Path(onnx) if onnx else None, tuple(input_shape), bits)

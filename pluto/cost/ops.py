@@ -20,6 +20,9 @@ add       elementwise add of two feature maps (+ fused activation)     cout
 mul       elementwise / broadcast multiply (squeeze-excite scale)      cout
 act       stand-alone activation                                       cout
 bn        stand-alone BatchNorm (not after a conv)                     cout
+concat    channel concatenation (ShuffleNet, DenseNet, Inception)      cout (output)
+split     channel split / chunk into two halves                        cout (input)
+shuffle   channel shuffle (view -> transpose -> view of a 5-D map)     cout
 pixel_shuffle  PixelShuffle / DepthToSpace, block ``kernel`` = r:      cout (output)
           ``cout * r^2`` channels at ``hw`` -> ``cout`` at ``r * hw``
 upsample  F.interpolate / nn.Upsample by ``kernel`` = scale factor     cout
@@ -43,7 +46,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from pluto.errors import UnsupportedModelError
 
-KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act", "bn", "pixel_shuffle", "upsample")
+KINDS = ("conv", "dwconv", "linear", "pool", "gap", "add", "mul", "act", "bn", "concat", "split", "shuffle",
+         "pixel_shuffle", "upsample")
 UPSAMPLING_KINDS = ("pixel_shuffle", "upsample")  # ops whose output is ``kernel`` times larger than their input
 MATRIX_KINDS = ("conv", "linear")  # priced on a cin x cout grid; the others on a 1-D channel grid
 
@@ -62,9 +66,11 @@ _MUL = {operator.mul, operator.imul, torch.mul}
 _PIXEL_SHUFFLE = {F.pixel_shuffle, torch.pixel_shuffle}
 _INTERPOLATE = {F.interpolate, F.upsample, F.upsample_bilinear, F.upsample_nearest}
 _FREE_FUNCTIONS = {torch.flatten, operator.getitem, getattr, torch.reshape, F.dropout, torch.squeeze,
-                   torch.unsqueeze, torch.permute, torch.transpose}
-_FREE_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "squeeze", "unsqueeze", "permute",
-                 "transpose", "dim", "__getitem__", "expand_as", "expand"}
+                   torch.unsqueeze}
+_FREE_METHODS = {"view", "reshape", "flatten", "size", "contiguous", "squeeze", "unsqueeze", "dim", "__getitem__",
+                 "expand_as", "expand"}
+_TRANSPOSES = {torch.permute, torch.transpose, "permute", "transpose"}
+_SPLITS = {torch.chunk, torch.split, "chunk", "split"}
 _FREE_MODULE_NAMES = {"Identity", "Dropout", "Dropout2d", "Flatten", "Unflatten", "StochasticDepth"}
 
 
@@ -276,6 +282,15 @@ def extract_ops(model: nn.Module, input_shape: tuple[int, ...], strict: bool = T
             ops.append(OpSpec("add", name, channels, channels, hw=_hw(out_shape), act=act))
         elif node.op in ("call_function", "call_method") and (node.target in _MUL or node.target in ("mul", "mul_")):
             ops.append(OpSpec("mul", name, channels, channels, hw=_hw(out_shape)))
+        elif node.op == "call_function" and node.target in (torch.cat, torch.concat):
+            ops.append(OpSpec("concat", name, channels, channels, hw=_hw(out_shape)))
+        elif node.op in ("call_function", "call_method") and node.target in _SPLITS:
+            c_in = int(in_shape[1]) if len(in_shape) > 1 else 1
+            ops.append(OpSpec("split", name, c_in, c_in, hw=_hw(in_shape)))
+        elif node.op in ("call_function", "call_method") and node.target in _TRANSPOSES:
+            if len(in_shape) >= 5:  # a channel shuffle moves the whole map; 2-4-D transposes of tokens are views
+                c_all = int(math.prod(in_shape[1:-2]))
+                ops.append(OpSpec("shuffle", name, c_all, c_all, hw=_hw(in_shape)))
         elif isinstance(module, nn.PixelShuffle) or (node.op == "call_function" and node.target in _PIXEL_SHUFFLE):
             r = module.upscale_factor if module is not None else int(node.args[1] if len(node.args) > 1
                                                                       else node.kwargs["upscale_factor"])

@@ -8,11 +8,14 @@ per precision and metric, and seal the table (row count + SHA-256 in the metadat
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import datetime as dt
 import json
 import math
+import os
+import random
 import shlex
 import sys
 from pathlib import Path
@@ -22,16 +25,76 @@ import torch
 from tqdm import tqdm
 
 from pluto.cost import energy as energy_mod
-from pluto.cost.ops import extract_ops
+from pluto.cost.machine import cpu_facts, fingerprint
+from pluto.cost.ops import OpSpec, extract_ops
 from pluto.cost.table import weight_bytes
 from pluto.cost.runtimes import Prepared, Runtime, device_info, export_onnx, quantize_qdq, time_call
 from pluto.cost.space import Network, ProfileSpace
 from pluto.cost.table import ENTRIES, KEY_COLUMNS, METADATA, SCHEMA_VERSION, VALUE_COLUMNS, LatencyTable, \
     entry_key, read_entries
 from pluto.cost.units import Identity, build_unit
-from pluto.errors import TableError
+from pluto.errors import ConfigError, TableError
 
 COLUMNS = (*KEY_COLUMNS, *VALUE_COLUMNS)
+
+# Fixed kernels timed in every profiling round and by `pluto table calibrate`: their ratio between two machines (or
+# two moments) says whether a table still describes the machine at hand (HELP-style device embedding, by kernels).
+REFERENCE_KERNELS: tuple[tuple[str, OpSpec], ...] = (
+    ("conv3x3_64_28", OpSpec("conv", "ref_conv3x3", 64, 64, 3, 1, 1, 28, "relu", True)),
+    ("conv1x1_128_14", OpSpec("conv", "ref_conv1x1", 128, 128, 1, 1, 1, 14, "relu", True)),
+    ("dwconv3x3_96_28", OpSpec("dwconv", "ref_dw3x3", 96, 96, 3, 1, 96, 28, "relu6", True)),
+    ("linear_512", OpSpec("linear", "ref_linear", 512, 512)),
+    ("add_64_28", OpSpec("add", "ref_add", 64, 64, hw=28, act="relu")),
+)
+
+
+class _ReferenceKernels:
+    """The reference kernels prepared once and timed at the start of every round (per precision)."""
+
+    def __init__(self, rt: Runtime, precisions, batch: int, unroll: int):
+        self.rt = rt
+        self.works = {(p, name): rt.prepare(*build_unit(op, batch), p, unroll)
+                      for p in precisions for name, op in REFERENCE_KERNELS}
+        self.times: dict[tuple[str, str], list[float]] = {k: [] for k in self.works}
+
+    def time_all(self, samples: int, min_sample_s: float) -> dict[tuple[str, str], float]:
+        out = {}
+        for key, work in self.works.items():
+            out[key] = time_call(work, samples=samples, min_sample_s=min_sample_s, clock=self.rt.clock).median_ms
+            self.times[key].append(out[key])
+        return out
+
+    def summary(self, old: dict | None = None) -> dict:
+        """``{precision: {kernel: {median_ms, drift_pct, n}}}``: drift = (p90 - p10) / median over the profile."""
+        out = {p: dict(v) for p, v in (old or {}).items() if isinstance(v, dict)}
+        for (p, name), values in self.times.items():
+            if not values:
+                continue
+            arr = np.asarray(values)
+            med = float(np.median(arr))
+            out.setdefault(p, {})[name] = {"median_ms": med, "n": int(arr.size),
+                                           "drift_pct": float((np.percentile(arr, 90) - np.percentile(arr, 10))
+                                                              / med * 100)}
+        return out
+
+
+@contextlib.contextmanager
+def _pinned(enabled: bool):
+    """Pin this process to one core while single-threaded profiling runs (where the OS allows it)."""
+    if not enabled or not hasattr(os, "sched_getaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {max(before)})
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, before)
 
 
 def _read_intact_rows(path: Path) -> list[list[str]]:
@@ -77,6 +140,49 @@ def measure(runtime: Runtime, work: Prepared, meter=None, samples: int = 30, min
     return timing.median_ms, timing.iqr_ms, timing.n, mj
 
 
+def probe_alignment(rt: Runtime, hw: int = 14) -> tuple[int, dict]:
+    """Measure the channel multiple the runtime's fast conv kernels need (ORT's NCHWc block: 8 on AVX2, 16 on AVX-512).
+
+    3x3 convs at c = 48, 56, 64 (multiples of 16 and of 8 only) and 40, 44 (multiple of 8 and of 4 only): a
+    width whose time per MAC is > 12 % above its aligned neighbours' runs on slower kernels."""
+    from pluto.cost.units import build_unit
+
+    widths = (40, 44, 48, 56, 64)
+    works = [rt.prepare(*build_unit(OpSpec("conv", f"probe{c}", c, c, 3, 1, 1, hw, "relu", True), 1), "fp32")
+             for c in widths]
+    times = measure_interleaved(rt, works, rounds=5, samples=25, min_sample_s=0.001)
+    per_mac = {c: t / (c * c) for c, (t, _) in zip(widths, times)}
+    slow16 = per_mac[56] > 1.12 * min(per_mac[48], per_mac[64])
+    slow8 = per_mac[44] > 1.12 * min(per_mac[40], per_mac[48])
+    align = 16 if slow16 else 8 if slow8 else 4
+    return align, {"conv3x3_hw": hw, "ms": {str(c): t for c, (t, _) in zip(widths, times)},
+                   "per_mac_rel": {str(c): per_mac[c] / min(per_mac.values()) for c in widths},
+                   "rule": "16 if c=56 is >12 % slower per MAC than 48/64; else 8 if 44 vs 40/48; else 4"}
+
+
+def measure_interleaved(rt: Runtime, works: list[Prepared], rounds: int = 3, samples: int = 30,
+                        min_sample_s: float = 0.002, seed: int = 0, progress: bool = False,
+                        desc: str = "measure") -> list[tuple[float, float]]:
+    """(median of round medians ms, median IQR ms) per workload, timed in ``rounds`` rounds of shuffled order.
+
+    Randomized interleaving: what is compared is measured under the same load, so drift on a shared
+    machine moves all of them alike instead of whichever happened to run during a noisy spell."""
+    rng = random.Random(seed)
+    per_round = max(3, samples // rounds)
+    medians: list[list[float]] = [[] for _ in works]
+    iqrs: list[list[float]] = [[] for _ in works]
+    bar = tqdm(total=rounds * len(works), desc=desc, disable=not progress)
+    for r in range(rounds):
+        for i in rng.sample(range(len(works)), len(works)):
+            t = time_call(works[i], samples=per_round, min_sample_s=min_sample_s, clock=rt.clock,
+                          warmup_s=0.02 if r else 0.05)
+            medians[i].append(t.median_ms)
+            iqrs[i].append(t.iqr_ms)
+            bar.update(1)
+    bar.close()
+    return [(float(np.median(m)), float(np.median(q))) for m, q in zip(medians, iqrs)]
+
+
 def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, ...], precision: str,
                     batch: int = 1) -> Prepared:
     """A whole network as the runtime would deploy it (ORT: exported, int8 QDQ-quantized; GPU: one graph)."""
@@ -90,19 +196,22 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
     return runtime.prepare(model, (x,), precision)
 
 
-def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], prior: float = 0.05) -> dict:
+def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], prior: float = 0.05,
+                    prior_fit: dict | None = None) -> dict:
     """Fit ``measured = sum_g scale_g * summed_g + per_mb * weight_mb + per_op * n_ops + offset`` (all >= 0).
 
     ``points``: (entry sums per calibration group, weight megabytes, op count, measured cost) per
     whole network. ``per_op`` is per-unit dispatch overhead the isolated timings miss (eager
     PyTorch's Python module calls, ORT's per-node scheduling).
     Non-negative least squares on *relative* errors (rows scaled by 1 / measured, so small and
-    large networks count alike), with a weak pull (``prior``) of every group scale towards 1 so a
-    group the networks barely exercise keeps its measured entries. Records before/after MAPE (%).
+    large networks count alike), with a pull of weight ``prior`` towards ``prior_fit`` (an earlier fit,
+    e.g. the one made where the table was profiled: few-shot adaptation transfers it) or, without one,
+    of every group scale towards 1, so a group the networks barely exercise keeps its measured entries.
+    Records before/after MAPE (%).
     """
     from scipy.optimize import nnls
 
-    groups = sorted({g for point in points for g in point[0]})
+    groups = sorted({g for point in points for g in point[0]} | set((prior_fit or {}).get("scales", {})))
     meas = np.array([p[3] for p in points], dtype=float)
     sums = np.array([[p[0].get(g, 0.0) for g in groups] for p in points], dtype=float)
     mbs = np.array([p[1] for p in points], dtype=float)
@@ -110,15 +219,39 @@ def fit_calibration(points: list[tuple[dict[str, float], float, float, float]], 
     design = np.concatenate([sums, mbs[:, None], n_ops[:, None], np.ones((len(points), 1))], axis=1) / meas[:, None]
     target = np.ones(len(points))
     k = len(groups)
-    reg = np.zeros((k, k + 3))
-    reg[:, :k] = np.eye(k) * math.sqrt(prior * len(points))
-    coef, _ = nnls(np.concatenate([design, reg]), np.concatenate([target, np.full(k, math.sqrt(prior * len(points)))]))
+    if prior_fit:  # transfer: every coefficient pulled towards the earlier fit, in units of its typical share
+        base = np.array([prior_fit.get("scales", {}).get(g, prior_fit.get("scale", 1.0)) for g in groups]
+                        + [prior_fit.get("per_mb", 0.0), prior_fit.get("per_op", 0.0), prior_fit.get("offset", 0.0)])
+        share = np.abs(design).mean(axis=0) + 1e-12  # relative contribution of one unit of each coefficient
+        reg = np.diag(share) * math.sqrt(prior * len(points))
+        reg_target = reg @ base
+    else:
+        reg = np.zeros((k, k + 3))
+        reg[:, :k] = np.eye(k) * math.sqrt(prior * len(points))
+        reg_target = np.full(k, math.sqrt(prior * len(points)))
+    coef, _ = nnls(np.concatenate([design, reg]), np.concatenate([target, reg_target]))
     scales, per_mb, per_op, offset = coef[:k], coef[k], coef[k + 1], coef[k + 2]
     fitted = sums @ scales + per_mb * mbs + per_op * n_ops + offset
     mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
     return {"scales": {g: float(v) for g, v in zip(groups, scales)}, "per_mb": float(per_mb), "per_op": float(per_op),
             "offset": float(offset), "n_models": len(points), "mape_uncalibrated_pct": mape(sums.sum(axis=1)),
-            "mape_calibrated_pct": mape(fitted)}
+            "mape_calibrated_pct": mape(fitted), "prior": prior, "transfer": bool(prior_fit)}
+
+
+def calibration_networks(table: LatencyTable) -> list[Network]:
+    """The whole networks a table's calibration is fitted on: ``reference: N`` in the space's calibration section
+    means N pruned members of its families at each precision (:func:`pluto.cost.adapt.reference_networks`), else
+    the space's own calibration networks."""
+    n = (table.metadata.get("space", {}).get("calibration") or {}).get("reference")
+    if n:
+        from pluto.cost.adapt import reference_networks
+
+        nets = {}
+        for precision in table.precisions:
+            for label, _, model, shape in reference_networks(table, int(n), precision=precision):
+                nets.setdefault(label, (label, model, shape))
+        return list(nets.values())
+    return ProfileSpace.from_dict(table.metadata["space"]).calibration_networks()
 
 
 def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
@@ -127,7 +260,7 @@ def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
     The networks are rebuilt from the table's space (they are seeded), their entry sums recomputed
     with the current lookup, and the fit redone; nothing is re-measured, so this runs anywhere."""
     if networks is None:
-        networks = ProfileSpace.from_dict(table.metadata["space"]).calibration_networks()
+        networks = calibration_networks(table)
     by_label = {label: (model, shape) for label, model, shape in networks}
     for precision, cal in table.metadata.get("calibration", {}).items():
         for record in cal.get("networks", []):
@@ -149,14 +282,22 @@ def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
 
 def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: str = "onnxruntime",
             precisions: tuple[str, ...] = ("fp32",), batch: int = 1, threads: int = 1, energy: str = "auto",
-            samples: int = 30, min_sample_s: float = 0.002, energy_window_s: float = 0.3, unroll: int = 10,
-            command: str | None = None, progress: bool = True, limit: int | None = None) -> LatencyTable:
+            samples: int = 24, min_sample_s: float = 0.001, energy_window_s: float = 0.3, unroll: int = 10,
+            command: str | None = None, progress: bool = True, limit: int | None = None, rounds: int = 3,
+            chunk: int = 64, seed: int = 0, pin: bool = True,
+            precision_spaces: dict[str, ProfileSpace] | None = None) -> LatencyTable:
     """Measure ``space`` on this machine into table folder ``out`` and return the sealed table.
 
     ``threads``: intra-op threads (CPU); ``energy``: 'auto' | 'nvml' | 'rapl' | 'none';
     ``unroll``: unit copies per CUDA graph (amortises the graph launch); ``limit``: stop after that
-    many new entries (the table stays incomplete; re-run to resume).
+    many new entries (the table stays incomplete; re-run to resume); ``rounds``/``chunk``: randomized
+    interleaving (each entry timed in ``rounds`` shuffled rounds of ``samples / rounds`` samples while its
+    chunk of ``chunk`` units stays prepared); ``pin``: pin single-threaded CPU profiling to one core;
+    ``precision_spaces``: a smaller space for some precisions (e.g. int8 only for the int8 recipes' families).
     """
+    if batch < 1 or threads < 1 or samples < 3 or rounds < 1 or chunk < 1:
+        raise ConfigError(f"profile needs batch >= 1, threads >= 1, samples >= 3, rounds >= 1, chunk >= 1 (got batch "
+                          f"{batch}, threads {threads}, samples {samples}, rounds {rounds}, chunk {chunk})")
     rt = Runtime(runtime, device, threads)
     for precision in precisions:
         rt.check_precision(precision)
@@ -167,6 +308,8 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
     dev = device_info(device)
     settings = {"device_type": device, "device_name": dev["name"], "runtime": runtime, "batch": batch,
                 "threads": threads if device == "cpu" else None}
+    if device == "cpu":  # a table grows only on the kind of machine that started it (flags, cores, versions)
+        settings["fingerprint"] = fingerprint()
     old = _check_resumable(meta_path, settings)
     rows = _read_intact_rows(entries_path)
     with open(entries_path, "w", newline="") as f:  # rewrite without a torn last line
@@ -181,6 +324,9 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         "batch": batch, "threads": threads if device == "cpu" else None, "align": space.align, "unaligned": space.unaligned,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+        "commands": [*[c for c in old.get("commands", [old["command"]] if old.get("command") else [])
+                       if c != (command or " ".join(shlex.quote(a) for a in sys.argv))],
+                     command or " ".join(shlex.quote(a) for a in sys.argv)],
         "method": {
             "warmup": ">= 0.05 s and >= 3 runs", "samples": samples, "min_sample_s": min_sample_s,
             "statistic": "median of per-run time over samples; IQR as spread",
@@ -198,7 +344,13 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
                      "noise" if device == "cpu" else "dedicated GPU",
         },
         "space": space.source, "overhead_ms": old.get("overhead_ms", {}), "calibration": old.get("calibration", {}),
+        "machine": {**cpu_facts(), "fingerprint": fingerprint()} if device == "cpu" else dev,
+        "reference": old.get("reference", {}), "calibration_groups": "fine",
     }
+    metadata["method"].update(rounds=rounds, chunk=chunk, samples_per_round=max(3, samples // rounds),
+                              interleaving="shuffled entries, chunks prepared once, shuffled rounds; entry = median of "
+                                           "round medians", reference_kernels=[k for k, _ in REFERENCE_KERNELS],
+                              pinned=bool(pin and device == "cpu" and threads == 1 and hasattr(os, "sched_setaffinity")))
     if meter is not None:
         metadata["energy"] = {"meter": meter.name, "idle_power_w": energy_mod.idle_power_w(meter)}
     elif "energy" in old:
@@ -210,29 +362,66 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         metadata["overhead_ms"][precision] = 0.0 if runtime == "cudagraph" else \
             time_call(work, samples=samples, min_sample_s=min_sample_s, clock=rt.clock).median_ms
 
-    ops = space.unit_ops()
-    todo = [(p, op) for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in done]
+    precision_spaces = dict(precision_spaces or {})
+    ops_for = {p: (precision_spaces.get(p) or space).unit_ops() for p in precisions}
+    if precision_spaces:
+        metadata["precision_spaces"] = {**old.get("precision_spaces", {}),
+                                        **{p: sp.source for p, sp in precision_spaces.items()}}
+    if device == "cpu" and runtime == "onnxruntime" and "align_probe" not in old:
+        metadata["align"], metadata["align_probe"] = probe_alignment(rt)
+    elif "align_probe" in old:
+        metadata["align"], metadata["align_probe"] = old["align"], old["align_probe"]
+    todo = [(p, op) for p in precisions for op in ops_for[p] if tuple(map(str, entry_key(op, p))) not in done]
     if limit is not None:
         todo = todo[:limit]
-    with open(entries_path, "a", newline="") as f:
+    # Randomized interleaving (Google Benchmark's random interleaving): entries are taken in a shuffled order, in
+    # chunks whose units stay prepared while every unit is timed in `rounds` rounds of shuffled order; an entry is the
+    # median of its round medians, so load drift hits the entries of a chunk alike instead of whole op families.
+    # Reference kernels are timed in every round; their spread over the profile is the drift it saw.
+    order = random.Random(seed).sample(todo, len(todo))
+    reference = _ReferenceKernels(rt, precisions, batch, unroll)
+    per_round = max(3, samples // rounds)
+    with open(entries_path, "a", newline="") as f, _pinned(pin and device == "cpu" and threads == 1):
         writer = csv.writer(f)
-        for precision, op in tqdm(todo, desc=f"profile {out.name}", unit="op", disable=not progress):
-            module, inputs = build_unit(op, batch)
-            work = rt.prepare(module, inputs, precision, unroll)
-            median, iqr, n, mj = measure(rt, work, meter, samples, min_sample_s, energy_window_s)
-            latency = max(median - metadata["overhead_ms"][precision], 0.05 * median)
-            writer.writerow([*map(str, entry_key(op, precision)), f"{latency:.6g}", f"{iqr:.6g}",
-                             "" if math.isnan(mj) else f"{mj:.6g}", n])
+        bar = tqdm(total=len(order), desc=f"profile {out.name}", unit="op", disable=not progress)
+        for start in range(0, len(order), chunk):
+            part = order[start:start + chunk]
+            works = [rt.prepare(*build_unit(op, batch), precision, unroll) for precision, op in part]
+            times: list[list[float]] = [[] for _ in part]
+            iqrs: list[list[float]] = [[] for _ in part]
+            mjs = [math.nan] * len(part)
+            for r in range(rounds):
+                reference.time_all(per_round, min_sample_s)
+                for i in random.Random(seed * 7919 + start * 31 + r).sample(range(len(part)), len(part)):
+                    t = time_call(works[i], samples=per_round, min_sample_s=min_sample_s, clock=rt.clock,
+                                  warmup_s=0.02 if r else 0.05)
+                    times[i].append(t.median_ms)
+                    iqrs[i].append(t.iqr_ms)
+            if meter is not None:
+                for i, work in enumerate(works):
+                    mjs[i] = energy_mod.measure_energy(meter, work, float(np.median(times[i])) / 1e3,
+                                                       energy_window_s)
+            for i, (precision, op) in enumerate(part):
+                median = float(np.median(times[i]))
+                latency = max(median - metadata["overhead_ms"][precision], 0.05 * median)
+                writer.writerow([*map(str, entry_key(op, precision)), f"{latency:.6g}",
+                                 f"{float(np.median(iqrs[i])):.6g}", "" if math.isnan(mjs[i]) else f"{mjs[i]:.6g}",
+                                 rounds * per_round])
             f.flush()
-            del work
+            metadata["reference"] = reference.summary(old.get("reference"))
+            meta_path.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
+            bar.update(len(part))
+            del works
+        bar.close()
     meta_path.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
     measured = {tuple(r[:len(KEY_COLUMNS)]) for r in _read_intact_rows(entries_path)}
-    remaining = [1 for p in precisions for op in ops if tuple(map(str, entry_key(op, p))) not in measured]
+    remaining = [1 for p in precisions for op in ops_for[p] if tuple(map(str, entry_key(op, p))) not in measured]
     if remaining:
         return LatencyTable.load(out, allow_incomplete=True)
 
     table = LatencyTable(read_entries(entries_path), metadata)
-    calibrate(table, rt, space.calibration_networks(), precisions, meter, samples, min_sample_s, energy_window_s,
+    table.metadata["calibration_groups"] = "fine"
+    calibrate(table, rt, calibration_networks(table), all_precisions, meter, samples, min_sample_s, energy_window_s,
               progress)
     table.save(out)
     return table
@@ -243,13 +432,25 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
     """Time whole ``networks`` end to end, store the measurements and fit the calibration (``refit``)."""
     batch = table.metadata["batch"]
     for precision in precisions:
+        nets = [(label, model, shape) for label, model, shape in networks if priceable(table, model, shape, precision)]
+        works = [prepare_network(rt, model, shape, precision, batch) for _, model, shape in nets]
+        timed = measure_interleaved(rt, works, rounds=3, samples=samples, min_sample_s=min_sample_s,
+                                    progress=progress, desc=f"calibrate {precision}")
         records = []
-        for label, model, shape in tqdm(networks, desc=f"calibrate {precision}", disable=not progress):
-            work = prepare_network(rt, model, shape, precision, batch)
-            median, _, _, mj = measure(rt, work, meter, samples, min_sample_s, energy_window_s)
+        for (label, _, _), work, (median, _) in zip(nets, works, timed):
             record = {"model": label, "measured_latency_ms": median}
-            if "energy_mj" in table.metrics and not math.isnan(mj):
-                record["measured_energy_mj"] = mj
+            if meter is not None and "energy_mj" in table.metrics:
+                record["measured_energy_mj"] = energy_mod.measure_energy(meter, work, median / 1e3, energy_window_s)
             records.append(record)
+        del works
         table.metadata.setdefault("calibration", {})[precision] = {"networks": records}
     refit(table, networks)
+
+
+def priceable(table: LatencyTable, model, shape, precision: str) -> bool:
+    """Whether every op of ``model`` has entries at ``precision`` (int8 may cover fewer families than fp32)."""
+    try:
+        table.summed(extract_ops(model, shape), "latency_ms", precision)
+        return True
+    except TableError:
+        return False

@@ -92,13 +92,16 @@ def export_onnx(module: nn.Module, inputs: tuple[Tensor, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def quantize_qdq(model_bytes: bytes, inputs: tuple[Tensor, ...]) -> bytes:
+def quantize_qdq(model_bytes: bytes, inputs: tuple[Tensor, ...], weight_type: str | None = None) -> bytes:
     """Static int8 QDQ quantization (per-tensor activations, per-channel weights) with random calibration.
 
-    Weights are uint8 (U8U8 kernels), as pluto's int8 export writes them: onnxruntime's U8S8 kernels
-    saturate int16 partial sums on x86 CPUs without VNNI (AVX2 only), which cost a trained small_cnn
-    3 points of accuracy here (93.2 % -> 90.2 %); U8U8 reproduces the simulated model exactly.
+    Weights are of the type pluto's int8 export writes on this chip (``weight_type`` None:
+    :func:`pluto.cost.machine.int8_weight_type`): uint8 (U8U8 kernels) on x86 CPUs without VNNI, whose
+    U8S8 kernels saturate int16 partial sums (a trained small_cnn lost 3 points, 93.2 % -> 90.2 %);
+    int8 (U8S8) with VNNI / AMX, where those kernels are exact and faster. So a table prices the kernels
+    a deployment runs.
     """
+    from pluto.cost.machine import int8_weight_type
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     import tempfile
@@ -119,7 +122,8 @@ def quantize_qdq(model_bytes: bytes, inputs: tuple[Tensor, ...]) -> bytes:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(model_bytes)
         quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8)
+                        activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8 if int8_weight_type(weight_type) == "s8" else QuantType.QUInt8)
         return onnx.load(str(dst)).SerializeToString()
 
 
@@ -214,8 +218,13 @@ class Runtime:
         if self.name == "onnxruntime":
             import onnxruntime as ort
 
+            from pluto.cost.machine import INT8_KERNELS, int8_weight_type
+
+            weights = int8_weight_type()
             info.update(onnxruntime=ort.__version__, providers=["CPUExecutionProvider"], opset=17,
-                        int8="static QDQ, per-channel int8 weights, uint8 activations, random calibration")
+                        int8=f"static QDQ, per-channel {'int8' if weights == 's8' else 'uint8'} weights "
+                             f"({INT8_KERNELS[weights]} kernels), uint8 activations, random calibration",
+                        int8_weights=weights)
         if self.device == "cuda":
             info.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
         return info

@@ -168,3 +168,39 @@ def random_resnet(rng: random.Random, in_channels: int = 1, min_width: float = 0
     widths = [fixed(w) if uniform else _prune(rng, w, min_width, align) for w in RESNET18_WIDTHS]
     inner = [fixed(w) if uniform else _prune(rng, w, min_width, align) for w in RESNET18_WIDTHS for _ in (0, 1)]
     return PrunedResNet(widths, inner, in_channels)
+
+
+class PrunedFamily:
+    """Random physically pruned variants of one model, pruned by pluto's own pruner (the graph is built once).
+
+    Each dependency-graph group keeps a random fraction in [min_width, 1] of its channels (one fraction
+    for all groups in ~30 % of the draws: uniform width scaling), rounded to multiples of ``align``:
+    what compressed members of a model family look like to a latency table."""
+
+    def __init__(self, name: str, input_shape: tuple[int, ...], num_classes: int = 10):
+        import torch
+
+        from pluto.decisions.channels import DependencyGraph
+        from pluto.models import create_model
+
+        self.name, self.input_shape = name, tuple(input_shape[-3:])
+        self.model = create_model(name, num_classes, self.input_shape[0], self.input_shape[-1]).eval()
+        self.graph = DependencyGraph.build(self.model, torch.zeros(1, *self.input_shape))
+
+    def sample(self, rng: random.Random, min_width: float = 0.25, align: int = 1,
+               uniform: bool | None = None) -> nn.Module:
+        import torch
+
+        from pluto.materialize.prune import prune_channels
+
+        uniform = rng.random() < 0.3 if uniform is None else uniform
+        scale = rng.uniform(min_width, 1.0)
+        keep = torch.zeros(self.graph.num_channels, dtype=torch.bool)
+        for group in self.graph.groups:
+            frac = scale if uniform else rng.uniform(min_width, 1.0)
+            k = max(1, int(round(group.size * frac)))
+            if align > 1 and group.size >= align:
+                k = min(group.size, max(align, int(round(k / align)) * align))
+            chosen = rng.sample(range(group.size), min(k, group.size))
+            keep[[group.offset + i for i in chosen]] = True
+        return prune_channels(self.model, self.graph, keep).eval()

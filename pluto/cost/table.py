@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pluto.cost.interp import interp1d, interp2d, monotone
+from pluto.cost.metadata import check_entry_text, metadata_digest, validate_entries, validate_metadata
 from pluto.cost.metrics import TABLE_METRICS as METRICS  # metrics a table can hold
 from pluto.cost.ops import MATRIX_KINDS, OpSpec, extract_ops
 from pluto.errors import TableError
@@ -58,11 +59,23 @@ def weight_bytes(ops: list[OpSpec], precision: str) -> float:
 CALIBRATION_GROUPS = ("conv_kxk", "conv_1x1", "dwconv", "other")
 
 
-def calibration_group(op: OpSpec) -> str:
-    """The group whose whole-network scale applies to ``op``: dense kxk conv, 1x1 conv, depthwise, the rest."""
+def calibration_group(op: OpSpec, fine: bool = False) -> str:
+    """The group whose whole-network scale applies to ``op``: dense kxk conv, 1x1 conv, depthwise, the rest.
+
+    ``fine`` (tables profiled since 2026-12: metadata ``calibration_groups: fine``) splits the rest into
+    linear layers, elementwise ops (add, mul, act, bn), pooling, and data movement (concat, split, shuffle):
+    they differ most between an op timed alone and the same op inside a network."""
     if op.kind == "conv":
         return "conv_kxk" if op.kernel > 1 else "conv_1x1"
-    return "dwconv" if op.kind == "dwconv" else "other"
+    if op.kind == "dwconv":
+        return "dwconv"
+    if not fine:
+        return "other"
+    return {"linear": "linear", "pool": "pool", "gap": "pool", "concat": "movement", "split": "movement",
+            "shuffle": "movement"}.get(op.kind, "eltwise")
+
+
+FINE_PARENTS = {"linear": "other", "eltwise": "other", "pool": "other", "movement": "other"}
 
 
 def file_sha256(path: Path) -> str:
@@ -138,8 +151,9 @@ class LatencyTable:
                              f"{folder}` or use a shipped one from latency_tables/.")
         try:
             metadata = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
             raise TableError(f"{meta_path} is corrupt ({exc}); restore it from git or re-run `pluto profile`.") from exc
+        validate_metadata(metadata, meta_path)  # types, ranges and metadata_sha256 of what predictions read
         version = metadata.get("schema_version")
         if version != SCHEMA_VERSION:
             raise TableError(f"{folder} has table schema version {version!r} but this pluto reads version "
@@ -156,7 +170,9 @@ class LatencyTable:
         if metadata.get("complete") and metadata.get("sha256") != file_sha256(entries_path):
             raise TableError(f"{entries_path} does not match its checksum in {METADATA}: it was truncated or edited. "
                              f"Restore it from git or re-run: {metadata.get('command')}")
+        check_entry_text(entries_path, tuple(k for k, v in _DTYPES.items() if v is int))
         entries = read_entries(entries_path)
+        validate_entries(entries, entries_path, metadata)
         if metadata.get("complete") and len(entries) != metadata.get("n_entries"):
             raise TableError(f"{entries_path} has {len(entries)} rows, metadata says {metadata.get('n_entries')}; "
                              "restore the table or re-profile.")
@@ -186,6 +202,7 @@ class LatencyTable:
         self.entries[columns].to_csv(folder / ENTRIES, index=False, float_format="%.6g")
         self.metadata.update(schema_version=SCHEMA_VERSION, n_entries=len(self.entries), complete=True,
                              sha256=file_sha256(folder / ENTRIES))
+        self.metadata["metadata_sha256"] = metadata_digest(self.metadata)
         (folder / METADATA).write_text(json.dumps(self.metadata, indent=2, sort_keys=True, default=str) + "\n")
         self.path = folder
 
@@ -332,9 +349,18 @@ class LatencyTable:
         if "all" in parts or not scales:
             value = total * fit.get("scale", 1.0)
         else:
-            value = sum((part * scales.get(group, fit.get("scale", 1.0)) for group, part in parts.items()),
+            value = sum((part * self._scale(scales, group, fit) for group, part in parts.items()),
                         torch.zeros((), dtype=torch.float64))
         return value + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit.get("per_op", 0.0) * n_ops + fit["offset"]
+
+    @staticmethod
+    def _scale(scales: dict, group: str, fit: dict) -> float:
+        """A group's scale; a group the fit has not seen takes its parent's ('conv_kxk_u' -> 'conv_kxk',
+        'eltwise' -> 'other'), else the global scale."""
+        for name in (group, group[:-2] if group.endswith("_u") else None, FINE_PARENTS.get(group)):
+            if name and name in scales:
+                return scales[name]
+        return fit.get("scale", 1.0)
 
     def summed(self, ops: list[OpSpec], metric: str = "latency_ms", precision: str = "fp32") -> dict[str, Tensor]:
         """Uncalibrated entry sums of ``ops`` per calibration group."""
@@ -347,9 +373,21 @@ class LatencyTable:
     def group_of(self, op: OpSpec, cin: Tensor | float | None = None, cout: Tensor | float | None = None) -> str:
         """Calibration group of ``op``; tables with unaligned grids split off ops on unaligned channels ('_u'),
         whose kernels behave differently in a whole network than alone."""
-        group = calibration_group(op)
-        if not self.unaligned or op.kind not in ("conv", "dwconv"):
+        fine = self.metadata.get("calibration_groups") == "fine"
+        group = calibration_group(op, fine)
+        if op.kind not in ("conv", "dwconv") or not (self.unaligned or (fine and self.align > 1)):
             return group
+        if fine:  # aligned = every channel count is a multiple of `align` (inputs narrower than `align`: the stem)
+            def ok(x, narrow_ok: bool) -> bool:
+                x = torch.as_tensor(x)
+                if x.requires_grad:
+                    return True  # expected (real-valued) counts: the materializer snaps them to `align`
+                v = float(x)
+                return v != round(v) or round(v) % self.align == 0 or (narrow_ok and v < self.align)
+            c_in = (op.cin // op.groups if op.kind == "conv" else op.cin) if cin is None else cin
+            c_out = op.cout if cout is None else cout
+            aligned = ok(c_out, False) and (op.kind == "dwconv" or ok(c_in, True))
+            return group if aligned else f"{group}_u"
         cin = torch.as_tensor(op.cin // op.groups if op.kind == "conv" else op.cin if cin is None else cin)
         cout = torch.as_tensor(op.cout if cout is None else cout)
         aligned = all(self._query_class(op.kind if op.kind == "conv" else "dwconv", cin, cout))

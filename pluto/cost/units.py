@@ -38,6 +38,29 @@ class Binary(nn.Module):
         return self.act(a + b) if self.op == "add" else a * b
 
 
+class Concat(nn.Module):
+    """Channel concatenation of two halves (as ShuffleNet's and DenseNet's blocks join their branches)."""
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return torch.cat([a, b], dim=1)
+
+
+class Split(nn.Module):
+    """Channel split into two halves; the halves are added back so the runtime cannot drop the copy."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = x.chunk(2, dim=1)
+        return a, b
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet's channel shuffle (2 groups): view to 5-D, swap the group axes, view back."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        return x.view(n, 2, c // 2, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
 class Identity(nn.Module):
     """The empty unit: times a runtime's fixed per-call overhead, subtracted from every entry."""
 
@@ -72,6 +95,13 @@ def build_unit(op: OpSpec, batch: int = 1) -> tuple[nn.Module, tuple[Tensor, ...
         module, inputs = Binary("mul"), (torch.randn(batch, c, hw, hw), torch.randn(batch, c, 1, 1))
     elif op.kind == "act":
         module, inputs = activation(op.act), (torch.randn(batch, c, hw, hw),)
+    elif op.kind == "concat":
+        half = max(1, c // 2)
+        module, inputs = Concat(), (torch.randn(batch, half, hw, hw), torch.randn(batch, c - half, hw, hw))
+    elif op.kind == "split":
+        module, inputs = Split(), (torch.randn(batch, max(2, c), hw, hw),)
+    elif op.kind == "shuffle":
+        module, inputs = Shuffle(), (torch.randn(batch, max(2, c - c % 2), hw, hw),)
     elif op.kind == "pixel_shuffle":
         module, inputs = nn.PixelShuffle(op.kernel), (torch.randn(batch, c * op.kernel ** 2, hw, hw),)
     elif op.kind == "upsample":

@@ -26,17 +26,29 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 
 def resolve_root(root: str | os.PathLike | None = None) -> Path:
-    """The folder holding the IDX files: ``root``, else ``$PLUTO_FASHION_MNIST``, else the Debian package path."""
-    candidates = [Path(root)] if root else []
-    if os.environ.get("PLUTO_FASHION_MNIST"):
-        candidates.append(Path(os.environ["PLUTO_FASHION_MNIST"]))
-    candidates.append(DEFAULT_ROOT)
+    """The folder holding the IDX files: ``root`` when given (and only it), else ``$PLUTO_FASHION_MNIST``, else
+    the Debian package path. A named folder that lacks the files is an error, never a silent fall-back."""
+    if root:
+        candidates = [Path(root)]
+    elif os.environ.get("PLUTO_FASHION_MNIST"):
+        candidates = [Path(os.environ["PLUTO_FASHION_MNIST"])]
+    else:
+        candidates = [DEFAULT_ROOT]
     for folder in candidates:
         if all((folder / name).is_file() for pair in FILES.values() for name in pair):
             return folder
-    looked = ", ".join(str(c) for c in candidates)
+    folder = candidates[0]
+    wanted = [name for pair in FILES.values() for name in pair]
+    if root or os.environ.get("PLUTO_FASHION_MNIST"):
+        source = "data.root" if root else "$PLUTO_FASHION_MNIST"
+        state = "does not exist" if not folder.exists() else (
+            "is not a folder" if not folder.is_dir() else
+            f"lacks {', '.join(n for n in wanted if not (folder / n).is_file())}")
+        raise DataError(f"{source}={folder} {state}; point it at a folder holding the four Fashion-MNIST files "
+                        f"({', '.join(wanted)}), or unset it to use the installed package "
+                        f"dataset-fashion-mnist at {DEFAULT_ROOT}.")
     raise DataError(
-        f"Fashion-MNIST not found (looked in {looked}). Install it with "
+        f"Fashion-MNIST not found (looked in {folder}). Install it with "
         "`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or point data.root / "
         "$PLUTO_FASHION_MNIST at a folder holding the four *-ubyte.gz files."
     )

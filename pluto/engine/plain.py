@@ -1,4 +1,8 @@
-"""Plain (uncompressed) training: the baseline every compression run is compared against."""
+"""Plain (uncompressed) training: the baseline every compression run is compared against.
+
+Runs as one process or data-parallel under ``torchrun`` (see :mod:`pluto.engine.distributed`):
+``tcfg.batch_size`` is per process, the learning-rate schedule counts global steps.
+"""
 from __future__ import annotations
 
 import torch
@@ -6,6 +10,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pluto.engine import distributed
 from pluto.engine.checkpoint import rng_state, set_rng_state
 from pluto.engine.loop import TrainState, batches_per_epoch, evaluate, train_epochs
 from pluto.engine.optim import build_optimizer, build_scheduler
@@ -45,12 +50,16 @@ def fit_plain(model: nn.Module, train_set: Dataset, test_loader: DataLoader, tcf
         ctx.logger.scalars({"test/accuracy": metrics["accuracy"], "test/loss": metrics["loss"]}, state.global_step)
         if metrics["accuracy"] > best["accuracy"]:
             best.update(metrics)
-        print(f"epoch {epoch}: test accuracy {metrics['accuracy']:.2f}%  loss {metrics['loss']:.4f}")
+        if distributed.is_main():
+            print(f"epoch {epoch}: test accuracy {metrics['accuracy']:.2f}%  loss {metrics['loss']:.4f}")
 
     train_epochs(model, train_set, step, optimizer, scheduler, state, tcfg.epochs, tcfg.batch_size, seed=seed,
                  device=device, save=save, checkpoint_every=tcfg.checkpoint_every, log=ctx.logger.scalars,
-                 log_every=tcfg.log_every, end_of_epoch=end_of_epoch)
+                 log_every=tcfg.log_every, end_of_epoch=end_of_epoch, sync_bn=tcfg.sync_bn)
     final = evaluate(model, test_loader, device)
-    ctx.save({"model": model.state_dict()}, "model.pt")
+    if ctx.writer:  # architecture + weights: pluto.load(run_dir / "model.pt") rebuilds it without the config
+        from pluto.materialize.saving import save
+
+        save(model, ctx.dir / "model.pt")
     return {"accuracy": final["accuracy"], "loss": final["loss"], "best_accuracy": best["accuracy"],
             "params": float(sum(p.numel() for p in model.parameters()))}

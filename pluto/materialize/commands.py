@@ -17,18 +17,38 @@ import torch
 from pluto.errors import ConfigError
 
 
+def _bounded(lo: int, hi: int | None = None):
+    """An argparse type: a whole number in [lo, hi]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be >= {lo}"
+                                             + (f" and <= {hi}" if hi is not None else ""))
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+# a compression run's training checkpoints: the model in them is the searched/pruned one, not --model's shape
+PHASE_CHECKPOINTS = ("last.pt", "warmup.pt", "search.pt", "finetune.pt")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a model to fp32 and int8 (QDQ) ONNX files",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="registry name of the architecture, e.g. small_cnn, mobilenet_v2")
+    p.add_argument("--model", help="registry name of the architecture, e.g. small_cnn, mobilenet_v2 (not needed for a "
+                   "model.pt written by pluto.save, which carries its architecture)")
     p.add_argument("--checkpoint", help="model.pt of a run (float or QAT state dict); omit to export random weights")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--data", default="fashion_mnist", help="dataset for calibration/verification: fashion_mnist | synthetic")
     p.add_argument("--data-root", default=None, help="dataset folder (default: the installed package)")
     p.add_argument("--bits", type=int, default=8, choices=(4, 8), help="PTQ bit-width for float checkpoints (default 8)")
-    p.add_argument("--calib", type=int, default=512, help="training images used to calibrate PTQ (default 512)")
-    p.add_argument("--verify", type=int, default=1000, help="test images to compare the files on (0: skip)")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--calib", type=_bounded(1), default=512, help="training images used to calibrate PTQ (default 512)")
+    p.add_argument("--verify", type=_bounded(0), default=1000, help="test images to compare the files on (0: skip)")
+    p.add_argument("--opset", type=_bounded(13, 21), default=17, help="ONNX opset, 13..21 (default 17)")
     p.set_defaults(func=run_export)
 
 
@@ -37,23 +57,44 @@ def _load_model(args: argparse.Namespace, spec) -> tuple[torch.nn.Module, bool]:
     from pluto.engine.checkpoint import load_checkpoint
     from pluto.models import create_model
 
+    payload = None
+    if args.checkpoint:
+        if not Path(args.checkpoint).is_file():
+            raise ConfigError(f"checkpoint {args.checkpoint} does not exist; pass a run's model.pt "
+                              "(outputs/<run>/model.pt)")
+        payload = load_checkpoint(args.checkpoint)
+        if isinstance(payload, dict) and "architecture" in payload:  # pluto.save: pruned/NAS/QAT as trained
+            from pluto.decisions.bits import bit_choices
+            from pluto.materialize.saving import load
+
+            restored = load(args.checkpoint)
+            return restored, bool(bit_choices(restored))
+    if not args.model:
+        raise ConfigError("--model is needed for random weights or a plain state dict; pass the registry name "
+                          "the checkpoint was trained as")
     model = create_model(args.model, num_classes=spec.num_classes, in_channels=spec.in_channels,
                          input_size=spec.input_size)
-    if not args.checkpoint:
+    if payload is None:
         return model.eval(), False
-    if not Path(args.checkpoint).is_file():
-        raise ConfigError(f"checkpoint {args.checkpoint} does not exist; pass a run's model.pt (outputs/<run>/model.pt)")
-    payload = load_checkpoint(args.checkpoint)
     state = payload.get("model", payload)
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{args.checkpoint} holds no state dict under 'model'; pass a run's model.pt")
-    if is_qat_state_dict(state):
-        return prepare_from_state_dict(model, state).eval(), True
+    phase = payload.get("state", {}).get("phase") if isinstance(payload.get("state"), dict) else None
     try:
+        if is_qat_state_dict(state):
+            return prepare_from_state_dict(model, state).eval(), True
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ConfigError(f"checkpoint {args.checkpoint} does not fit --model {args.model} "
-                          f"({str(exc).splitlines()[0]}); pass the architecture it was trained with") from exc
+    except (RuntimeError, KeyError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines[1:] if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), lines[0] if lines else type(exc).__name__)
+        hint = "pass the architecture it was trained with"
+        if phase in ("warmup", "search", "finetune") or Path(args.checkpoint).name in PHASE_CHECKPOINTS:
+            hint = (f"it is a compression run's training checkpoint (phase {phase or '?'}), whose model was searched "
+                    "or pruned away from --model's shape; export the run's model.pt, or use the ONNX files the run "
+                    "wrote (model_int8.onnx / model_fp32.onnx)")
+        raise ConfigError(f"checkpoint {args.checkpoint} does not fit --model {args.model} ({detail[:300]}); "
+                          f"{hint}") from exc
     return model.eval(), False
 
 
@@ -62,9 +103,12 @@ def run_export(args: argparse.Namespace) -> int:
     from pluto.decisions.bits import ptq
     from pluto.materialize.export import export_onnx, onnx_session, run_onnx
 
+    out = Path(args.out)  # checked before any work
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; --out names a folder (it receives model.fp32.onnx, model.int8.onnx "
+                          "and export.json). Pass a new or existing folder")
     train, test, spec = build_datasets(args.data, root=args.data_root)
     model, is_qat = _load_model(args, spec)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(spec.input_shape)
     fp32_path = export_onnx(model, example, out / "model.fp32.onnx", int8=False, opset=args.opset)

@@ -71,20 +71,28 @@ def float_export_model(model: nn.Module) -> nn.Module:
 
 
 def export_onnx(qmodel: nn.Module, example_input: Tensor, path: str | os.PathLike, int8: bool = True,
-                opset: int = DEFAULT_OPSET) -> Path:
+                opset: int = DEFAULT_OPSET, weight_type: str | None = None) -> Path:
     """Write ``qmodel`` to ``path`` as ONNX (batch dimension dynamic); returns the path.
 
     ``int8=True``: the quantized model as QDQ ONNX (needs a model from ``prepare_qat`` / ``ptq``
     that has been calibrated or trained), plus the per-layer report ``<path stem>.json``.
     ``int8=False``: the float model (quantizers stripped, BN folded).
+    ``weight_type``: ``'s8'`` (int8 weights, U8S8 kernels) or ``'u8'`` (uint8, U8U8); None: the one exact
+    and fastest on this CPU (:func:`pluto.cost.machine.int8_weight_type`; env ``PLUTO_INT8_WEIGHTS``).
+    The choice and the CPU it was made for are recorded in the JSON report.
     """
+    from pluto.cost.machine import INT8_KERNELS, describe, has_vnni, int8_weight_type
+
     path = Path(path)
     example_input = example_input.detach().cpu()
     if int8:
-        model, report = to_qdq_model(qmodel.cpu())
+        weight_type = int8_weight_type(weight_type)
+        model, report = to_qdq_model(qmodel.cpu(), weight_type)
         _export(model, example_input, path, opset)
         layers = [r.as_dict() for r in report]
-        meta = {"format": "onnx-qdq", "opset": opset, "layers": layers,
+        meta = {"format": "onnx-qdq", "opset": opset, "int8_weights": weight_type,
+                "int8_kernels": INT8_KERNELS[weight_type],
+                "int8_weights_chosen_for": f"{describe()}, VNNI/AMX: {has_vnni()}", "layers": layers,
                 "simulated_layers": [r["name"] for r in layers if r["simulated"]],
                 "int8_kernel_layers": sum(r["kernel"] == "int8" for r in layers)}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
@@ -97,8 +105,9 @@ def weights_to_uint8(path: str | os.PathLike, out: str | os.PathLike | None = No
     """Rewrite a QDQ file's int8 weights as uint8 with zero point shifted by 128 (same values); returns layers changed.
 
     Why: onnxruntime's U8S8 int8 kernels saturate int16 partial sums on x86 CPUs without VNNI (AVX2
-    only), silently costing accuracy; U8U8 kernels do not. pluto exports uint8 weights already; this
-    fixes files written before, or by tools that use int8 weights (e.g. ``quantize_static`` defaults).
+    only), silently costing accuracy; U8U8 kernels do not. pluto exports uint8 weights on such CPUs
+    (:func:`pluto.cost.machine.int8_weight_type`); this fixes files written on a VNNI machine, before, or
+    by tools that use int8 weights (e.g. ``quantize_static`` defaults), for deployment on an AVX2-only CPU.
     """
     import onnx
     from onnx import TensorProto, numpy_helper

@@ -20,10 +20,24 @@ from pluto.decisions.channels.graph import DependencyGraph, LayerChannels
 from pluto.errors import UnsupportedModelError
 
 
-def materialize(model: nn.Module) -> nn.Module:
-    """A physically smaller copy of a gated ``model`` (gates removed; ``model`` itself is unchanged)."""
+def materialize(model: nn.Module, round_to: int | str | None = "table", table=None) -> nn.Module:
+    """A physically smaller copy of a gated ``model`` (gates removed; ``model`` itself is unchanged).
+
+    ``round_to`` (``'table'``: ``table.align`` when a ``table`` is given, else none; an int; ``None``):
+    each group's kept count snaps to a multiple the runtime runs on fast kernels
+    (:func:`~pluto.decisions.channels.importance.snap_count`), dropping the least probable kept channels
+    or adding the most probable removed ones. Without snapping (the default without a table) the copy
+    computes exactly what the gated model computes in ``'hard'`` mode; to keep that equality with
+    snapping, snap the gates themselves first (``round_gates(..., round_to=)``), which makes this a no-op.
+    """
+    from pluto.decisions.channels.importance import alignment, snap_keep
+
     gates = find_gates(model)
-    return prune_channels(model, gates.graph, gates.hard_flat())
+    keep = gates.hard_flat()
+    multiple = alignment(round_to, table)
+    if multiple > 1:
+        keep = snap_keep(gates.graph, keep, gates.flat_probabilities().detach(), multiple)
+    return prune_channels(model, gates.graph, keep)
 
 
 def prune_channels(model: nn.Module, graph: DependencyGraph, keep: Tensor) -> nn.Module:

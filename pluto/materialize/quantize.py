@@ -14,6 +14,11 @@ int8 storage in the file. W4A4 layers additionally clip their input to 16 levels
 Q; that Clip keeps onnxruntime from fusing int8 kernels, so they run dequantized in fp32
 (exact values, flagged simulated). fp16 layers are exported as fp32 kernels on fp16-rounded values (the CPU
 provider has no fast fp16 conv), also flagged simulated.
+
+Weights are written as int8 (``'s8'``, zero point 0: U8S8 kernels) or as the same values shifted into
+uint8 (``'u8'``, zero point 128: U8U8 kernels), as :func:`pluto.cost.machine.int8_weight_type` picks for
+the chip: U8S8 saturates int16 partial sums on x86 CPUs without VNNI, and is the fast exact kernel with
+VNNI / AMX. Both compute the same values wherever they are exact.
 """
 from __future__ import annotations
 
@@ -24,12 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pluto.cost.machine import int8_weight_type
 from pluto.decisions.bits import bit_choices, chosen_bits, strip_quantization
 from pluto.decisions.bits.folding import folded_weight_and_bias
 from pluto.decisions.bits.quantizer import integer_range
 from pluto.errors import ConfigError, UnsupportedModelError
 
-ONNX_WEIGHT_RANGE = (0, 255)  # uint8 QuantizeLinear, zero point 128: the symmetric int8 grid shifted (see U8U8 note)
+# weight type -> (QuantizeLinear range, zero point): the symmetric int8 grid as int8, or shifted by 128 into uint8
+ONNX_WEIGHT_GRID = {"s8": ((-128, 127), 0), "u8": ((0, 255), 128)}
 ONNX_ACT_RANGE = (0, 255)  # uint8 QuantizeLinear
 
 
@@ -53,9 +60,10 @@ class _QDQBase(nn.Module):
 
     def __init__(self, weight: Tensor, bias: Tensor | None, bits: int, act_bits: int, w_step: Tensor | None,
                  in_step: Tensor | None, in_zero_point: Tensor | None, out_step: Tensor | None = None,
-                 out_zero_point: Tensor | None = None):
+                 out_zero_point: Tensor | None = None, weight_type: str = "u8"):
         super().__init__()
         self.bits, self.act_bits = bits, act_bits
+        self.weight_range, weight_zero_point = ONNX_WEIGHT_GRID[weight_type]
         self.quantize_output = out_step is not None and bits <= 8
         if self.quantize_output:
             self.register_buffer("out_step", out_step.detach().abs().reshape(()).float().clone())
@@ -67,7 +75,7 @@ class _QDQBase(nn.Module):
             zp = in_zero_point.detach().round().clamp(qmin, qmax).reshape(())
             s = in_step.detach().abs().reshape(())
             self.register_buffer("w_step", w_step.detach().abs().float().clone())
-            self.register_buffer("w_zero_point", torch.full((weight.shape[0],), 128, dtype=torch.int32))
+            self.register_buffer("w_zero_point", torch.full((weight.shape[0],), weight_zero_point, dtype=torch.int32))
             self.register_buffer("in_step", s.float().clone())
             self.register_buffer("in_zero_point", zp.to(torch.int32))
             # 4-bit activations: clip to the 16 representable levels, then an 8-bit Q reproduces them exactly
@@ -90,7 +98,8 @@ class _QDQBase(nn.Module):
     def _qdq_weight(self) -> Tensor:
         if self.bits > 8:
             return self.weight
-        return torch.fake_quantize_per_channel_affine(self.weight, self.w_step, self.w_zero_point, 0, *ONNX_WEIGHT_RANGE)
+        return torch.fake_quantize_per_channel_affine(self.weight, self.w_step, self.w_zero_point, 0,
+                                                     *self.weight_range)
 
 
 class QDQConv2d(_QDQBase):
@@ -121,12 +130,14 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def to_qdq_model(qmodel: nn.Module) -> tuple[nn.Module, list[LayerExport]]:
+def to_qdq_model(qmodel: nn.Module, weight_type: str | None = None) -> tuple[nn.Module, list[LayerExport]]:
     """A copy of ``qmodel`` (eval mode) with BN folded and quantized layers as QDQ modules, plus the per-layer report.
 
     Layers still undecided use their most probable bit-width (call ``harden_bits`` first to choose
     explicitly). The copy computes, in eval mode, what ``qmodel`` computes in eval mode.
+    ``weight_type``: ``'s8'`` or ``'u8'`` ONNX weights; None: this chip's (:func:`int8_weight_type`).
     """
+    weight_type = int8_weight_type(weight_type)
     model = copy.deepcopy(qmodel).eval()
     choices = bit_choices(model)
     if not choices:
@@ -143,7 +154,7 @@ def to_qdq_model(qmodel: nn.Module) -> tuple[nn.Module, list[LayerExport]]:
         w, bias = layer.parametrizations.weight.original, layer.bias
         if choice.bn is not None:
             w, bias = folded_weight_and_bias(w, bias, choice.bn)
-        quant = {"act_bits": b, "w_step": None, "in_step": None, "in_zero_point": None}
+        quant = {"act_bits": b, "w_step": None, "in_step": None, "in_zero_point": None, "weight_type": weight_type}
         if b <= 8:
             act_bits = choice.activation_bits[b]
             wq, iq = choice.weight_quantizers[str(b)], choice.input_quantizers[str(act_bits)]

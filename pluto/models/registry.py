@@ -32,13 +32,19 @@ def list_models() -> list[str]:
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, **kwargs) -> nn.Module:
-    """Build a registered model with random weights, ready for ``in_channels x input_size x input_size`` inputs."""
+    """Build a registered model with random weights, ready for ``in_channels x input_size x input_size`` inputs.
+
+    The model remembers how it was built (``model.pluto_spec``), so :func:`pluto.save` can rebuild it.
+    """
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     try:
-        return _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+        model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model {name!r} does not accept these arguments: {exc}") from exc
+    model.pluto_spec = {"name": name, "kwargs": {"num_classes": num_classes, "in_channels": in_channels,
+                                                 "input_size": input_size, **kwargs}}
+    return model
 
 
 @register("small_cnn")
@@ -106,7 +112,7 @@ def edsr(num_classes: int, in_channels: int, input_size: int, scale: int = 2, wi
     """EDSR-style super-resolution (``pluto.models.sr``); ``num_classes`` is unused (the output is an image)."""
     from pluto.models.sr import EDSR
 
-    return EDSR(in_channels, scale, width, blocks, res_scale, residual)
+    return EDSR(in_channels, scale, int(width), blocks, res_scale, residual)  # the config schema reads width as a float
 
 
 @register("espcn")
@@ -115,4 +121,4 @@ def espcn(num_classes: int, in_channels: int, input_size: int, scale: int = 2, w
     """ESPCN-style super-resolution (``pluto.models.sr``); ``num_classes`` is unused (the output is an image)."""
     from pluto.models.sr import ESPCN
 
-    return ESPCN(in_channels, scale, width, mid, residual)
+    return ESPCN(in_channels, scale, int(width), mid, residual)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from pluto.decisions.channels import ChannelGates, DependencyGraph, attach_gates
+from pluto.decisions.channels.importance import alignment, snap_count
 from pluto.decisions.ops.supernet import Supernet
 from pluto.optimizer.constraints import Constraint
 from pluto.cost.expected import precision_key
@@ -113,11 +114,16 @@ def gate_counts(gates: ChannelGates) -> dict[int, float]:
     return {gid: float(p.detach().sum()) for gid, p in probs.items()}
 
 
-def round_gates(gates: ChannelGates, counts: dict[int, float], probs: dict[int, Tensor], scale: float = 1.0) -> None:
-    """Fix each group to its ``round(scale * count)`` most probable channels (at least one)."""
+def round_gates(gates: ChannelGates, counts: dict[int, float], probs: dict[int, Tensor], scale: float = 1.0,
+                round_to: int | None = None) -> None:
+    """Fix each group to its ``round(scale * count)`` most probable channels (at least one).
+
+    ``round_to`` (e.g. a table's ``align``): the count snaps to the nearest multiple, never 0 nor above
+    the group size; groups no larger than the multiple keep their size (:func:`snap_count`)."""
+    multiple = alignment(round_to)
     keep = []
     for group, (gid, p) in zip(gates.graph.groups, probs.items()):
-        k = max(1, min(group.size, int(round(scale * counts[gid]))))
+        k = snap_count(scale * counts[gid], group.size, multiple)
         mask = torch.zeros(group.size, dtype=torch.bool)
         mask[torch.topk(p.detach().cpu(), k).indices] = True
         keep.append(mask)
@@ -142,13 +148,15 @@ def violated(decisions: Decisions, cost_model: CostModel, constraints: list[Cons
         return [c for c in constraints if float(cost_model.expected(c.metric, channels, precisions)) > c.target]
 
 
-def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint]) -> dict[str, Any]:
+def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint],
+                      round_to: int | None = None) -> dict[str, Any]:
     """Make the *hard* decisions meet every target as predicted by the table.
 
     Expected cost can meet a budget while its rounding does not. Op choices: while a constraint is
     violated, switch the block to the cheaper candidate the search rated most probable. Channels:
     round expected widths, and if that is over budget shrink every group by the largest common
-    factor (bisection) that fits. Returns what was changed, for the run's trail.
+    factor (bisection) that fits; ``round_to`` snaps every width to that multiple (:func:`round_gates`).
+    Returns what was changed, for the run's trail.
     """
     notes: dict[str, Any] = {}
     sn = decisions.supernet
@@ -179,14 +187,16 @@ def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: 
     if gates is not None:
         probs = {k: v.detach().clone().cpu() for k, v in gates.keep_probabilities().items()}
         counts = gate_counts(gates)
-        round_gates(gates, counts, probs)
+        round_gates(gates, counts, probs, round_to=round_to)
+        if alignment(round_to) > 1:
+            notes["widths_round_to"] = alignment(round_to)
         if violated(decisions, cost_model, constraints):
             lo, hi = 0.0, 1.0
             for _ in range(16):
                 mid = (lo + hi) / 2
-                round_gates(gates, counts, probs, mid)
+                round_gates(gates, counts, probs, mid, round_to)
                 lo, hi = (lo, mid) if violated(decisions, cost_model, constraints) else (mid, hi)
-            round_gates(gates, counts, probs, lo)
+            round_gates(gates, counts, probs, lo, round_to)
             notes["width_scale_to_fit_budget"] = lo
     remaining = violated(decisions, cost_model, constraints)
     if remaining:
@@ -195,15 +205,16 @@ def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: 
 
 
 def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = None,
-           cost_model: CostModel | None = None, constraints: list[Constraint] | None = None
-           ) -> tuple[nn.Module, dict[str, Any]]:
+           cost_model: CostModel | None = None, constraints: list[Constraint] | None = None,
+           round_to: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Fix every decision and build the concrete model: derived ops, physically pruned channels, fixed bits.
 
     Bits are fixed first (argmax), then op choices and widths are projected onto the budget
     (:func:`project_to_budget`). Returns the new model (fake-quantized at its chosen bit-widths when
     QAT is on) and the trail of what was decided (architecture, widths, bits, projections).
+    ``round_to``: widths snap to that channel multiple (a table's ``align``).
     """
-    fix_decisions(decisions, cost_model, constraints)
+    fix_decisions(decisions, cost_model, constraints, round_to)
     model, trail = build_concrete(decisions, example, calibration, copy_first=False)
     if "projection" in decisions.trail:
         trail["projection"] = decisions.trail["projection"]
@@ -211,8 +222,9 @@ def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = N
 
 
 def fix_decisions(decisions: Decisions, cost_model: CostModel | None = None,
-                  constraints: list[Constraint] | None = None) -> None:
-    """Harden bits (argmax) and project ops and widths onto the predicted budget, in place on the decisions."""
+                  constraints: list[Constraint] | None = None, round_to: int | None = None) -> None:
+    """Harden bits (argmax) and project ops and widths onto the predicted budget, in place on the decisions;
+    widths snap to multiples of ``round_to`` (a table's ``align``; None: no snapping)."""
     if decisions.quantized:
         from pluto.decisions.bits import harden_bits
 
@@ -221,10 +233,10 @@ def fix_decisions(decisions: Decisions, cost_model: CostModel | None = None,
         decisions.trail["search_probs"] = {k: v.detach().clone().cpu()
                                            for k, v in decisions.gates.keep_probabilities().items()}
     if cost_model is not None and constraints:
-        decisions.trail["projection"] = project_to_budget(decisions, cost_model, constraints)
+        decisions.trail["projection"] = project_to_budget(decisions, cost_model, constraints, round_to)
     elif decisions.gates is not None:
         probs = {k: v.detach().clone().cpu() for k, v in decisions.gates.keep_probabilities().items()}
-        round_gates(decisions.gates, gate_counts(decisions.gates), probs)
+        round_gates(decisions.gates, gate_counts(decisions.gates), probs, round_to=round_to)
 
 
 def build_concrete(decisions: Decisions, example: Tensor, calibration: Tensor | None = None,
@@ -275,14 +287,17 @@ def _find_supernet(model: nn.Module, decisions: Decisions) -> Supernet:
 
 
 def land_on_target(decisions: Decisions, constraints: list[Constraint], measure: Callable[[], dict[str, float]],
-                   band: tuple[float, float] = (0.93, 1.0), max_measurements: int = 8) -> dict[str, Any]:
+                   band: tuple[float, float] = (0.93, 1.0), max_measurements: int = 8,
+                   round_to: int | None = None) -> dict[str, Any]:
     """Grow or shrink the hard widths until every measured table metric lies in ``band`` x target.
 
     ``measure()`` builds and measures the model the current hard decisions describe and returns
     ``{metric: value}``. Widths move by one common factor of the search's channel ranking (the most
     probable channels are kept), found by a secant/bisection search on the *measured* cost — the
     chip's truth, not the table's. Stops at the first measurement inside the band for every
-    constraint; otherwise keeps the best feasible one and says why it could not land.
+    constraint; otherwise keeps the best feasible one and says why it could not land. ``round_to``: every
+    width tried snaps to that channel multiple (a table's ``align``), so the chip is measured on the
+    widths that will ship.
     """
     gates = decisions.gates
     table_constraints = [c for c in constraints if c.source == "table"]
@@ -297,7 +312,7 @@ def land_on_target(decisions: Decisions, constraints: list[Constraint], measure:
     hi_scale = max(sizes[g] / max(c, 1.0) for g, c in counts.items())
 
     def ratio_at(scale: float) -> tuple[float, dict[str, float]]:
-        round_gates(gates, counts, probs, scale)
+        round_gates(gates, counts, probs, scale, round_to)
         measured = measure()
         worst = max(measured[c.metric] / c.target for c in table_constraints)
         notes["measurements"].append({"scale": round(scale, 4), **{k: round(v, 5) for k, v in measured.items()}})
@@ -333,11 +348,11 @@ def land_on_target(decisions: Decisions, constraints: list[Constraint], measure:
     if best is None:
         notes["why"] = notes.get("why") or ("no width scale measured within the target: the smallest widths tried "
                                             "still exceed it (op or bit choices must change)")
-        round_gates(gates, counts, probs, lo_s if lo_s > 0 else 1e-3)
+        round_gates(gates, counts, probs, lo_s if lo_s > 0 else 1e-3, round_to)
         notes["landed"] = False
         return notes
     if notes["measurements"][-1]["scale"] != round(best[0], 4):
-        round_gates(gates, counts, probs, best[0])
+        round_gates(gates, counts, probs, best[0], round_to)
     notes.update(scale=best[0], measured_ratio=best[1], landed=band[0] <= best[1] <= band[1])
     if not notes["landed"] and "why" not in notes:
         notes["why"] = f"closest feasible measurement is {best[1]:.3f} x target after {len(notes['measurements'])} " \

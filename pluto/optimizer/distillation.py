@@ -188,7 +188,8 @@ def load_teacher(spec: str, num_classes: int = 10, in_channels: int = 1, input_s
     """A frozen teacher in eval mode, from ``spec``:
 
     - a registry name (``"resnet18"``): random weights (useful only if you train it afterwards);
-    - a checkpoint path (``runs/x/model.pt``): the architecture from ``model_name``, else from the
+    - a checkpoint path (``runs/x/model.pt``): a file written by :func:`pluto.save` restores its own
+      (possibly compressed) architecture; otherwise the architecture from ``model_name``, else from the
       run's ``config.yaml`` (``model.name``) beside it; the weights from the file's ``"model"``
       state dict (or the file itself if it is a state dict), loaded with ``weights_only=True``;
     - ``"name:path"``: both explicitly.
@@ -207,6 +208,13 @@ def load_teacher(spec: str, num_classes: int = 10, in_channels: int = 1, input_s
         if not ckpt.is_file():
             raise ConfigError(f"teacher checkpoint {ckpt} does not exist; pass an existing .pt file (e.g. "
                               f"outputs/<run>/model.pt) or a registry name ({', '.join(list_models()[:4])}, ...)")
+        if name is None:
+            from pluto.engine.checkpoint import load_checkpoint
+
+            if "architecture" in (payload := load_checkpoint(ckpt)):  # pluto.save: pruned / NAS / QAT teachers too
+                from pluto.materialize.saving import load
+
+                return _frozen(load(ckpt))
         name = name or _model_name_from_run(ckpt)
         if name is None:
             raise ConfigError(f"cannot tell the teacher architecture for {ckpt}: no config.yaml beside it; "
@@ -222,6 +230,10 @@ def load_teacher(spec: str, num_classes: int = 10, in_channels: int = 1, input_s
         except (RuntimeError, TypeError) as exc:
             raise ConfigError(f"teacher checkpoint {ckpt} does not fit architecture {name!r} "
                               f"({str(exc).splitlines()[0]}); check the model name and num_classes/in_channels") from exc
+    return _frozen(teacher)
+
+
+def _frozen(teacher: nn.Module) -> nn.Module:
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

@@ -21,6 +21,12 @@
                   params/MACs, per-layer widths/bits; ``report.json``, ``layers.csv``/``.png``.
 
 Benchmarks call the stages (``prepare()``, ``warmup()``, ``search_step`` ...) instead of copying them.
+
+Data-parallel under ``torchrun`` (:mod:`pluto.engine.distributed`): every rank trains (the loop
+averages the gradients of weights and decision logits, so decisions, costs and multipliers stay
+bit-identical, checked after every epoch); measurement, landing, export and the report run once,
+on rank 0, and what they decide (measured costs, the correction, the landed decisions, the
+hardened model) is broadcast to the other ranks.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from pluto.cost.table import LatencyTable
 from pluto.data import DataSpec
 from pluto.decisions.ops.choice import TemperatureSchedule
 from pluto.decisions.ops.supernet import Supernet
+from pluto.engine import distributed
 from pluto.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from pluto.engine.loop import TrainState, batches_per_epoch, train_epochs
 from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler
@@ -55,7 +62,7 @@ STAGES = ("prepare", "warmup", "search", "harden", "finetune", "deploy", "report
 
 
 def load_table(cfg: DictConfig) -> LatencyTable | None:
-    path = cfg.hw.get("table")
+    path = cfg.hw.table
     return LatencyTable.load(path) if path else None
 
 
@@ -155,7 +162,7 @@ class Compression:
         return self.result, self.final
 
     def _measure_every(self) -> int:
-        every = self.c.get("measure_every", "auto")
+        every = self.c.measure_every
         if every == "auto":
             steps = self.c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size)
             return max(1, steps // 10)
@@ -165,27 +172,41 @@ class Compression:
     def prepare(self) -> None:
         c, cfg = self.c, self.cfg
         self.table = load_table(cfg)
-        quantize_default = cfg.hw.get("precision", "fp32") if c.quantize else "fp32"
+        self.info["table"] = {"status": "none"} if self.table is None else {"status": "as shipped"}
+        if self.table is not None and cfg.hw.measure != "off" and not cfg.hw.runner:
+            from pluto.cost.adapt import for_this_machine
+
+            # a CPU table made on another machine is a prior here: adapt it (cached per machine) before the search;
+            # rank 0 adapts and caches, the other ranks then read the cache
+            if distributed.is_main():
+                self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt == "auto")
+            distributed.barrier()
+            if not distributed.is_main():
+                self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt == "auto")
+        # widths snap to the channel multiple the chip's fast kernels need (the table's `align`)
+        self.align = self.table.align if self.table is not None else None
+        quantize_default = cfg.hw.precision if c.quantize else "fp32"
         self.cost_model = CostModel(self.model, self.input_shape, self.table, quantize_default,
                                     op_temperature=c.temperature.final)
-        self.correction = MeasuredCorrection(self.cost_model, float(c.get("correction_smoothing", 0.5)))
+        self.correction = MeasuredCorrection(self.cost_model, float(c.correction_smoothing))
         self.measurer: Measurer | None = None
-        mode = cfg.hw.get("measure", "auto")
+        mode = cfg.hw.measure
         if self.table is not None and mode != "off":
-            measurer = Measurer(self.table, cfg.hw.get("runner"), samples=int(cfg.hw.get("measure_samples", 50)),
-                                rounds=int(cfg.hw.get("measure_rounds", 3)))
-            ok, why = measurer.reachable()
+            measurer = Measurer(self.table, cfg.hw.runner, samples=cfg.hw.measure_samples, rounds=cfg.hw.measure_rounds)
+            ok, why = distributed.broadcast_object(measurer.reachable() if distributed.is_main() else None)
             if ok:
                 self.measurer = measurer
                 print(f"measuring on {why}")
             else:
                 print(f"NOT MEASURED: {why}; the run keeps the table's prediction and its verdicts say 'not measured'")
         self.info["measured_on"] = self.measurer.where() if self.measurer else None
+        self.info["table"]["name"] = self.table.metadata.get("name") if self.table is not None else None
         raw_constraints = OmegaConf.to_container(cfg.constraints)
         metrics = {m for m in (raw_constraints or {}) if (raw_constraints or {}).get(m) is not None}
         self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
         if self.measurer is not None:
-            self.uncompressed["measured"] = self._measure_dense()
+            self.uncompressed["measured"] = distributed.broadcast_object(
+                self._measure_dense() if distributed.is_main() else None)
         relative = relative_targets(raw_constraints)
         reference = {m: self.uncompressed.get("measured", {}).get(m, self.uncompressed["predicted"].get(m))
                      for m in metrics}
@@ -208,9 +229,9 @@ class Compression:
         self.ctx.write_json("feasibility.json", {"minimum": self.minimum, "uncompressed": self.uncompressed,
                                                  "targets": {con.metric: con.target for con in self.constraints},
                                                  "relative": relative, "measured_on": self.info["measured_on"]})
-        self._init_weights(c.get("init_from"))
+        self._init_weights(c.init_from)
         if isinstance(self.model, Supernet):
-            self.model.set_mode(c.get("supernet_warmup_mode", "sample"))
+            self.model.set_mode(c.supernet_warmup_mode)
         self.model.to(self.device)
         if c.distill and c.teacher not in ("self", None, "none"):
             self.teacher.build()
@@ -263,7 +284,7 @@ class Compression:
         return loss, {"loss/task": loss.detach()}
 
     def _phase(self, phase: str, net: nn.Module, epochs: int, lr: float, step_fn, extra_opt=None, extra_state=None,
-               weight_params=None) -> None:
+               weight_params=None, replicated=None) -> None:
         """Train ``net`` for one phase, resuming inside it if the checkpoint says so."""
         state, ctx, t = self.state, self.ctx, self.t
         if phase in state.phases_done or epochs <= 0:
@@ -297,7 +318,8 @@ class Compression:
 
         train_epochs(net, self.train_set, step_fn, optimizer, scheduler, state, epochs, t.batch_size,
                      seed=self.cfg.seed, device=self.device, save=save, checkpoint_every=t.checkpoint_every,
-                     log=ctx.logger.scalars, log_every=t.log_every, end_of_epoch=end_of_epoch)
+                     log=ctx.logger.scalars, log_every=t.log_every, end_of_epoch=end_of_epoch, sync_bn=t.sync_bn,
+                     replicated=replicated)
         state.phases_done = (*state.phases_done, phase)
         ctx.save({"model": net.state_dict(), "state": state.to_dict(),
                   **({"extra": extra_state.state_dict()} if extra_state is not None else {})}, f"{phase}.pt")
@@ -332,7 +354,7 @@ class Compression:
                                 c.gate_init_keep, self.calibration.to(self.device), c.gate_mode, c.gate_init,
                                 c.gate_init_spread)
         if self.decisions.supernet is not None:  # the search needs the mixture (see pluto.decisions.ops.choice)
-            self.decisions.supernet.set_mode(c.get("supernet_search_mode", "soft"))
+            self.decisions.supernet.set_mode(c.supernet_search_mode)
         self.objective = LagrangianObjective(self.constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
         steps = max(1, c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size))
         self.anneal = TemperatureSchedule(c.temperature.initial, c.temperature.final, steps)
@@ -353,17 +375,30 @@ class Compression:
         step = state.global_step + 1  # the loop counts this step after it returns
         if step % self.t.log_every == 0:
             logs.update(d.logs())
-        if self.every and step % self.every == 0:
-            logs.update(self.measure_candidate(step))
+        if self.every and step % self.every == 0:  # measured on rank 0; every rank prices with its correction
+            logs.update(self.measure_candidate(step) if distributed.is_main() else {})
+            self.cost_model.correction.update(distributed.broadcast_object(dict(self.cost_model.correction)))
         return loss, {**logs, **{f"lagrangian/{k}": v for k, v in lag_logs.items()}}
 
     def measure_candidate(self, step: int) -> dict[str, float]:
-        """Harden the current decisions on a copy, measure them on the chip, update the correction."""
+        """Harden the current decisions on a copy, measure them on the chip (rank 0), update the correction (all
+        ranks, from rank 0's figures, so the multipliers stay identical)."""
+        measured, predicted = distributed.broadcast_object(self._measure_candidate() if distributed.is_main()
+                                                           else None)
+        if not measured:
+            return {}
+        correction = self.correction.update(measured, predicted, step)
+        logs = {f"measured/{m}": v for m, v in measured.items()}
+        logs.update({f"predicted/{m}": v for m, v in predicted.items()})
+        logs.update({f"correction/{m}": v for m, v in correction.items()})
+        return logs
+
+    def _measure_candidate(self) -> tuple[dict[str, float], dict[str, float]]:
         d = self.decisions
         was_training = d.model.training
         saved = _hard_state(d)
         try:
-            fix_decisions(d)  # argmax bits, rounded widths (on the live decisions; restored below)
+            fix_decisions(d, round_to=self.align)  # argmax bits, rounded widths (live decisions; restored below)
             model, _ = build_concrete(d, self.example, self.calibration[:64])
         finally:
             _restore_hard_state(d, saved)
@@ -374,42 +409,47 @@ class Compression:
             measured = self.measurer.measure(model, self.input_shape).as_metrics()
         except MeasurementError as exc:
             print(f"in-loop measurement failed ({exc}); keeping the last correction")
-            return {}
+            return {}, {}
         predicted = {con.metric: self.cost_model.of_model(float_model, con.metric, bits)
                      for con in self.constraints if con.source == "table"}
-        measured = {m: measured[m] for m in predicted if m in measured}
-        correction = self.correction.update(measured, predicted, step)
-        logs = {f"measured/{m}": v for m, v in measured.items()}
-        logs.update({f"predicted/{m}": v for m, v in predicted.items()})
-        logs.update({f"correction/{m}": v for m, v in correction.items()})
-        return logs
+        return {m: measured[m] for m in predicted if m in measured}, predicted
 
     def search(self) -> None:
         d = self.attach_decisions()
         opt = torch.optim.Adam(d.parameters(), lr=self.c.decision_lr, betas=(0.5, 0.999)) if d.parameters() else None
         extra = _SearchState(self.objective, self.correction)
         self._phase("search", d.model.to(self.device), self.c.epochs.search, self.t.lr * self.c.search_lr_scale,
-                    self.search_step, extra_opt=opt, extra_state=extra, weight_params=d.weight_parameters())
+                    self.search_step, extra_opt=opt, extra_state=extra, weight_params=d.weight_parameters(),
+                    replicated=self._replicated)
         self._load_phase(d.model, "search.pt", extra)
+
+    def _replicated(self) -> list[Tensor]:
+        """What must be identical on every rank besides the trained parameters: multipliers and correction."""
+        values = [m.value for m in self.objective.multipliers.values()] + list(self.cost_model.correction.values())
+        return [torch.tensor(values, dtype=torch.float64)]
 
     # ---- 4. harden -------------------------------------------------------------------------
     def harden(self) -> None:
         d = self.decisions
         d.model.cpu()  # hardening is cheap and runs where the tables and the graph's indices live
-        fix_decisions(d, self.cost_model, self.constraints)
-        if self.measurer is not None and self.c.get("land", True):
-            band = tuple(float(b) for b in self.c.get("land_band", (0.93, 1.0)))
+        fix_decisions(d, self.cost_model, self.constraints, round_to=self.align)
+        if self.measurer is not None and self.c.land and distributed.is_main():
+            band = tuple(float(b) for b in self.c.land_band)
 
             def measure() -> dict[str, float]:
                 model, _ = build_concrete(d, self.example, self.calibration[:64])
                 return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
 
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
-                                                int(self.c.get("land_measurements", 8)))
+                                                int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]
             status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
             print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
+        distributed.broadcast_module(d.model, what="hard decisions")  # rank 0's landed gates, bits and ops
         final, trail = build_concrete(d, self.example, self.calibration, copy_first=False)
+        # every rank built the concrete model from the same decisions; all fine-tune rank 0's, and a rank whose
+        # architecture came out different stops the run here instead of training a mismatch
+        distributed.broadcast_module(final, what="hardened model")
         trail.update({k: v for k, v in d.trail.items() if k in ("projection", "landing")})
         trail["correction"] = dict(self.cost_model.correction)
         self.trail = trail
@@ -431,13 +471,18 @@ class Compression:
 
         self.metrics = self.task.evaluate(self.final, self.test_loader, self.device)
         self.final = self.final.cpu().eval()
+        self.measured, self.onnx_path = {}, None
+        if not distributed.is_main():  # export and measurement: once, on rank 0
+            return
+        from pluto.materialize.saving import save
+
+        save(self.final, self.ctx.dir / "model.pt")  # architecture + weights + bits: pluto.load(path) restores it
         self.onnx_path = export_final(self.final, self.input_shape, self.ctx.dir) if self.c.export else None
         if self.onnx_path is not None and self.c.onnx_parity:
             from pluto.materialize.export import onnx_parity
 
             self.metrics.update(onnx_parity(self.final, self.onnx_path, self.task, self.test_loader, self.input_shape,
                                             self.ctx.dir))
-        self.measured = {}
         if self.measurer is not None:
             try:
                 m = self.measurer.measure(self.final, self.input_shape, onnx=self.onnx_path)
@@ -450,7 +495,8 @@ class Compression:
     def report(self) -> None:
         from pluto.optimizer.report import final_report
 
-        self.result = final_report(self)
+        # rank 0 reports; pluto.train hands its result to the other ranks
+        self.result = final_report(self) if distributed.is_main() else {}
 
 
 class _SearchState:

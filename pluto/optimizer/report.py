@@ -119,6 +119,7 @@ def final_report(run) -> dict[str, Any]:
         "result": result, "constraints": results, "multipliers": run.objective.lambdas(),
         "decisions": run.trail, "table": table.metadata.get("name") if table else None,
         "measured_on": run.info.get("measured_on"), "measurement": run.info.get("measurement"),
+        "table_on_this_machine": run.info.get("table"),
         "uncompressed": uncompressed, "dense_reference": run.dense_reference,
         "correction_history": run.correction.history, "stage_seconds": run.info["timing_s"],
     })

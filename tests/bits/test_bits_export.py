@@ -36,8 +36,21 @@ def _trained_small_cnn(x, y, epochs=1, width=0.5):
     return model.eval()
 
 
-def _parity(qmodel, x, path):
-    export_onnx(qmodel, x[:1], path)
+def _qat(model, x, y, calibrate, images):
+    """8-bit QAT of ``model``: calibrated on ``calibrate`` images, fine-tuned on ``images`` (batch 64)."""
+    qat = prepare_qat(model, bits=8, calibrate=x[:calibrate], mode="hard")
+    opt = torch.optim.Adam(qat.parameters(), lr=1e-4)
+    qat.train()
+    for i in range(0, images, 64):
+        loss = nn.functional.cross_entropy(qat(x[i:i + 64]), y[i:i + 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return qat
+
+
+def _parity(qmodel, x, path, weight_type=None):
+    export_onnx(qmodel, x[:1], path, weight_type=weight_type)
     with torch.no_grad():
         fake = qmodel.eval()(x).numpy()
     onnx = run_onnx(onnx_session(path), x)
@@ -134,14 +147,7 @@ def test_full_fashion_mnist_int8_parity(tmp_path):
     agree, max_err, scale = _parity(qmodel, xte, tmp_path / "ptq.onnx")
     print(f"PTQ int8: agreement {agree:.4f}, max |logit err| {max_err:.2e} (max |logit| {scale:.2f})")
     assert agree >= 0.99
-    qat = prepare_qat(model, bits=8, calibrate=xtr[:512], mode="hard")
-    opt = torch.optim.Adam(qat.parameters(), lr=1e-4)
-    qat.train()
-    for i in range(0, 5000, 64):
-        loss = nn.functional.cross_entropy(qat(xtr[i:i + 64]), ytr[i:i + 64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    qat = _qat(model, xtr, ytr, calibrate=512, images=5000)
     agree, max_err, scale = _parity(qat, xte, tmp_path / "qat.onnx")
     print(f"QAT int8: agreement {agree:.4f}, max |logit err| {max_err:.2e} (max |logit| {scale:.2f})")
     assert agree >= 0.99
@@ -163,31 +169,18 @@ def _dequantized_weights(path):
 
 
 def test_int8_export_uses_uint8_weights_and_old_files_convert_to_the_same_values(tmp_path):
-    """U8S8 kernels saturate on AVX2 CPUs without VNNI; pluto writes U8U8 and converts int8-weight files."""
-    import onnx
-    from onnx import numpy_helper
-
+    """U8S8 kernels saturate on AVX2 CPUs without VNNI; pluto writes U8U8 there and converts int8-weight files."""
     from pluto.cost.runtimes import export_onnx as export_fp32
     from pluto.materialize.export import weights_to_uint8
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     torch.manual_seed(0)
     model = create_model("small_cnn").eval()
-    path = export_onnx(ptq(model, torch.randn(32, 1, 28, 28)), torch.randn(1, 1, 28, 28), tmp_path / "q.onnx")
-    graph = onnx.load(str(path)).graph
-    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
-    consts.update({i.name: numpy_helper.to_array(i) for i in graph.initializer})
-    produced = {o: n for n in graph.node for o in n.output}
-
-    def const(name):
-        while name in produced and produced[name].op_type == "Identity":
-            name = produced[name].input[0]
-        return consts[name]
-
-    weight_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0].endswith("weight")]
-    assert len(weight_q) == 6
-    for node in weight_q:
-        zero_point = const(node.input[2])
+    path = export_onnx(ptq(model, torch.randn(32, 1, 28, 28)), torch.randn(1, 1, 28, 28), tmp_path / "q.onnx",
+                       weight_type="u8")
+    zero_points = _weight_zero_points(path)
+    assert len(zero_points) == 6
+    for _, zero_point in zero_points.values():
         assert zero_point.dtype == np.uint8 and (zero_point == 128).all()
     assert weights_to_uint8(path) == 0  # nothing left to convert
 
@@ -209,3 +202,71 @@ def test_int8_export_uses_uint8_weights_and_old_files_convert_to_the_same_values
     for name, (values, _) in before.items():
         assert after[name][1] == np.uint8
         np.testing.assert_allclose(after[name][0], values, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight_type", ["u8", "s8"])
+def test_qat_int8_export_matches_pytorch_for_both_weight_types(tmp_path, weight_type):
+    """Both weight types compute what the QAT model computes where their kernels are exact (U8S8 needs VNNI/AMX)."""
+    from pluto.cost.machine import has_vnni
+
+    if weight_type == "s8" and not has_vnni():
+        pytest.skip("U8S8 kernels saturate int16 partial sums on this CPU (no VNNI/AMX): s8 is not exact here")
+    (xtr, ytr), (xte, _) = _fmnist()
+    model = _trained_small_cnn(xtr, ytr)
+    qat = _qat(model, xtr, ytr, calibrate=256, images=512)
+    agree, max_err, scale = _parity(qat, xte, tmp_path / "m.int8.onnx", weight_type)
+    assert agree >= 0.99
+    assert max_err < 0.02 * scale
+    assert optimized_op_types(tmp_path / "m.int8.onnx").get("QLinearConv", 0) >= 4
+    report = json.loads((tmp_path / "m.int8.json").read_text())
+    assert report["int8_weights"] == weight_type and report["int8_kernels"] == {"u8": "U8U8", "s8": "U8S8"}[weight_type]
+    zero_points = [zp for _, zp in _weight_zero_points(tmp_path / "m.int8.onnx").values()]
+    assert zero_points and all(zp.dtype == {"u8": np.uint8, "s8": np.int8}[weight_type] for zp in zero_points)
+
+
+def _weight_zero_points(path):
+    """{weight name: (QuantizeLinear node, zero point array)} of a pluto QDQ file."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node if n.op_type == "Constant"}
+    consts.update({i.name: numpy_helper.to_array(i) for i in graph.initializer})
+    produced = {o: n for n in graph.node for o in n.output}
+
+    def const(name):
+        while name in produced and produced[name].op_type == "Identity":
+            name = produced[name].input[0]
+        return consts[name]
+
+    return {n.input[0]: (n, const(n.input[2])) for n in graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0].endswith("weight")}
+
+
+def test_weight_type_follows_the_chip_env_and_argument(tmp_path, monkeypatch):
+    from pluto.cost.machine import has_vnni, int8_weight_type
+    from pluto.materialize.export import weights_to_uint8
+
+    torch.manual_seed(0)
+    qmodel = ptq(create_model("small_cnn", width=0.5).eval(), torch.randn(32, 1, 28, 28))
+    x = torch.randn(1, 1, 28, 28)
+    monkeypatch.delenv("PLUTO_INT8_WEIGHTS", raising=False)
+    export_onnx(qmodel, x, tmp_path / "auto.onnx")
+    assert json.loads((tmp_path / "auto.json").read_text())["int8_weights"] == int8_weight_type()
+    monkeypatch.setenv("PLUTO_INT8_WEIGHTS", "u8")
+    export_onnx(qmodel, x, tmp_path / "env.onnx")
+    assert json.loads((tmp_path / "env.json").read_text())["int8_weights"] == "u8"
+    export_onnx(qmodel, x, tmp_path / "s8.onnx", weight_type="s8")  # the argument wins over the environment
+    s8 = _weight_zero_points(tmp_path / "s8.onnx")
+    assert len(s8) == 6 and all(zp.dtype == np.int8 and (zp == 0).all() for _, zp in s8.values())
+    monkeypatch.setenv("PLUTO_INT8_WEIGHTS", "fp8")
+    with pytest.raises(ConfigError, match="PLUTO_INT8_WEIGHTS"):
+        export_onnx(qmodel, x, tmp_path / "bad.onnx")
+    # an s8 file made on a VNNI machine converts to the same values in uint8 for an AVX2-only CPU
+    assert weights_to_uint8(tmp_path / "s8.onnx", tmp_path / "u8.onnx") == 6
+    assert all(zp.dtype == np.uint8 and (zp == 128).all() for _, zp in _weight_zero_points(tmp_path / "u8.onnx").values())
+    xs = torch.rand(16, 1, 28, 28)
+    u8 = run_onnx(onnx_session(tmp_path / "env.onnx"), xs)
+    np.testing.assert_allclose(run_onnx(onnx_session(tmp_path / "u8.onnx"), xs), u8, rtol=0, atol=1e-5)
+    if has_vnni():  # U8S8 is exact here: the same values compute the same logits
+        np.testing.assert_allclose(run_onnx(onnx_session(tmp_path / "s8.onnx"), xs), u8, rtol=0, atol=1e-5)

@@ -32,13 +32,32 @@ def test_depthwise_and_macs():
 
 
 def test_unsupported_op_named_in_error():
+    class Roll(nn.Module):
+        def forward(self, x):
+            return torch.roll(x, 1, 2)
+
+    with pytest.raises(UnsupportedModelError, match="roll"):
+        extract_ops(Roll(), (1, 4, 4))
+    assert extract_ops(Roll(), (1, 4, 4), strict=False) == []
+
+
+def test_concat_and_channel_shuffle_are_priced_ops():
+    from pluto.cost.units import build_unit
+    from pluto.models import create_model
+
     class Cat(nn.Module):
         def forward(self, x):
             return torch.cat([x, x], 1)
 
-    with pytest.raises(UnsupportedModelError, match="cat"):
-        extract_ops(Cat(), (1, 4, 4))
-    assert extract_ops(Cat(), (1, 4, 4), strict=False) == []
+    (op,) = extract_ops(Cat(), (3, 8, 8))
+    assert (op.kind, op.cout, op.hw) == ("concat", 6, 8)
+    ops = extract_ops(create_model("shufflenet_v2_x0_5", 10, 1, 28).eval(), (1, 28, 28))
+    kinds = {o.kind for o in ops}
+    assert {"concat", "shuffle"} <= kinds
+    for o in ops:
+        if o.kind in ("concat", "shuffle"):
+            module, inputs = build_unit(o)
+            assert module(*inputs).shape[1] == o.cout - (o.cout % 2 if o.kind == "shuffle" else 0)
 
 
 def test_untraceable_model_is_a_clean_error():

@@ -7,8 +7,15 @@ divided by their mean first, so a wide layer does not drown a narrow one.
 - ``'l1'`` / ``'l2'``: weight magnitude (Li et al., 2017),
 - ``'bn'``: |BatchNorm gamma| (network slimming, Liu et al., 2017); channels without a BN fall back to l2,
 - ``'taylor'``: first-order Taylor |w * dL/dw| (Molchanov et al., 2019); run ``loss.backward()`` first.
+
+Kept counts can be snapped to a channel multiple (``round_to``): runtimes run counts that are multiples
+of a table's ``align`` (8 for onnxruntime's NCHWc kernels on x86) on fast kernels and others on slow
+ones (mobilenet_v2 at 1x28x28 pruned by ratio 0.36 ran 0.63 ms against 0.31 ms dense). A group is the
+graph's unit (residual-tied channels are one group), so snapping groups keeps the graph valid.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -70,24 +77,75 @@ def channel_importance(model: nn.Module, graph: DependencyGraph, importance: str
     return score[:n]
 
 
-def keep_top(graph: DependencyGraph, score: Tensor, ratio: float) -> Tensor:
-    """Keep the ``1 - ratio`` most important channels of every group (at least one)."""
+def alignment(round_to: int | str | None, table=None) -> int:
+    """The channel multiple kept counts snap to: ``None`` -> 1 (no snapping), an int -> itself,
+    ``'table'`` -> ``table.align`` (the multiple its runtime's fast kernels need; 1 without a table)."""
+    if round_to is None:
+        return 1
+    if round_to == "table":
+        return int(getattr(table, "align", 1)) if table is not None else 1
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ConfigError(f"round_to={round_to!r} must be None, a positive int (e.g. 8) or 'table' "
+                          "(the table's align)")
+    return round_to
+
+
+def snap_count(k: float, size: int, multiple: int = 1) -> int:
+    """Channels a group of ``size`` keeps when about ``k`` are wanted, as a multiple of ``multiple``.
+
+    The nearest of the multiples in ``[multiple, size]`` and ``size`` itself (the unpruned group), ties
+    to the larger: never 0, never above ``size``; a group no larger than the multiple keeps its size.
+    ``multiple`` 1: ``round(k)`` clipped to ``[1, size]``.
+    """
+    if multiple <= 1:
+        return max(1, min(size, int(round(k))))
+    if size <= multiple:
+        return size
+    lower = int(math.floor(k / multiple)) * multiple
+    candidates = {c for c in (lower, lower + multiple) if multiple <= c <= size} | {size}
+    return min(candidates, key=lambda c: (abs(c - k), -c))
+
+
+def snap_keep(graph: DependencyGraph, keep: Tensor, score: Tensor, multiple: int) -> Tensor:
+    """``keep`` with each group's count snapped (:func:`snap_count`): drops its least important kept
+    channels or adds its most important removed ones (by ``score``, larger = keep)."""
+    keep = keep.bool().cpu()
+    if multiple <= 1:
+        return keep.clone()
+    out = torch.zeros_like(keep)
+    score = score.detach().float().cpu()
+    for g in graph.groups:
+        k_now = keep[g.offset:g.offset + g.size]
+        k = snap_count(int(k_now.sum()), g.size, multiple)
+        s = score[g.offset:g.offset + g.size]
+        kept, removed = torch.nonzero(k_now).flatten(), torch.nonzero(~k_now).flatten()
+        order = torch.cat([kept[s[kept].argsort(descending=True, stable=True)],
+                           removed[s[removed].argsort(descending=True, stable=True)]])
+        out[g.offset + order[:k]] = True
+    return out
+
+
+def keep_top(graph: DependencyGraph, score: Tensor, ratio: float, round_to: int = 1) -> Tensor:
+    """Keep the ``1 - ratio`` most important channels of every group (at least one), snapped to multiples
+    of ``round_to`` (:func:`snap_count`)."""
     keep = torch.zeros(graph.num_channels, dtype=torch.bool)
     for g in graph.groups:
-        k = max(1, int(round(g.size * (1.0 - ratio))))
+        k = snap_count(g.size * (1.0 - ratio), g.size, round_to)
         top = torch.topk(score[g.offset:g.offset + g.size], k).indices
         keep[g.offset + top] = True
     return keep
 
 
-def keep_for_macs(graph: DependencyGraph, score: Tensor, macs_reduction: float, tolerance: float = 0.02) -> Tensor:
-    """Uniform per-group ratio, found by bisection, that removes ``macs_reduction`` (0..1) of the MACs."""
+def keep_for_macs(graph: DependencyGraph, score: Tensor, macs_reduction: float, tolerance: float = 0.02,
+                  round_to: int = 1) -> Tensor:
+    """Uniform per-group ratio, found by bisection, that removes ``macs_reduction`` (0..1) of the MACs
+    (kept counts snapped to multiples of ``round_to``)."""
     if not 0.0 <= macs_reduction < 1.0:
         raise ConfigError(f"macs_reduction={macs_reduction} must be in [0, 1), e.g. 0.5 for half the MACs")
     base = graph.macs()
     goal = base * (1.0 - macs_reduction)
     lo, hi = 0.0, 1.0
-    best = keep_top(graph, score, 1.0)
+    best = keep_top(graph, score, 1.0, round_to)
     if graph.macs(best) > goal * (1.0 + tolerance):
         floor = 1.0 - graph.macs(best) / base
         raise InfeasibleConstraintError(
@@ -95,7 +153,7 @@ def keep_for_macs(graph: DependencyGraph, score: Tensor, macs_reduction: float, 
             f"removes only {floor:.1%} (the rest sits in protected layers). Ask for at most {floor:.0%}, or unprotect layers.")
     for _ in range(30):
         mid = (lo + hi) / 2
-        keep = keep_top(graph, score, mid)
+        keep = keep_top(graph, score, mid, round_to)
         if graph.macs(keep) > goal:
             lo = mid
         else:
@@ -104,17 +162,23 @@ def keep_for_macs(graph: DependencyGraph, score: Tensor, macs_reduction: float, 
 
 
 def prune_by_importance(model: nn.Module, graph: DependencyGraph, ratio: float = 0.5, importance: str = "l1",
-                        macs_reduction: float | None = None) -> nn.Module:
+                        macs_reduction: float | None = None, round_to: int | str | None = "table",
+                        table=None) -> nn.Module:
     """One-shot baseline: remove the least important channels and return the materialized smaller model.
 
     ``ratio``: fraction of channels removed from every group (as Torch-Pruning's ``pruning_ratio``).
     ``macs_reduction``: if given, overrides ``ratio``: the fraction of MACs to remove (e.g. 0.7), reached by
-    bisection over a uniform ratio. ``model`` is not modified.
+    bisection over a uniform ratio. ``round_to``: kept counts snap to multiples of it (:func:`snap_count`):
+    an int, ``None`` (no snapping) or ``'table'`` (the default): ``table.align``, the multiple the table's
+    runtime runs on fast kernels, when a ``table`` (:class:`~pluto.cost.table.LatencyTable`) is given, else
+    no snapping. ``model`` is not modified.
     """
     from pluto.materialize.prune import prune_channels
 
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"ratio={ratio} must be in [0, 1), e.g. 0.5 to remove half the channels")
+    multiple = alignment(round_to, table)
     score = channel_importance(model, graph, importance)
-    keep = keep_for_macs(graph, score, macs_reduction) if macs_reduction is not None else keep_top(graph, score, ratio)
+    keep = (keep_for_macs(graph, score, macs_reduction, round_to=multiple) if macs_reduction is not None
+            else keep_top(graph, score, ratio, multiple))
     return prune_channels(model, graph, keep)

@@ -1,12 +1,20 @@
 import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import optuna
 import pytest
 
 from pluto import cli
 from pluto.errors import ConfigError
-from pluto.optimizer import commands
-from pluto.optimizer.commands import MetricBound, ParamSpec, SweepSpec, best_feasible_trial, run_sweep
+from pluto import sweep as commands
+from pluto.sweep import MetricBound, ParamSpec, SweepSpec, best_feasible_trial, reclaim_stale, run_sweep
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeRun:
@@ -62,18 +70,63 @@ def test_sweep_runs_and_resumes_with_same_study_name(tmp_path):
     assert len(fake.calls) == 5
 
 
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
 def test_killed_trial_is_retried_on_resume(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="k", storage=storage, direction="maximize")
     study.enqueue_trial({"trainer.lr": 0.001})
-    trial = study.ask()  # a trial that started and was killed: RUNNING forever
+    trial = study.ask()  # a trial whose worker was killed: RUNNING forever
     trial.suggest_float("trainer.lr", 1e-4, 1.0, log=True)
+    study._storage.set_trial_system_attr(trial._trial_id, "pluto:worker", f"{socket.gethostname()}:{_dead_pid()}")
+    alive = study.ask()  # a trial another live worker (this process's parent, say) is running: left alone
+    study._storage.set_trial_system_attr(alive._trial_id, "pluto:worker", f"{socket.gethostname()}:{os.getppid()}")
     fake = FakeRun()
-    spec = SweepSpec(None, [ParamSpec.parse("trainer.lr=1e-4:1:log")], trials=2, study_name="k", out=tmp_path)
+    spec = SweepSpec(None, [ParamSpec.parse("trainer.lr=1e-4:1:log")], trials=3, study_name="k", out=tmp_path)
     study = run_sweep(spec, run_fn=fake)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert states[1] == optuna.trial.TrialState.RUNNING  # completed + running = 3 trials: this worker stops
     assert fake.calls[0][0] == ["trainer.lr=0.001"]  # the killed trial's parameters ran first
+    assert study.trials[2].user_attrs["retry_of"] == 0
+
+
+def test_remote_trial_is_reclaimed_after_missed_heartbeats(tmp_path):
+    study = optuna.create_study(study_name="h", storage=commands.open_storage(f"journal:{tmp_path / 'j.log'}", tmp_path))
+    fresh, old = study.ask(), study.ask()
+    now = time.time()
+    for t, beat in ((fresh, now), (old, now - 10)):
+        study._storage.set_trial_system_attr(t._trial_id, "pluto:worker", "other-host:123")
+        study._storage.set_trial_system_attr(t._trial_id, "pluto:heartbeat", beat)
+        study._storage.set_trial_system_attr(t._trial_id, "pluto:heartbeat_interval", 2.0)
+    assert reclaim_stale(study, heartbeat=30.0) == 1  # the trial's own interval (2 s) counts: 10 s = 5 missed
+    assert reclaim_stale(study, heartbeat=30.0) == 0  # re-queued once, however often it is noticed
+    states = [t.state for t in study.get_trials()]
+    assert states == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+
+def test_two_workers_share_one_journal_study(tmp_path):
+    """Two `pluto sweep` processes on one journal file: 4 completed trials, each run once, by both workers."""
+    journal = tmp_path / "study.log"
+    argv = [sys.executable, "-m", "pluto.cli", "sweep", "--recipe", "smoke", "--trials", "4", "--study-name", "j",
+            "--storage", f"journal:{journal}", "--param", "trainer.lr=1e-3:1e-1:log", "--heartbeat", "2",
+            "--override", "logger=none", "--override", "trainer.threads=1", "--override", "trainer.epochs=1",
+            "--override", "data.num_samples=128"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen([*argv, "--out", str(tmp_path / f"w{i}")], cwd=REPO, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    logs = [w.communicate(timeout=240)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    study = optuna.load_study(study_name="j", storage=commands.open_storage(f"journal:{journal}", tmp_path))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4 and len(study.trials) == 4  # nothing failed, nothing ran twice
+    run_dirs = [t.user_attrs["run_dir"] for t in complete]
+    assert len(set(run_dirs)) == 4 and all((Path(d) / "metrics.json").exists() for d in run_dirs)
+    assert len({t.params["trainer.lr"] for t in complete}) == 4
 
 
 def test_constraints_pick_best_feasible_trial(tmp_path):

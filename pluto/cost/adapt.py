@@ -1,0 +1,245 @@
+"""Few-shot adaptation of a table to the machine at hand (``pluto table calibrate``), and the machine check.
+
+Two VMs of one instance type differ by 40-60 %, and a table profiled on one is a *prior* on the
+other (LitePred, HELP). Re-profiling thousands of entries takes many minutes; adapting takes under a
+minute: time the reference kernels and <= 20 diverse whole *reference networks* (pruned members of
+the model families the table covers, at their input sizes) here, and refit the table's whole-network
+calibration to them (:func:`pluto.cost.profiler.fit_calibration`), pulled towards the table's own fit
+so that families the reference set covers thinly keep their shape. The entries (the ranking of
+widths, kernels and ops) are kept; what moves is the level per op group, the per-op overhead and the
+offset, which is what changes between machines of one kind.
+
+The machine check (:func:`check`) times only the reference kernels (~2 s) and compares them with the
+table's: more than 10 % apart means the table does not describe this machine.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from pluto.cost.machine import cpu_facts, describe, fingerprint
+from pluto.cost.table import LatencyTable
+from pluto.errors import TableError
+
+# The families `pluto profile --model` covers for the shipped CPU tables and `scripts/fidelity.py --families zoo` checks.
+ZOO_FAMILIES = ["resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+                "efficientnet_b0", "shufflenet_v2_x1_0", "regnet_x_400mf", "mnasnet0_5", "small_cnn"]
+KERNEL_TOLERANCE = 0.10
+
+Sample = tuple[str, str, nn.Module, tuple[int, ...]]  # (label, family, model, input shape C,H,W)
+
+
+def family_networks(families: list[str], shapes: list[tuple[int, ...]], n: int, seed: int, align: int = 8,
+                    min_width: float = 0.25) -> list[Sample]:
+    """``n`` pruned networks spread round-robin over ``families`` x ``shapes`` (see :func:`pair_networks`)."""
+    return pair_networks([(f, tuple(s)) for f in families for s in shapes], n, seed, align, min_width)
+
+
+def pair_networks(pairs: list[tuple[str, tuple[int, ...]]], n: int, seed: int, align: int = 8,
+                  min_width: float = 0.25) -> list[Sample]:
+    """``n`` pruned networks spread round-robin over (family, input shape) ``pairs``; every other round is rounded to
+    ``align`` (what the materializer makes by default), the rest keep any width (unrounded pruning)."""
+    from pluto.cost.samples import PrunedFamily
+
+    rng = random.Random(seed)
+    cache: dict[tuple, PrunedFamily] = {}
+    out = []
+    for i in range(n):
+        family, shape = pairs[i % len(pairs)]
+        if (family, shape) not in cache:
+            cache[(family, shape)] = PrunedFamily(family, shape)
+        rounded = (i + i // len(pairs)) % 2 == 0  # alternate, and swap each round over the pairs
+        model = cache[(family, shape)].sample(rng, min_width, align if rounded else 1)
+        out.append((f"{family}@{'x'.join(map(str, shape))}#{i}{'r' if rounded else 'u'}", family, model, shape))
+    return out
+
+
+def space_networks(table: LatencyTable, n: int, seed: int) -> list[Sample]:
+    """Held-out networks drawn from a table's own profiling space (MBConv subnets, pruned ResNet-18s, small CNNs)."""
+    from pluto.cost.samples import MBConvSpace, random_mbconv, random_resnet
+    from pluto.cost.space import ProfileSpace
+    from pluto.models import create_model
+
+    space = ProfileSpace.from_dict(table.metadata["space"])
+    rng = random.Random(seed)
+    mb = [MBConvSpace.from_dict({"min_width": space.min_width, **s}) for s in space.mbconv]
+    res = [(s.get("in_channels", 1), s.get("input_size", 28)) for s in space.resnet]
+    out: list[Sample] = []
+    for i in range(n):
+        r = i % 20
+        if mb and r < 10:
+            sp = mb[i % len(mb)]
+            out.append((f"mbconv_{i}", "mbconv", random_mbconv(rng, sp, prune=True, align=space.align if i % 2 else 1),
+                        (sp.in_channels, sp.input_size, sp.input_size)))
+        elif res and r < 17:
+            c, hw = res[i % len(res)]
+            out.append((f"resnet18_pruned_{i}@{hw}", "resnet18_pruned",
+                        random_resnet(rng, c, space.min_width, space.align if i % 2 else 1), (c, hw, hw)))
+        else:
+            w = max(8, round(32 * rng.uniform(space.min_width, 1.0) / 8) * 8) / 32
+            out.append((f"small_cnn_w{w:.2f}_{i}", "small_cnn", create_model("small_cnn", width=w), (1, 28, 28)))
+    return [(a, b, m.eval(), s) for a, b, m, s in out]
+
+
+def table_families(table: LatencyTable, precision: str | None = None) -> list[tuple[str, tuple[int, ...]]]:
+    """(registry family, input shape) pairs a table was profiled for at ``precision`` (its space's ``models``)."""
+    from pluto.models import list_models
+
+    space = (table.metadata.get("precision_spaces") or {}).get(precision) or table.metadata.get("space", {})
+    models = space.get("models") or []
+    return sorted({(m["name"], tuple(m.get("input_shape", (1, 28, 28)))) for m in models
+                   if m.get("name") in list_models()})
+
+
+def reference_networks(table: LatencyTable, n: int = 20, seed: int = 0, precision: str | None = None) -> list[Sample]:
+    """The fixed, diverse reference set of a table: ``n`` pruned members of its families at ``precision`` (seed 0;
+    held-out checks use other seeds)."""
+    pairs = table_families(table, precision)
+    if not pairs:
+        return space_networks(table, n, seed)
+    return pair_networks(pairs, n, seed, table.align or 8)
+
+
+# ---- the reference kernels ---------------------------------------------------------------------
+def time_kernels(table: LatencyTable, precision: str, rounds: int = 3, samples: int = 24) -> dict[str, float]:
+    """Median ms of each reference kernel on this machine, with the table's runtime, threads and batch."""
+    from pluto.cost.profiler import REFERENCE_KERNELS, measure_interleaved
+    from pluto.cost.runtimes import Runtime
+    from pluto.cost.units import build_unit
+
+    rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
+    batch = int(table.metadata.get("batch") or 1)
+    works = [rt.prepare(*build_unit(op, batch), precision) for _, op in REFERENCE_KERNELS]
+    times = measure_interleaved(rt, works, rounds, samples, min_sample_s=0.001)
+    return {name: t for (name, _), (t, _) in zip(REFERENCE_KERNELS, times)}
+
+
+def check(table: LatencyTable, precision: str | None = None) -> dict:
+    """Time the reference kernels here and compare with the table's: ``{ratios, max_deviation, agrees, message}``."""
+    precision = precision or ("fp32" if "fp32" in table.precisions else table.precisions[0])
+    stored = (table.metadata.get("reference") or {}).get(precision) or {}
+    if not stored:
+        return {"agrees": None, "ratios": {}, "max_deviation": None,
+                "message": f"table {table.metadata.get('name')} has no reference kernels (made before pluto recorded "
+                           "them): it cannot be checked here; adapt it with `pluto table calibrate`"}
+    here = time_kernels(table, precision)
+    ratios = {k: here[k] / v["median_ms"] for k, v in stored.items() if k in here and v.get("median_ms")}
+    dev = max(abs(r - 1) for r in ratios.values()) if ratios else None
+    agrees = dev is not None and dev <= KERNEL_TOLERANCE
+    message = (f"reference kernels agree with table {table.metadata.get('name')} within {dev * 100:.0f} %" if agrees
+               else f"reference kernels run {min(ratios.values()):.2f}-{max(ratios.values()):.2f}x the table's "
+                    f"{table.metadata.get('name')} here ({describe()}): it does not describe this machine; adapt it: "
+                    f"pluto table calibrate {table.path or '<table>'} --out <dir>")
+    return {"agrees": agrees, "ratios": ratios, "max_deviation": dev, "message": message, "here_ms": here}
+
+
+# ---- adaptation ---------------------------------------------------------------------------------
+def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, seed: int = 0,
+          prior: float = 0.3, progress: bool = True) -> dict:
+    """Measure the reference kernels and ``n`` reference networks here and refit the table's calibration to them.
+
+    The table object is changed in place (its ``metadata['calibration']``, ``reference`` and ``machine``
+    now describe this machine); returns the summary also stored as ``metadata['adapted']``.
+    """
+    from pluto.cost.ops import extract_ops
+    from pluto.cost.profiler import fit_calibration, measure_interleaved, prepare_network, priceable
+    from pluto.cost.runtimes import Runtime
+    from pluto.cost.table import weight_bytes
+
+    if table.device.get("type", "cpu") != "cpu":
+        raise TableError("few-shot adaptation runs on CPU tables here; GPU tables are re-fitted with "
+                         "`pluto table calibrate` on the GPU machine")
+    start = time.perf_counter()
+    rt = Runtime(table.runtime, "cpu", int(table.metadata.get("threads") or 1))
+    batch = int(table.metadata.get("batch") or 1)
+    summary: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": describe(),
+                     "fingerprint": fingerprint(), "networks": n, "precisions": {}}
+    old_reference = table.metadata.get("reference") or {}
+    new_reference: dict = {}
+    for precision in table.precisions:
+        kernels = time_kernels(table, precision, rounds, samples)
+        new_reference[precision] = {k: {"median_ms": v, "n": rounds} for k, v in kernels.items()}
+        nets = reference_networks(table, n, seed, precision)  # int8 may cover fewer families than fp32
+        nets_p = [net for net in nets if priceable(table, net[2], net[3], precision)]
+        if len(nets_p) < 3:
+            summary["precisions"][precision] = {"skipped": f"only {len(nets_p)} reference networks priceable"}
+            continue
+        works = [prepare_network(rt, model, shape, precision, batch) for _, _, model, shape in nets_p]
+        measured = measure_interleaved(rt, works, rounds, samples, progress=progress, desc=f"adapt {precision}")
+        del works
+        points, records = [], []
+        for (label, family, model, shape), (ms, _) in zip(nets_p, measured):
+            ops = extract_ops(model, shape)
+            parts = {g: float(v) for g, v in table.summed(ops, "latency_ms", precision).items()}
+            points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), ms))
+            records.append({"model": label, "family": family, "measured_latency_ms": ms})
+        cal = table.metadata.setdefault("calibration", {}).setdefault(precision, {})
+        before = cal.get("latency_ms")
+        fit = fit_calibration(points, prior=prior, prior_fit=before)
+        err_before = _mape(table, nets_p, measured, precision)
+        cal["latency_ms"] = fit
+        cal["reference_networks"] = records
+        summary["precisions"][precision] = {
+            "kernel_ratio": {k: v / (old_reference.get(precision, {}).get(k, {}).get("median_ms") or float("nan"))
+                             for k, v in kernels.items()},
+            "mape_before_pct": err_before, "mape_after_pct": fit["mape_calibrated_pct"]}
+    table.metadata["reference"] = new_reference
+    table.metadata["machine"] = {**cpu_facts(), "fingerprint": fingerprint()}
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    table.metadata["adapted"] = summary
+    return summary
+
+
+def _mape(table: LatencyTable, nets: list[Sample], measured, precision: str) -> float:
+    from pluto.cost.ops import extract_ops
+
+    errs = [abs(table.predict_ops(extract_ops(m, s), "latency_ms", precision) - ms) / ms
+            for (_, _, m, s), (ms, _) in zip(nets, measured)]
+    return float(np.mean(errs) * 100)
+
+
+def cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("PLUTO_CACHE", Path.home() / ".cache" / "pluto")) / "adapted"
+
+
+def for_this_machine(table: LatencyTable, auto: bool = True, log=print) -> tuple[LatencyTable, dict]:
+    """The table as this machine sees it: itself when it was made (or adapted) here or its reference kernels agree;
+    else a copy adapted here (cached per table and machine fingerprint under ``~/.cache/pluto/adapted``)."""
+    from pluto.cost.machine import mismatch
+
+    if table.device.get("type", "cpu") != "cpu":
+        return table, {"status": "gpu table: not adapted on the CPU"}
+    note = mismatch({**table.metadata, "path": str(table.path)})
+    if note is None:
+        return table, {"status": "table made on this machine kind"}
+    cached = cache_dir() / f"{table.metadata.get('name', 'table')}-{table.metadata.get('sha256', '')[:8]}-{fingerprint()}"
+    if (cached / "metadata.json").exists():
+        adapted = LatencyTable.load(cached)
+        log(f"using the table adapted to this machine earlier: {cached}")
+        return adapted, {"status": "adapted (cached)", "path": str(cached), **adapted.metadata.get("adapted", {})}
+    result = check(table)
+    if result["agrees"]:
+        log(result["message"])
+        return table, {"status": "reference kernels agree", "max_deviation": result["max_deviation"]}
+    log(result["message"])
+    if not auto:
+        return table, {"status": "mismatch, not adapted", "message": result["message"]}
+    log(f"adapting {table.metadata.get('name')} to this machine (reference kernels + networks, < 1 min) ...")
+    copy_ = LatencyTable(table.entries.copy(), json.loads(json.dumps(table.metadata, default=str)))
+    summary = adapt(copy_, progress=False)
+    copy_.metadata["adapted_from"] = str(table.path)
+    copy_.save(cached)
+    log(f"adapted in {summary['seconds']} s; cached at {cached}")
+    return copy_, {"status": "adapted", "path": str(cached), **summary}
+
+
+__all__ = ["ZOO_FAMILIES", "family_networks", "space_networks", "reference_networks", "time_kernels", "check",
+           "adapt", "for_this_machine"]

@@ -1,0 +1,145 @@
+"""The chip in the loop: honest verdicts, the measured correction, landing on the measured target, remote runners."""
+import json
+import stat
+import sys
+
+import pytest
+import torch
+
+from pluto.cost.measure import Measurer, MeasurementError
+from pluto.cost.model import CostModel
+from pluto.models import create_model
+from pluto.optimizer.constraints import Constraint, constraints_from_config, constraints_hold, verdicts
+from pluto.optimizer.decisions import attach, land_on_target
+from pluto.optimizer.pipeline import MeasuredCorrection
+from pluto.train import compose, run
+
+FAST = ["recipe=smoke_compress", "logger=none", "trainer.threads=1", "compress.quantize=false",
+        "compress.distill=false"]
+
+
+def test_unmeasured_table_metric_never_holds():
+    cons = [Constraint("latency_ms", "latency_ms", 1.0), Constraint("macs", "macs", 1e9)]
+    results = verdicts(cons, measured={}, predicted={"latency_ms": 0.1, "macs": 1e6})
+    lat, macs = results
+    assert lat["holds"] is None and "not measured" in lat["basis"]
+    assert macs["holds"] is True and macs["basis"] == "analytic"  # exact counts need no chip
+    assert constraints_hold(results) is None
+    assert constraints_hold(verdicts(cons, {"latency_ms": 0.5}, {"macs": 1e6})) is True
+    assert constraints_hold(verdicts(cons, {"latency_ms": 1.5}, {"macs": 1e6})) is False
+    assert constraints_hold([]) is True
+
+
+def test_relative_targets_resolve_against_the_uncompressed_cost():
+    (c,) = constraints_from_config({"latency_ms": "0.6x"}, reference={"latency_ms": 2.0})
+    assert c.target == pytest.approx(1.2)
+    with pytest.raises(Exception, match="relative target"):
+        constraints_from_config({"latency_ms": "0.6x"})
+    with pytest.raises(Exception, match="not a relative target"):
+        constraints_from_config({"latency_ms": "fastx"}, reference={"latency_ms": 1.0})
+
+
+def test_correction_converges_to_a_chip_twice_as_slow_as_predicted():
+    model = create_model("small_cnn")
+    cost = CostModel(model, (1, 1, 28, 28), None)
+    correction = MeasuredCorrection(cost, smoothing=0.5)
+    rng = torch.Generator().manual_seed(0)
+    for step in range(12):
+        predicted = 0.3 + 0.1 * float(torch.rand(1, generator=rng))
+        measured = 2.0 * predicted * (1 + 0.03 * float(torch.randn(1, generator=rng)))  # 3 % timing noise
+        correction.update({"latency_ms": measured}, {"latency_ms": predicted}, step)
+    assert cost.correction["latency_ms"] == pytest.approx(2.0, rel=0.05)
+    state = correction.state_dict()
+    other = MeasuredCorrection(CostModel(model, (1, 1, 28, 28), None))
+    other.load_state_dict(state)
+    assert other.cost_model.correction == cost.correction and len(other.history) == 12
+
+
+def _channels_latency(decisions) -> dict[str, float]:
+    """A synthetic chip: latency grows with the kept channels, in steps (whole channels), plus a fixed overhead."""
+    kept = sum(float(k.sum()) for k in decisions.gates.hard().values())
+    return {"latency_ms": 0.05 + 0.002 * kept}
+
+
+@pytest.mark.parametrize("target", [0.25, 0.4, 0.6])
+def test_landing_puts_the_measured_cost_inside_the_band(target):
+    model = create_model("small_cnn")
+    d = attach(model, torch.zeros(1, 1, 28, 28), prune=True, quantize=False, bits=(8,))
+    d.gates.set_keep(torch.rand(d.gates.graph.num_channels, generator=torch.Generator().manual_seed(0)) < 0.3)
+    cons = [Constraint("latency_ms", "latency_ms", target)]
+    notes = land_on_target(d, cons, lambda: _channels_latency(d), band=(0.93, 1.0), max_measurements=8)
+    measured = _channels_latency(d)["latency_ms"]
+    assert notes["landed"], notes
+    assert 0.93 * target <= measured <= target
+    assert len(notes["measurements"]) <= 8
+
+
+def test_landing_explains_a_target_it_cannot_reach():
+    model = create_model("small_cnn")
+    d = attach(model, torch.zeros(1, 1, 28, 28), prune=True, quantize=False, bits=(8,))
+    cons = [Constraint("latency_ms", "latency_ms", 0.01)]  # below the fixed 0.05 ms overhead of the synthetic chip
+    notes = land_on_target(d, cons, lambda: _channels_latency(d), max_measurements=6)
+    assert notes["landed"] is False and notes["why"]
+
+
+def _gpu_table(tmp_path):
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load("latency_tables/h100_cudagraph")
+    return table
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path")
+def test_run_on_a_table_whose_chip_is_absent_says_not_measured(tmp_path, capsys):
+    metrics = run(compose([*FAST, "hw=h100_cudagraph", "constraints.macs=null", "constraints.latency_ms=0.5"]),
+                  run_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert "NOT MEASURED" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    (verdict,) = report["constraints"]
+    assert verdict["holds"] is None and verdict["measured"] is None and verdict["predicted"] is not None
+    assert metrics["constraints_hold"] == 0.0 and metrics["constraints_measured"] == 0.0
+    assert metrics["objective"] < 0  # a sweep never ranks an unverified run as feasible
+    assert json.loads((tmp_path / "metrics.json").read_text())["constraints_hold"] == 0.0
+
+
+def _board(tmp_path, factor: float) -> str:
+    """A stand-in for a board: prints latency (ms) and energy (mJ) proportional to the ONNX file's size."""
+    script = tmp_path / "bench.py"
+    script.write_text("import os, sys\n"
+                      f"size = os.path.getsize(sys.argv[1])\nprint('warming up')\n"
+                      f"print(f'latency_ms={{{factor} * size / 1e6:.6f}} energy_mj=1.5')\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return f"{sys.executable} {script} {{onnx}}"
+
+
+def test_remote_runner_measures_through_a_command(tmp_path):
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load("latency_tables/h100_cudagraph")  # a chip this machine is not: reached by the runner
+    measurer = Measurer(table, runner=_board(tmp_path, 1.0))
+    assert measurer.reachable()[0]
+    m = measurer.measure(create_model("small_cnn"), (1, 1, 28, 28))
+    assert m.latency_ms > 0 and m.energy_mj == pytest.approx(1.5) and "runner" in m.machine
+    bad = Measurer(table, runner=f"{sys.executable} -c \"print('no number here')\"")
+    with pytest.raises(MeasurementError, match="last line"):
+        bad.measure(create_model("small_cnn"), (1, 1, 28, 28))
+    with pytest.raises(Exception, match="template"):
+        Measurer(table, runner="bench {model}").measure(create_model("small_cnn"), (1, 1, 28, 28))
+
+
+def test_run_with_a_remote_runner_lands_on_the_board_target(tmp_path, capsys):
+    runner = _board(tmp_path, 1.0)  # a board whose latency follows the model's size (about 0.56 ms dense)
+    metrics = run(compose([*FAST, "hw=h100_cudagraph", f"hw.runner='{runner}'", "constraints.macs=null",
+                           "constraints.latency_ms=0.5x", "compress.measure_every=4"]), run_dir=tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    (verdict,) = report["constraints"]
+    dense = report["uncompressed"]["measured"]["latency_ms"]
+    assert verdict["target"] == pytest.approx(0.5 * dense)  # the relative target, resolved on the board
+    assert verdict["measured"] is not None and verdict["basis"] == "measured"
+    assert "runner" in report["measurement"]["machine"]
+    assert report["correction_history"], "the search measured candidates through the runner"
+    landing = report["decisions"]["landing"]
+    assert landing["landed"], landing
+    assert 0.93 <= verdict["measured"] / verdict["target"] <= 1.0  # the exported model measures inside the band
+    assert metrics["constraints_hold"] == 1.0 and metrics["constraints_measured"] == 1.0
