@@ -63,7 +63,13 @@ def check_model_output(model: nn.Module, spec) -> None:
         raise ConfigError(f"{type(model).__name__} returns a {kind}, but pluto trains on a logits tensor of shape "
                           f"(batch, {spec.num_classes}); wrap it so forward returns the logits (e.g. "
                           "out['logits'] or out[0])")
-    if out.dim() != 2 or out.shape[0] != 2 or out.shape[1] != spec.num_classes:
+    if spec.task != "classification":  # dense prediction: the output is an image of the target's shape
+        expected = (2, *spec.target_shape[1:])
+        if tuple(out.shape) != expected:
+            raise ConfigError(f"{type(model).__name__} returns shape {tuple(out.shape)} for a batch of 2 images, but "
+                              f"the {spec.task} targets are {expected[1:]}: expected {expected} (for super-resolution, "
+                              f"build the model with scale={spec.scale})")
+    elif out.dim() != 2 or out.shape[0] != 2 or out.shape[1] != spec.num_classes:
         raise ConfigError(f"{type(model).__name__} returns shape {tuple(out.shape)} for a batch of 2 images, but the "
                           f"data has {spec.num_classes} classes: expected (2, {spec.num_classes}); set the model's "
                           "number of outputs to the class count")
