@@ -1,6 +1,6 @@
 """Training overhead of a joint compression step against a plain step of the same model (issue 7).
 
-A joint search step (``pluto.optimizer.joint``) does, on top of a plain step: channel gates on
+A joint search step (``Compression.search_step`` in ``pluto.optimizer.pipeline``, called here) does, on top of a plain step: channel gates on
 every prunable group, mixed-precision QAT (a BitWidthChoice per conv/linear, soft mixture),
 a teacher forward + KD loss, the differentiable expected latency from the table, the
 Lagrangian and a dual step, and an Adam step on the decision logits. This script times each
@@ -28,12 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pluto.cost.table import LatencyTable  # noqa: E402
+from pluto.data import DataSpec  # noqa: E402
+from pluto.engine.run import RunContext  # noqa: E402
 from pluto.models import create_model  # noqa: E402
-from pluto.optimizer.constraints import Constraint  # noqa: E402
-from pluto.cost.model import CostModel  # noqa: E402
-from pluto.optimizer.decisions import attach  # noqa: E402
-from pluto.optimizer.distillation import DistillationLoss  # noqa: E402
-from pluto.optimizer.lagrangian import LagrangianConfig, LagrangianObjective  # noqa: E402
+from pluto.optimizer.pipeline import Compression  # noqa: E402
+from pluto.train import compose  # noqa: E402
 
 VARIANTS = (
     ("plain", dict(prune=False, quantize=False, kd=False, cost=False)),
@@ -44,49 +43,48 @@ VARIANTS = (
 )
 
 
-def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: LatencyTable | None, bits: tuple[int, ...],
-               device: torch.device, prune: bool, quantize: bool, kd: bool, cost: bool):
-    """One training step closure of the given variant, built the way ``compress_run`` builds its search step."""
-    model = copy.deepcopy(model)
-    teacher = copy.deepcopy(model).to(device).eval() if kd else None
-    example = x[:1].cpu()
-    cost_model = None
-    if cost:
-        precision = "int8" if table is not None and "int8" in table.precisions and quantize else "fp32"
-        cost_model = CostModel(model, tuple(example.shape), table, precision)
-    decisions = attach(model, example, prune, quantize, bits, 0.95, x[:128].cpu())
-    net = decisions.model.to(device).train()
-    weights = torch.optim.SGD(decisions.weight_parameters(), lr=0.01, momentum=0.9)
-    dparams = decisions.parameters()
+def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | None, bits: tuple[int, ...],
+               device: torch.device, workdir: Path, prune: bool, quantize: bool, kd: bool, cost: bool):
+    """One training step of the given variant: the pipeline's own ``Compression.search_step`` (plain: its
+    ``warmup_step``), with the weight and decision optimizers the pipeline's search phase builds."""
+    metric = "latency_ms" if table else "macs"
+    overrides = ["data=synthetic", f"data.in_channels={x.shape[1]}", f"data.input_size={x.shape[-1]}", "logger=none",
+                 f"hw.table={table or 'null'}", "hw.measure=off", f"compress.prune={prune}",
+                 f"compress.quantize={quantize}", f"compress.distill={kd}", f"compress.bits=[{','.join(map(str, bits))}]",
+                 "constraints=none"]
+    cfg = compose(overrides)
+    spec = DataSpec(num_classes=10, in_channels=x.shape[1], input_size=x.shape[-1])
+    data = torch.utils.data.TensorDataset(x.cpu(), y.cpu())
+    ctx = RunContext(workdir, cfg, tensorboard=False)
+    comp = Compression(copy.deepcopy(model), data, None, spec, cfg, ctx, device)
+    comp.prepare()
+    if cost:  # half the uncompressed cost: a binding constraint, priced by the table (or MACs) every step
+        from pluto.optimizer.constraints import Constraint
+
+        comp.constraints = [Constraint(metric, metric, 0.5 * float(comp.cost_model.expected(metric).detach()))]
+    if kd:
+        comp.teacher.spec = "self"
+        comp.teacher.build(comp.model)
+    if not (prune or quantize or cost):
+        net, step_fn, params, dparams = comp.model, comp.warmup_step, list(comp.model.parameters()), []
+    else:
+        d = comp.attach_decisions()
+        net, step_fn, params, dparams = d.model, comp.search_step, d.weight_parameters(), d.parameters()
+    net.to(device).train()
+    weights = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     dopt = torch.optim.Adam(dparams, lr=0.05, betas=(0.5, 0.999)) if dparams else None
-    ce = nn.CrossEntropyLoss()
-    kd_loss = DistillationLoss(temperature=4.0, alpha=0.7) if kd else None
-    metric = "latency_ms" if table is not None else "macs"
-    objective = None
-    if cost:
-        target = 0.5 * float(cost_model.expected(metric).detach())
-        objective = LagrangianObjective([Constraint(metric, metric, target)], LagrangianConfig())
 
     def step() -> None:
-        logits = net(x)
-        if kd_loss is not None:
-            with torch.no_grad():
-                t_logits = teacher(x)
-            loss = kd_loss(logits, t_logits, y)
-        else:
-            loss = ce(logits, y)
-        if objective is not None:
-            c = cost_model.expected(metric, decisions.channels(), decisions.precisions()).to(loss.dtype).to(loss.device)
-            loss, _ = objective(loss, {metric: c})
-            objective.dual_step({metric: c.detach()})
+        loss, _ = step_fn(x, y)
         weights.zero_grad(set_to_none=True)
         if dopt is not None:
             dopt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(decisions.weight_parameters() + dparams, 5.0)
+        torch.nn.utils.clip_grad_norm_(params + dparams, 5.0)
         weights.step()
         if dopt is not None:
             dopt.step()
+        comp.state.global_step += 1
 
     return step
 
@@ -128,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA GPU is visible; use --device cpu")
     table_name = args.table if args.table != "auto" else ("h100_cudagraph" if device.type == "cuda" else "cpu_ort_epyc")
-    table = None if table_name == "none" else LatencyTable.load(Path(args.table_root) / table_name)
+    table_path = None if table_name == "none" else str(Path(args.table_root) / table_name)
+    table = None if table_path is None else LatencyTable.load(table_path)
     if args.bits == "auto":
         bits = (4, 8) if table is None or "int8" in table.precisions else (16, 32)
     else:
@@ -136,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     model = create_model(args.model, 10, args.in_channels, args.input_size)
     x = torch.randn(args.batch_size, args.in_channels, args.input_size, args.input_size)
     y = torch.randint(0, 10, (args.batch_size,))
-    steps = {name: build_step(model, x.to(device), y.to(device), table, bits, device, **flags)
-             for name, flags in VARIANTS}
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory()
+    steps = {name: build_step(model, x.to(device), y.to(device), table_path, bits, device,
+                              Path(tmp.name) / str(i), **flags) for i, (name, flags) in enumerate(VARIANTS)}
     for step in steps.values():  # warm every variant before timing any (caches, allocator, cuDNN autotune)
         for _ in range(args.warmup):
             step()

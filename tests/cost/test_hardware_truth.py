@@ -1,0 +1,149 @@
+"""Hardware truth: interleaved profiling that resumes exactly, machine fingerprints, adaptation that recovers known
+scales, reference kernels, and pricing of the zoo's op kinds."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pluto.cost.machine import cpu_facts, fingerprint, mismatch
+from pluto.cost.profiler import REFERENCE_KERNELS, fit_calibration, profile
+from pluto.cost.space import ProfileSpace
+from pluto.cost.table import ENTRIES, KEY_COLUMNS, LatencyTable, calibration_group
+
+SPACE = {"name": "micro", "channel_grid": [4, 8, 16], "min_width": 0.5,
+         "models": [{"name": "small_cnn", "input_shape": [1, 12, 12], "kwargs": {"width": 0.25}}],
+         "calibration": {"mbconv": 0, "resnet": 0, "models": True}}
+FAST = dict(samples=6, rounds=3, min_sample_s=0.0002, progress=False, energy="none")
+
+
+def test_interleaved_profile_records_rounds_reference_kernels_and_machine(tmp_path):
+    space = ProfileSpace.from_dict(SPACE)
+    table = profile(space, tmp_path / "t", runtime="onnxruntime", chunk=4, **FAST)
+    meta = table.metadata
+    assert meta["method"]["rounds"] == 3 and meta["method"]["samples_per_round"] == 3
+    assert set(meta["reference"]["fp32"]) == {name for name, _ in REFERENCE_KERNELS}
+    assert all(v["n"] == 3 * -(-len(space.unit_ops()) // 4) for v in meta["reference"]["fp32"].values())
+    assert meta["machine"]["fingerprint"] == fingerprint() and meta["settings"]["fingerprint"] == fingerprint()
+    assert meta["align"] in (4, 8, 16) and "per_mac_rel" in meta["align_probe"]
+    assert meta["calibration_groups"] == "fine"
+    assert (table.entries["n_samples"] == 9).all()
+
+
+def test_killed_interleaved_profile_resumes_without_losing_or_duplicating_entries(tmp_path):
+    """SIGKILL mid-profile (between chunks or inside one), resume with the same command: every entry exactly once."""
+    out = tmp_path / "t"
+    (tmp_path / "space.yaml").write_text(json.dumps(SPACE))
+    cmd = [sys.executable, "-m", "pluto.cli", "profile", "--space", str(tmp_path / "space.yaml"), "--out", str(out),
+           "--samples", "6", "--rounds", "3", "--chunk", "3", "--no-progress", "--energy", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (out / ENTRIES).exists() and len((out / ENTRIES).read_text().splitlines()) > 4:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len((out / ENTRIES).read_text().splitlines()) - 1
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    table = LatencyTable.load(out)
+    keys = table.entries[list(KEY_COLUMNS)].astype(str).agg("|".join, axis=1)
+    assert keys.is_unique and len(table.entries) == len(ProfileSpace.from_dict(SPACE).unit_ops())
+    assert done_before < len(table.entries)
+
+
+def test_machine_fingerprint_is_by_flags_not_by_name():
+    facts = dict(cpu_facts())
+    other = {**facts, "flags": [f for f in facts["flags"] if not f.startswith("avx512")] or ["avx2"]}
+    renamed = {**facts, "cpu_model": "Some Other Name"}
+    assert fingerprint(renamed) == fingerprint(facts)
+    if other["flags"] != facts["flags"]:
+        assert fingerprint(other) != fingerprint(facts)
+
+
+def test_a_table_from_another_machine_says_so_with_the_fix(tmp_path):
+    meta = {"name": "t", "path": "latency_tables/t", "device": {"type": "cpu", "name": "AMD EPYC"},
+            "machine": {"fingerprint": "000000000000", "flags": ["avx2"]}}
+    line = mismatch(meta)
+    assert "made on 'AMD EPYC'" in line and "pluto table calibrate latency_tables/t" in line
+    same = {**meta, "machine": {"fingerprint": fingerprint()}}
+    assert mismatch(same) is None
+    assert mismatch({**meta, "device": {"type": "cuda", "name": "H100"}}) is None  # GPU tables: by GPU name
+
+
+def _synthetic_points(scales, per_op, offset, n, rng, noise=0.02):
+    points = []
+    for _ in range(n):
+        parts = {g: rng.uniform(0.02, 1.0) for g in scales}
+        n_ops = rng.randint(10, 120)
+        value = sum(scales[g] * parts[g] for g in scales) + per_op * n_ops + offset
+        points.append((parts, rng.uniform(0.1, 5.0), n_ops, value * (1 + rng.gauss(0, noise))))
+    return points
+
+
+def test_adaptation_fit_recovers_known_scales_from_twenty_networks():
+    rng = random.Random(0)
+    truth = {"conv_kxk": 0.7, "conv_1x1": 1.4, "dwconv": 1.1, "eltwise": 0.5}
+    points = _synthetic_points(truth, per_op=0.002, offset=0.01, n=20, rng=rng)
+    prior = {"scales": {g: 1.0 for g in truth}, "per_op": 0.0, "offset": 0.0, "per_mb": 0.0}
+    fit = fit_calibration(points, prior=0.01, prior_fit=prior)
+    for g, v in truth.items():
+        assert fit["scales"][g] == pytest.approx(v, rel=0.15), (g, fit["scales"])
+    assert fit["mape_calibrated_pct"] < 3.0 < fit["mape_uncalibrated_pct"]
+    held = _synthetic_points(truth, 0.002, 0.01, 40, random.Random(1), noise=0.0)
+    pred = np.array([sum(fit["scales"][g] * p[g] for g in truth) + fit["per_mb"] * mb + fit["per_op"] * n + fit["offset"]
+                     for p, mb, n, _ in held])
+    meas = np.array([m for *_, m in held])
+    assert np.mean(np.abs(pred - meas) / meas <= 0.05) >= 0.95  # generalises to networks it never saw
+
+
+def test_transfer_prior_keeps_a_group_the_references_do_not_exercise():
+    rng = random.Random(2)
+    points = _synthetic_points({"conv_kxk": 0.8}, 0.0, 0.0, 10, rng)
+    for p in points:
+        p[0]["movement"] = 0.0  # no reference network has concat/shuffle
+    fit = fit_calibration(points, prior=0.3, prior_fit={"scales": {"conv_kxk": 1.0, "movement": 2.5}})
+    assert fit["scales"]["movement"] == pytest.approx(2.5, rel=0.01)
+    assert fit["scales"]["conv_kxk"] == pytest.approx(0.8, rel=0.1)
+
+
+def test_adapt_on_this_machine_refits_and_records_it(tmp_path):
+    from pluto.cost.adapt import adapt, check
+
+    space = ProfileSpace.from_dict(SPACE)
+    table = profile(space, tmp_path / "t", runtime="onnxruntime", **FAST)
+    table.metadata["reference"]["fp32"] = {k: {**v, "median_ms": v["median_ms"] * 2}  # "another, slower machine"
+                                           for k, v in table.metadata["reference"]["fp32"].items()}
+    result = check(table)
+    assert result["agrees"] is False and "pluto table calibrate" in result["message"]
+    summary = adapt(table, n=4, rounds=2, samples=6, progress=False)
+    assert summary["networks"] == 4 and summary["fingerprint"] == fingerprint()
+    assert table.metadata["adapted"]["precisions"]["fp32"]["mape_after_pct"] >= 0
+    assert check(table)["max_deviation"] < 0.5  # the kernels now describe this machine
+    table.save(tmp_path / "adapted")
+    assert LatencyTable.load(tmp_path / "adapted").metadata["adapted"]["fingerprint"] == fingerprint()
+
+
+def test_zoo_op_kinds_are_priced_by_a_table_that_measured_them(tmp_path):
+    from pluto.cost.ops import extract_ops
+    from pluto.models import create_model
+
+    space = ProfileSpace.from_dict({"name": "shuffle", "channel_grid": [8, 16, 32, 64], "min_width": 0.5,
+                                    "models": [{"name": "shufflenet_v2_x0_5", "input_shape": [1, 28, 28]}],
+                                    "calibration": {"mbconv": 0, "resnet": 0, "models": False}})
+    kinds = {op.kind for op in space.unit_ops()}
+    assert {"concat", "shuffle"} <= kinds
+    table = profile(space, tmp_path / "t", runtime="onnxruntime", limit=None, samples=3, rounds=1,
+                    min_sample_s=0.0001, progress=False, energy="none")
+    ops = extract_ops(create_model("shufflenet_v2_x0_5", 10, 1, 28).eval(), (1, 28, 28))
+    for op in ops:
+        if op.kind in ("concat", "shuffle"):
+            assert float(table.lookup(op, "latency_ms", "fp32")) > 0
+    assert {calibration_group(op, fine=True) for op in ops if op.kind in ("concat", "shuffle")} == {"movement"}
