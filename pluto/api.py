@@ -129,7 +129,9 @@ def compress(
         args.append(f"model={model}" if (CONFIG_DIR / "model" / f"{model}.yaml").exists() else f"model.name={model}")
     if isinstance(data, str):
         args.append(f"data={data}")
-    args.append(f"task={task or _task_of(data)}")
+    task = task or _task_of(data)
+    if task != "classification":  # the default task; naming it is left to configs/train.yaml
+        args.append(f"task={task}")
     table_path = None if table is None else str(table) if isinstance(table, (str, Path)) else str(run_dir / "table")
     args.append(f"hw.table={table_path if table_path else 'null'}")
     if precision:

@@ -478,7 +478,7 @@ class Compression:
 
         save(self.final, self.ctx.dir / "model.pt")  # architecture + weights + bits: pluto.load(path) restores it
         self.onnx_path = export_final(self.final, self.input_shape, self.ctx.dir) if self.c.export else None
-        if self.onnx_path is not None and self.c.onnx_parity:
+        if self.onnx_path is not None:  # the deployed files, scored with the task metric through onnxruntime
             from pluto.materialize.export import onnx_parity
 
             self.metrics.update(onnx_parity(self.final, self.onnx_path, self.task, self.test_loader, self.input_shape,
