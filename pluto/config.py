@@ -25,7 +25,7 @@ from pluto.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
-GROUPS = ("model", "data", "trainer", "hw", "constraints", "compress", "logger")
+GROUPS = ("model", "data", "task", "trainer", "hw", "constraints", "compress", "logger")
 from pluto.cost.metrics import METRICS as CONSTRAINT_METRICS, TABLE_METRICS  # noqa: E402  the one vocabulary
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 SUPPORTED_BITS = (4, 8, 16, 32)
@@ -184,8 +184,48 @@ class SyntheticData:
     test_limit: Optional[int] = _opt(None, 1, 10**12)
 
 
+@dataclass
+class FashionMnistSRData:
+    name: str = _opt("fashion_mnist_sr", choices=("fashion_mnist_sr",))
+    root: Optional[str] = _opt(None, doc="folder with the four *-ubyte.gz files; null = the Debian package")
+    scale: int = _opt(2, 1, 28, doc="upscaling factor: divides 28 and equals model.scale")
+    downsample: str = _opt("area", choices=("area", "bicubic"))
+    train_limit: Optional[int] = _opt(None, 1, 10**12)
+    test_limit: Optional[int] = _opt(None, 1, 10**12)
+
+
+@dataclass
+class ImageFolderSRData:
+    name: str = _opt("imagefolder_sr", choices=("imagefolder_sr",))
+    root: str = _opt("???", doc="folder with train/** and val/** images")
+    scale: int = _opt(2, 1, 16, doc="upscaling factor; equals model.scale")
+    crop: int = _opt(64, 2, 4096, doc="target crop in px, a multiple of scale")
+    in_channels: int = _opt(3, choices=(1, 3))
+    downsample: str = _opt("area", choices=("area", "bicubic"))
+    train_limit: Optional[int] = _opt(None, 1, 10**12)
+    test_limit: Optional[int] = _opt(None, 1, 10**12)
+
+
+@dataclass
+class ClassificationTask:
+    name: str = _opt("classification", choices=("classification",))
+
+
+@dataclass
+class SRTask:
+    name: str = _opt("sr", choices=("sr",))
+    kd_alpha: float = _opt(0.5, 0, 1, doc="weight of the teacher-output term in the distillation loss")
+    kd_loss: str = _opt("l1", choices=("l1", "l2"))
+    loss_scale: float = _opt(100.0, 0, 1e6, lo_open=True, doc="training losses x this")
+    border: int = _opt(0, 0, 1024, doc="pixels shaved off each side before PSNR")
+    ssim: bool = _opt(True)
+    hint_layers: list = _opt([], doc="layers whose outputs get attention-transfer hints")
+    hint_weight: float = _opt(0.0, 0, 1e6)
+
+
 DATA_SCHEMAS = {"fashion_mnist": FashionMnistData, "cifar10": Cifar10Data, "imagefolder": ImageFolderData,
-                "synthetic": SyntheticData}
+                "synthetic": SyntheticData, "fashion_mnist_sr": FashionMnistSRData, "imagefolder_sr": ImageFolderSRData}
+TASK_SCHEMAS = {"classification": ClassificationTask, "sr": SRTask}
 COMPRESS_SCHEMAS = {"none": NoCompressConfig, "joint": JointCompressConfig}
 # constructor arguments of registered models that take numbers, with their ranges
 MODEL_NUMBERS = {"width": (0.0, 64.0, True), "dropout": (0.0, 1.0, False)}
@@ -439,7 +479,7 @@ def validate_config(cfg: Any) -> Any:
     from omegaconf import OmegaConf
 
     raw = _to_container(cfg)
-    missing = [g for g in GROUPS if g not in raw]
+    missing = [g for g in GROUPS if g not in raw and g != "task"]  # task: classification unless given
     if missing:
         raise ConfigError(f"the config lacks the group(s) {', '.join(missing)}; compose it with pluto.train.compose "
                           "or `python -m pluto.train` so configs/train.yaml's defaults apply")
@@ -450,6 +490,7 @@ def validate_config(cfg: Any) -> Any:
     out: dict[str, Any] = _check_section("", {k: raw[k] for k in top if k in raw}, RunConfig)
     out["model"] = _check_model(raw["model"])
     out["data"] = _check_variant("data", raw["data"], DATA_SCHEMAS, "fashion_mnist")
+    out["task"] = _check_variant("task", raw.get("task", {"name": "classification"}), TASK_SCHEMAS, "classification")
     out["trainer"] = _check_section("trainer", raw["trainer"], TrainerConfig)
     out["hw"] = _check_section("hw", raw["hw"], HwConfig)
     out["constraints"] = _check_constraints(raw["constraints"])
@@ -522,7 +563,8 @@ def _is_known_key(dotted: str) -> bool:
     if parts[0] == "model":
         return True
     schemas = {"trainer": [TrainerConfig], "hw": [HwConfig], "logger": [LoggerConfig],
-               "data": list(DATA_SCHEMAS.values()), "compress": list(COMPRESS_SCHEMAS.values())}.get(parts[0])
+               "data": list(DATA_SCHEMAS.values()), "compress": list(COMPRESS_SCHEMAS.values()),
+               "task": list(TASK_SCHEMAS.values())}.get(parts[0])
     if parts[0] == "constraints":
         return len(parts) >= 2
     if schemas is None:
@@ -595,7 +637,8 @@ def explain_unknown_key(key: str) -> str:
 
 def _keys_of(group: str) -> list[str]:
     schemas = {"trainer": [TrainerConfig], "hw": [HwConfig], "logger": [LoggerConfig],
-               "data": list(DATA_SCHEMAS.values()), "compress": list(COMPRESS_SCHEMAS.values())}.get(group, [])
+               "data": list(DATA_SCHEMAS.values()), "compress": list(COMPRESS_SCHEMAS.values()),
+               "task": list(TASK_SCHEMAS.values())}.get(group, [])
     keys: set[str] = set()
 
     def walk(schema: type, prefix: str) -> None:
@@ -629,4 +672,4 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], ignore: tuple[st
 
 
 __all__ = ["validate_config", "check_overrides", "config_diff", "TrainerConfig", "JointCompressConfig",
-           "DATA_SCHEMAS", "COMPRESS_SCHEMAS", "RESUME_SAFE_KEYS"]
+           "DATA_SCHEMAS", "COMPRESS_SCHEMAS", "TASK_SCHEMAS", "RESUME_SAFE_KEYS"]
