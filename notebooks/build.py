@@ -324,7 +324,7 @@ import copy
 from pluto.cost.measure import Measurer
 from pluto.decisions.bits import prepare_qat
 
-measurer = Measurer(pluto.LatencyTable.load("latency_tables/cpu_ort_epyc"), samples=30, rounds=3)
+measurer = Measurer(pluto.LatencyTable.load("latency_tables/cpu_ort_xeon_amx"), samples=30, rounds=3)
 dense_int8 = prepare_qat(copy.deepcopy(model).cpu(), bits=8, calibrate=torch.rand(64, 1, 14, 14))
 shape = (1, 1, 14, 14)
 before = measurer.measure(dense_int8, shape).latency_ms

@@ -4,7 +4,7 @@ latency / energy constraints measured on real chips.
 The public API is small::
 
     import pluto
-    table = pluto.LatencyTable.load("latency_tables/cpu_ort_epyc")
+    table = pluto.LatencyTable.load("latency_tables/cpu_ort_xeon_amx")
     result = pluto.compress("small_cnn", table, {"latency_ms": 0.4}, data="fashion_mnist")
 """
 from __future__ import annotations

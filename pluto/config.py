@@ -66,7 +66,7 @@ class TrainerConfig:
 
 @dataclass
 class HwConfig:
-    table: Optional[str] = _opt("latency_tables/cpu_ort_epyc", doc="latency table folder; null = analytic costs only")
+    table: Optional[str] = _opt("latency_tables/cpu_ort_xeon_amx", doc="latency table folder; null = analytic costs only")
     precision: str = _opt("int8", choices=PRECISIONS, doc="precision of layers the search does not quantize")
     measure: str = _opt("auto", choices=("auto", "off"),
                         doc="auto: measure on the table's chip when reachable (this machine or hw.runner)")
@@ -145,7 +145,7 @@ class JointCompressConfig:
     correction_smoothing: float = _opt(0.5, 0, 1, lo_open=True, doc="EMA weight of each new measured/predicted ratio")
     land: bool = _opt(True, doc="after hardening, move widths until the measured cost is in land_band x target")
     land_band: list = _opt([0.93, 1.0], doc="[low, high] fractions of the target the measured cost must land in")
-    land_measurements: int = _opt(8, 1, 1000, doc="measurements the landing may spend")
+    land_measurements: int = _opt(16, 1, 1000, doc="measurements the landing may spend")
 
 
 @dataclass

@@ -10,7 +10,7 @@ latency, its ratio to dense, the table's prediction, params and MACs.
 Issue #11's evidence: mobilenet_v2 at 1x28x28 pruned by ratio 0.36 measured 0.63 ms against 0.31 ms
 dense (onnxruntime fp32, 1 thread). Run on a quiet machine (latency figures on a loaded one are noise)::
 
-    python scripts/alignment.py --table latency_tables/cpu_ort_epyc --ratios 0.25 0.36 0.5 0.7
+    python scripts/alignment.py --table latency_tables/cpu_ort_xeon_amx --ratios 0.25 0.36 0.5 0.7
     python scripts/alignment.py --models small_cnn --ratios 0.36 --samples 5 --rounds 1   # seconds: does it run
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ def variants(name: str, shape: tuple[int, ...], ratios: list[float], round_to: i
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--table", default="latency_tables/cpu_ort_epyc", help="sets the method (runtime, threads) and predicts")
+    ap.add_argument("--table", default="latency_tables/cpu_ort_xeon_amx", help="sets the method (runtime, threads) and predicts")
     ap.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet18", "small_cnn"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.25, 0.36, 0.5, 0.7])
     ap.add_argument("--input", nargs=3, type=int, default=[1, 28, 28], metavar=("C", "H", "W"))

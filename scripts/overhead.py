@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--model", default="small_cnn", help="registry name (small_cnn, resnet18, mobilenet_v2, ...)")
-    p.add_argument("--table", default="auto", help="table folder under --table-root (auto: cpu_ort_epyc on cpu, "
+    p.add_argument("--table", default="auto", help="table folder under --table-root (auto: cpu_ort_xeon_amx on cpu, "
                                                    "h100_cudagraph on cuda); 'none' prices MACs analytically")
     p.add_argument("--table-root", default=str(ROOT / "latency_tables"))
     p.add_argument("--bits", default="auto", help="candidate bits, e.g. 4,8 (auto: 4,8 with an int8 table, else 16,32)")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but no CUDA GPU is visible; use --device cpu")
-    table_name = args.table if args.table != "auto" else ("h100_cudagraph" if device.type == "cuda" else "cpu_ort_epyc")
+    table_name = args.table if args.table != "auto" else ("h100_cudagraph" if device.type == "cuda" else "cpu_ort_xeon_amx")
     table_path = None if table_name == "none" else str(Path(args.table_root) / table_name)
     table = None if table_path is None else LatencyTable.load(table_path)
     if args.bits == "auto":

@@ -103,7 +103,7 @@ METHODS = ("joint", "nas", "prune", "qat", "uniform", "magnitude", "torch_prunin
 EXTRA_METHODS = ("joint_fp",)  # run only when named in --methods
 JOINT_METHODS = ("joint", "joint_fp")  # compared against every other method
 SINGLE_POINT = ("ptq", "dense")
-TABLES = {"cpu_ort": "cpu_ort_int8", "cpu_ort_epyc": "cpu_ort_int8", "h100_cudagraph": "h100_cudagraph"}  # table folder -> configs/hw name
+TABLES = {"cpu_ort": "cpu_ort_int8", "cpu_ort_epyc": "cpu_ort_int8", "cpu_ort_xeon_amx": "cpu_ort_int8", "h100_cudagraph": "h100_cudagraph"}  # table folder -> configs/hw name
 STAGE_LAYERS = (("features.0.0", "features.1.0"), ("features.3.0", "features.4.0"), ("features.6.0", "classifier.2"))
 BASE_CHANNELS = (32, 64, 128)
 

@@ -1,7 +1,7 @@
 """Super-resolution evidence: MACs and measured latency reduction vs PSNR drop, joint run vs single techniques.
 
     python scripts/sr_evidence.py --tiny                                     # end-to-end check, ~2 min
-    python scripts/sr_evidence.py --seeds 0 1 2 --table latency_tables/cpu_ort_epyc_sr --budget latency_ms=0.35x
+    python scripts/sr_evidence.py --seeds 0 1 2 --table latency_tables/cpu_ort_xeon_amx_sr --budget latency_ms=0.35x
     python scripts/sr_evidence.py --seeds 0 1 2 --budget macs=0.1x           # without an SR table: a MACs budget
 
 Per seed, every arm runs through the package (``pluto.compress`` with ``task="sr"``) on x2 Fashion-MNIST
@@ -53,7 +53,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", default="macs=0.1x", help="metric=target of the joint run (latency_ms needs --table)")
     p.add_argument("--table", default=None, help="table pricing the joint run's latency (with the SR ops)")
-    p.add_argument("--measure-table", default="latency_tables/cpu_ort_epyc",
+    p.add_argument("--measure-table", default="latency_tables/cpu_ort_xeon_amx",
                    help="table whose runtime/threads time every arm (measured only where its chip is this machine)")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--blocks", type=int, default=2)

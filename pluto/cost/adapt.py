@@ -101,8 +101,12 @@ def reference_networks(table: LatencyTable, n: int = 20, seed: int = 0, precisio
     """The fixed, diverse reference set of a table: ``n`` pruned members of its families at ``precision`` (seed 0;
     held-out checks use other seeds)."""
     pairs = table_families(table, precision)
+    space = table.metadata.get("space", {})
     if not pairs:
         return space_networks(table, n, seed)
+    if (space.get("mbconv") or space.get("resnet")) and len(pairs) < 4:  # few registry families: mix in the space's
+        k = n // 2
+        return pair_networks(pairs, n - k, seed, table.align or 8) + space_networks(table, k, seed)
     return pair_networks(pairs, n, seed, table.align or 8)
 
 

@@ -47,6 +47,22 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 1, input_s
     return model
 
 
+@register("resnet20")
+def resnet20(num_classes: int, in_channels: int, input_size: int, width: float = 1.0) -> nn.Module:
+    """CIFAR-style ResNet-20 (16/32/64 channels, ~0.27 M params): the classic pruning benchmark."""
+    from pluto.models.resnet_cifar import CifarResNet
+
+    return CifarResNet(20, num_classes, in_channels, width)
+
+
+@register("resnet56")
+def resnet56(num_classes: int, in_channels: int, input_size: int, width: float = 1.0) -> nn.Module:
+    """CIFAR-style ResNet-56 (~0.85 M params)."""
+    from pluto.models.resnet_cifar import CifarResNet
+
+    return CifarResNet(56, num_classes, in_channels, width)
+
+
 @register("small_cnn")
 def small_cnn(num_classes: int, in_channels: int, input_size: int, width: float = 1.0, dropout: float = 0.1) -> nn.Module:
     return SmallCNN(num_classes, in_channels, width, dropout)

@@ -311,17 +311,21 @@ def land_on_target(decisions: Decisions, constraints: list[Constraint], measure:
     sizes = {gid: g.size for gid, g in zip(probs, gates.graph.groups)}
     hi_scale = max(sizes[g] / max(c, 1.0) for g, c in counts.items())
 
+    seen: dict[tuple, dict[str, float]] = {}
+
     def ratio_at(scale: float) -> tuple[float, dict[str, float]]:
         round_gates(gates, counts, probs, scale, round_to)
-        measured = measure()
-        worst = max(measured[c.metric] / c.target for c in table_constraints)
-        notes["measurements"].append({"scale": round(scale, 4), **{k: round(v, 5) for k, v in measured.items()}})
-        return worst, measured
+        widths = tuple(int(k.sum()) for k in gates.hard().values())
+        if widths not in seen:  # scales that snap to the same widths are the same model: measure it once
+            seen[widths] = measure()
+            notes["measurements"].append({"scale": round(scale, 4), **{k: round(v, 5) for k, v in seen[widths].items()}})
+        measured = seen[widths]
+        return max(measured[c.metric] / c.target for c in table_constraints), measured
 
     lo_s, hi_s = 0.0, hi_scale  # lo_s: known feasible (<= 1.0) side, hi_s: known over-budget side
     scale, best = 1.0, None
     r, measured = ratio_at(scale)
-    for _ in range(max_measurements - 1):
+    for _ in range(max(1, max_measurements // 2) - 1):  # the rest of the budget is for growing single groups
         if band[0] <= r <= band[1]:
             best = (scale, r)
             break
@@ -333,6 +337,8 @@ def land_on_target(decisions: Decisions, constraints: list[Constraint], measure:
             hi_s = min(hi_s, scale)
         if lo_s >= hi_scale - 1e-9 and r < band[0]:
             notes["why"] = "every channel is kept and the model is still under the band: the target is not binding"
+            break
+        if lo_s > 0 and hi_s / lo_s < 1.03:  # a latency step lies inside the bracket: no common factor lands in it
             break
         # latency ~ scale^a: step in log space towards the middle of the band, kept inside the bracket
         goal = (band[0] + band[1]) / 2
@@ -354,10 +360,54 @@ def land_on_target(decisions: Decisions, constraints: list[Constraint], measure:
     if notes["measurements"][-1]["scale"] != round(best[0], 4):
         round_gates(gates, counts, probs, best[0], round_to)
     notes.update(scale=best[0], measured_ratio=best[1], landed=band[0] <= best[1] <= band[1])
+    if not notes["landed"] and best[1] < band[0] and len(notes["measurements"]) < max_measurements:
+        # one common factor moves latency in steps too coarse for the band (small models, channel multiples of 16):
+        # grow one group at a time by one step, the group whose next channels the search rated most probable first
+        _grow_groups(gates, probs, sizes, table_constraints, measure, band, max_measurements, round_to, notes)
     if not notes["landed"] and "why" not in notes:
         notes["why"] = f"closest feasible measurement is {best[1]:.3f} x target after {len(notes['measurements'])} " \
                        "measurements (latency moves in steps as whole channels switch)"
     return notes
+
+
+def _grow_groups(gates: ChannelGates, probs: dict[int, Tensor], sizes: dict[int, int], constraints: list[Constraint],
+                 measure: Callable[[], dict[str, float]], band: tuple[float, float], max_measurements: int,
+                 round_to: int | None, notes: dict[str, Any]) -> None:
+    """Greedy landing: add one step of channels to one group while the measured cost stays within the target."""
+    mult = max(1, alignment(round_to))
+    steps = {gid: max(mult, int(round(sizes[gid] / 8 / mult)) * mult) for gid in sizes}  # coarse first, then finer
+    tried: set[int] = set()
+    while len(notes["measurements"]) < max_measurements:
+        hard = gates.hard()
+        keep = {gid: k.clone() for gid, k in hard.items()}
+        candidates = []
+        for gid, k in keep.items():
+            if gid in tried or int(k.sum()) >= sizes[gid]:
+                continue
+            off = (~k).nonzero().flatten()
+            nxt = off[torch.argsort(probs[gid][off], descending=True)][:steps[gid]]
+            candidates.append((float(probs[gid][nxt].mean()), gid, nxt))
+        if not candidates:
+            break
+        _, gid, nxt = max(candidates, key=lambda c: c[0])
+        keep[gid][nxt] = True
+        before = torch.cat([hard[g.id] for g in gates.graph.groups])
+        gates.set_keep(torch.cat([keep[g.id] for g in gates.graph.groups]))
+        measured = measure()
+        r = max(measured[c.metric] / c.target for c in constraints)
+        notes["measurements"].append({"grow_group": gid, "channels": int(keep[gid].sum()),
+                                      **{k: round(v, 5) for k, v in measured.items()}})
+        if r > band[1]:  # over the target: undo; retry this group with half the step, or not again at the finest
+            gates.set_keep(before)
+            if steps[gid] > mult:
+                steps[gid] = max(mult, steps[gid] // 2 // mult * mult)
+            else:
+                tried.add(gid)
+            continue
+        notes["measured_ratio"] = r
+        if r >= band[0]:
+            notes["landed"] = True
+            return
 
 
 def _derived_bits(bits: dict[str, int], supernet: Supernet) -> dict[str, int]:
