@@ -40,7 +40,7 @@ def test_saved_table_carries_metadata_checksum_and_loads(tmp_path, tiny_table_fi
     assert math.isfinite(value) and value > 0
 
 
-@pytest.mark.parametrize("name", ["cpu_ort_epyc", "cpu_ort", "cpu_torch", "h100_cudagraph"])
+@pytest.mark.parametrize("name", ["cpu_ort_xeon_amx", "cpu_ort_epyc", "cpu_ort", "cpu_torch", "h100_cudagraph"])
 def test_shipped_tables_pass_the_schema_and_checksum(repo_root, name):
     table = LatencyTable.load(f"{repo_root}/latency_tables/{name}")
     assert table.metadata["metadata_sha256"] == metadata_digest(table.metadata)
