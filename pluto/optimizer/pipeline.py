@@ -216,8 +216,12 @@ class Compression:
                                                     for m, f in relative.items()))
         # A target below the cheapest reachable model is rejected before any training.
         probe = attach(copy.deepcopy(self.model), self.example, c.prune, False, self.bits, c.gate_init_keep)
-        min_channels = {k: (1.0 if i.requires_grad else float(i), 1.0 if o.requires_grad else float(o))
-                        for k, (i, o) in (probe.channels() or {}).items()}
+        floor = float(self.align or 1)  # snapped widths never go below the fast multiple (or the group's size)
+
+        def fewest(x: Tensor) -> float:
+            return min(floor, round(float(x.detach()) / c.gate_init_keep)) if x.requires_grad else float(x)
+
+        min_channels = {k: (fewest(i), fewest(o)) for k, (i, o) in (probe.channels() or {}).items()}
         del probe
         allowed = None
         if c.quantize:

@@ -38,7 +38,7 @@ def sr_table(path) -> str:
 def test_recipe_selects_the_sr_task_data_model_and_a_relative_latency_target():
     cfg = compose(["recipe=fmnist_sr_cpu"])
     assert (cfg.task.name, cfg.model.name, cfg.data.name) == ("sr", "edsr", "fashion_mnist_sr")
-    assert cfg.constraints.latency_ms == "0.35x" and cfg.hw.table == "latency_tables/cpu_ort_xeon_amx"
+    assert cfg.constraints.latency_ms == "0.8x" and cfg.hw.table == "latency_tables/cpu_ort_xeon_amx"
     assert cfg.model.scale == cfg.data.scale == 2 and cfg.data.test_limit is None
 
 
