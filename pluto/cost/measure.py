@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from pluto.cost.machine import cpu_facts, describe, fingerprint
 from pluto.cost.runtimes import Prepared, Runtime, time_call
@@ -208,7 +208,3 @@ class Measurer:
 def measurer_for(table: LatencyTable | None, runner: str | None = None, **kwargs) -> Measurer | None:
     """A measurer for ``table`` (None without a table)."""
     return Measurer(table, runner, **kwargs) if table is not None else None
-
-
-def measure_input(x: Tensor | tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(x.shape) if isinstance(x, Tensor) else tuple(x)

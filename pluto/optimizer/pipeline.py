@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -408,7 +407,9 @@ class Compression:
             _restore_hard_state(d, saved)
             d.model.train(was_training)
         model = model.cpu().eval()
-        float_model, bits = _float_and_bits(model)
+        from pluto.optimizer.report import float_and_bits
+
+        float_model, bits = float_and_bits(model)
         try:
             measured = self.measurer.measure(model, self.input_shape).as_metrics()
         except MeasurementError as exc:
@@ -547,18 +548,10 @@ def _restore_hard_state(d: Decisions, state: dict) -> None:
             c.mode = mode
 
 
-def _float_and_bits(model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
-    from pluto.decisions.bits import bit_choices, strip_quantization
-
-    if bit_choices(model):
-        return strip_quantization(copy.deepcopy(model))
-    return model, {}
-
-
 def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, spec: DataSpec, cfg: DictConfig,
                  ctx: RunContext, device: torch.device, task: Task | None = None) -> tuple[dict[str, Any], nn.Module]:
     """Run every stage of :class:`Compression`; returns ``(metrics, compressed model)``."""
     return Compression(model, train_set, test_loader, spec, cfg, ctx, device, task).run()
 
 
-__all__ = ["Compression", "STAGES", "Teacher", "MeasuredCorrection", "compress_run", "load_table", "Path"]
+__all__ = ["Compression", "STAGES", "Teacher", "MeasuredCorrection", "compress_run", "load_table"]

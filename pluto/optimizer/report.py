@@ -68,7 +68,7 @@ def _plot_layers(df: pd.DataFrame, path: Path, title: str) -> None:
 def final_report(run) -> dict[str, Any]:
     """The verdict of a finished :class:`~pluto.optimizer.pipeline.Compression` run (its ``deploy`` stage done)."""
     final, task, cost_model, ctx, cfg = run.final, run.task, run.cost_model, run.ctx, run.cfg
-    float_model, bits = _float_and_bits(final)
+    float_model, bits = float_and_bits(final)
     input_shape = run.input_shape
     ops = extract_ops(float_model, input_shape)
     result: dict[str, Any] = {**{k: float(v) for k, v in run.metrics.items()}, "params": float(total_params(ops)),
@@ -130,7 +130,7 @@ def final_report(run) -> dict[str, Any]:
     return result
 
 
-def _float_and_bits(final: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+def float_and_bits(final: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     """A float copy of ``final`` and its per-layer bits (empty when it is not quantization-aware)."""
     from pluto.decisions.bits import bit_choices, strip_quantization
 
