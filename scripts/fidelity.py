@@ -7,7 +7,9 @@ the reference networks ``pluto table calibrate`` adapts on. ``--families space``
 held-out set drawn from the table's own profiling space (MBConv subnets, pruned ResNet-18s, small CNNs).
 All networks are measured with the table's method (:class:`pluto.cost.measure.Measurer`'s runtime,
 threads and clock) in ``--rounds`` rounds of shuffled order (randomized interleaving: drift on a
-shared machine hits all networks alike), then predicted from the table. Prints, overall and per
+shared machine hits all networks alike), then predicted from the table. Where the table prices energy and
+this machine has a meter (NVML on a GPU), every network's energy is measured too (tick-aligned sustained
+loop, the table's window) and reported beside the latency. Prints, overall and per
 family: % within +-10 % (nn-Meter's headline metric), +-5 %, MAPE and Spearman rank correlation;
 writes ``docs/results/fidelity_<machine>_<runtime>_<precision>[_tag].{csv,json,png}``.
 
@@ -29,12 +31,16 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pluto.cost.adapt import ZOO_FAMILIES, family_networks, space_networks  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pluto.cost import energy as energy_mod  # noqa: E402
+from pluto.cost.adapt import ZOO_FAMILIES, energy_window, family_networks, space_networks  # noqa: E402
 from pluto.cost.machine import describe  # noqa: E402
 from pluto.cost.ops import extract_ops  # noqa: E402
 from pluto.cost.profiler import measure_interleaved, prepare_network  # noqa: E402
-from pluto.cost.runtimes import Runtime  # noqa: E402
+from pluto.cost.runtimes import Runtime, device_info  # noqa: E402
 from pluto.cost.table import LatencyTable  # noqa: E402
+from pluto.errors import ConfigError  # noqa: E402
 
 
 def summarize(pred: np.ndarray, meas: np.ndarray) -> dict:
@@ -94,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="docs/results")
+    ap.add_argument("--no-energy", dest="energy", action="store_false",
+                    help="do not measure energy even where the table has it and a meter is readable")
+    ap.add_argument("--energy-window", type=float, default=None, help="seconds per energy reading (default: the table's)")
     ap.add_argument("--tag", default="", help="suffix of the output files, e.g. 'adapted'")
     ap.add_argument("--recompute", default=None, metavar="CSV",
                     help="re-predict a previous run's networks (same --families/--n/--seed) from the table as it is "
@@ -105,22 +114,40 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     nets = held_out(table, args.families, shapes, args.n, args.seed)
     previous = pd.read_csv(args.recompute).set_index("model") if args.recompute else None
+    energies = None
     if previous is not None:
         measured = [(float(previous.loc[name, "measured_latency_ms"]), float(previous.loc[name, "iqr_ms"]))
                     for name, _, _, _ in nets]
+        if "measured_energy_mj" in previous.columns:
+            energies = [float(previous.loc[name, "measured_energy_mj"]) for name, _, _, _ in nets]
     else:
-        rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
+        device = table.device.get("type", "cpu")
+        rt = Runtime(table.runtime, device, int(table.metadata.get("threads") or 1))
         works = [prepare_network(rt, model, shape, args.precision, table.metadata["batch"])
                  for _, _, model, shape in nets]
         measured = measure_interleaved(rt, works, args.rounds, args.samples, progress=True, desc="measure")
+        meter = None
+        if "energy_mj" in table.metrics and args.energy:
+            try:
+                meter = energy_mod.open_meter("auto", device)
+            except ConfigError as exc:
+                print(f"energy not checked: {exc}")
+        if meter is not None:
+            window = args.energy_window or energy_window(table)
+            energies = [energy_mod.measure_energy(meter, work, ms / 1e3, window)
+                        for work, (ms, _) in tqdm(list(zip(works, measured)), desc="energy")]
         del works
     rows = []
-    for (name, family, model, shape), (median, iqr) in zip(nets, measured):
+    for i, ((name, family, model, shape), (median, iqr)) in enumerate(zip(nets, measured)):
         ops = extract_ops(model, shape)
-        rows.append({"model": name, "family": family, "input": "x".join(map(str, shape)),
-                     "macs": sum(o.macs for o in ops), "measured_latency_ms": median, "iqr_ms": iqr,
-                     "summed_latency_ms": table.predict_ops(ops, "latency_ms", args.precision, calibrated=False),
-                     "predicted_latency_ms": table.predict_ops(ops, "latency_ms", args.precision)})
+        row = {"model": name, "family": family, "input": "x".join(map(str, shape)),
+               "macs": sum(o.macs for o in ops), "measured_latency_ms": median, "iqr_ms": iqr,
+               "summed_latency_ms": table.predict_ops(ops, "latency_ms", args.precision, calibrated=False),
+               "predicted_latency_ms": table.predict_ops(ops, "latency_ms", args.precision)}
+        if energies is not None:
+            row.update(measured_energy_mj=energies[i],
+                       predicted_energy_mj=table.predict_ops(ops, "energy_mj", args.precision))
+        rows.append(row)
     frame = pd.DataFrame(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -129,18 +156,29 @@ def main(argv: list[str] | None = None) -> int:
     overall = summarize(frame["predicted_latency_ms"].to_numpy(), frame["measured_latency_ms"].to_numpy())
     per_family = {fam: summarize(sub["predicted_latency_ms"].to_numpy(), sub["measured_latency_ms"].to_numpy())
                   for fam, sub in frame.groupby("family")}
-    summary = {"table": str(args.table), "measured_on": describe(), "date": dt.date.today().isoformat(),
+    where = describe() if table.device.get("type", "cpu") == "cpu" else f"{device_info('cuda')['name']} on {describe()}"
+    summary = {"table": str(args.table), "measured_on": where, "date": dt.date.today().isoformat(),
                "measurements_from": args.recompute or "this run", "runtime": table.runtime, "precision": args.precision,
                "families": args.families, "seed": args.seed, "seconds": round(time.time() - start),
                "adapted": table.metadata.get("adapted"), "latency_ms": overall, "per_family": per_family,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    print(f"{args.table} ({table.device['name']} / {table.runtime} / {args.precision}) measured on {describe()}, "
+    if energies is not None:
+        summary["energy_mj"] = summarize(frame["predicted_energy_mj"].to_numpy(), frame["measured_energy_mj"].to_numpy())
+        summary["per_family_energy"] = {
+            fam: summarize(sub["predicted_energy_mj"].to_numpy(), sub["measured_energy_mj"].to_numpy())
+            for fam, sub in frame.groupby("family")}
+    print(f"{args.table} ({table.device['name']} / {table.runtime} / {args.precision}) measured on {where}, "
           f"{dt.date.today()}")
-    print(f"{'family':<22} {'n':>4} {'within10%':>10} {'within5%':>9} {'MAPE%':>7} {'bias%':>7} {'Spearman':>9}")
-    for fam, s in [*per_family.items(), ("ALL", overall)]:
-        print(f"{fam:<22} {s['n']:>4} {s['within_10pct']:>9.1f}% {s['within_5pct']:>8.1f}% {s['mape']:>7.2f} "
-              f"{s['bias_pct']:>+7.1f} {s['spearman']:>9.3f}")
-    scatter(frame, f"{args.table} {args.precision} on {describe()[:40]}\n{overall['within_10pct']:.0f}% within "
+    blocks = [("latency", per_family, overall)]
+    if energies is not None:
+        blocks.append(("energy", summary["per_family_energy"], summary["energy_mj"]))
+    for what, families, total in blocks:
+        print(f"{what + ': family':<22} {'n':>4} {'within10%':>10} {'within5%':>9} {'MAPE%':>7} {'bias%':>7} "
+              f"{'Spearman':>9}")
+        for fam, s in [*families.items(), ("ALL", total)]:
+            print(f"{fam:<22} {s['n']:>4} {s['within_10pct']:>9.1f}% {s['within_5pct']:>8.1f}% {s['mape']:>7.2f} "
+                  f"{s['bias_pct']:>+7.1f} {s['spearman']:>9.3f}")
+    scatter(frame, f"{args.table} {args.precision} on {where[:40]}\n{overall['within_10pct']:.0f}% within "
             f"+-10%, MAPE {overall['mape']:.1f}%, Spearman {overall['spearman']:.3f}", out / f"fidelity_{tag}.png")
     (out / f"fidelity_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0

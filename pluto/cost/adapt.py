@@ -145,25 +145,44 @@ def check(table: LatencyTable, precision: str | None = None) -> dict:
 
 # ---- adaptation ---------------------------------------------------------------------------------
 def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, seed: int = 0,
-          prior: float = 0.3, progress: bool = True) -> dict:
+          prior: float = 0.3, progress: bool = True, energy_window_s: float | None = None) -> dict:
     """Measure the reference kernels and ``n`` reference networks here and refit the table's calibration to them.
+
+    CPU tables and GPU tables alike (run it on the machine to describe). Every metric the table prices from
+    measurements is refitted: latency, and energy where the table has it and this machine has a meter
+    (NVML on GPUs, RAPL on CPUs): a fresh card's idle power, clocks and temperature move energy more than
+    latency, so the energy level is re-fitted from the same reference networks (each timed in a
+    tick-aligned sustained loop) and this machine's idle power is recorded.
 
     The table object is changed in place (its ``metadata['calibration']``, ``reference`` and ``machine``
     now describe this machine); returns the summary also stored as ``metadata['adapted']``.
     """
+    from pluto.cost import energy as energy_mod
     from pluto.cost.ops import extract_ops
     from pluto.cost.profiler import fit_calibration, measure_interleaved, prepare_network, priceable
-    from pluto.cost.runtimes import Runtime
+    from pluto.cost.runtimes import Runtime, device_info
     from pluto.cost.table import weight_bytes
 
-    if table.device.get("type", "cpu") != "cpu":
-        raise TableError("few-shot adaptation runs on CPU tables here; GPU tables are re-fitted with "
-                         "`pluto table calibrate` on the GPU machine")
     start = time.perf_counter()
-    rt = Runtime(table.runtime, "cpu", int(table.metadata.get("threads") or 1))
+    device = table.device.get("type", "cpu")
+    rt = Runtime(table.runtime, device, int(table.metadata.get("threads") or 1))
     batch = int(table.metadata.get("batch") or 1)
-    summary: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": describe(),
-                     "fingerprint": fingerprint(), "networks": n, "precisions": {}}
+    meter = None
+    if "energy_mj" in table.metrics:
+        try:
+            meter = energy_mod.open_meter("auto", device)
+        except Exception:  # noqa: BLE001 - no meter here: energy keeps the table's fit, and the summary says so
+            meter = None
+    window = energy_window_s or energy_window(table)
+    here = describe() if device == "cpu" else f"{device_info(device)['name']} on {describe()}"
+    summary: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": here,
+                     "fingerprint": fingerprint(), "networks": n, "precisions": {},
+                     "energy": (f"refitted ({meter.name})" if meter else
+                                "not adapted: no energy meter readable here" if "energy_mj" in table.metrics else None)}
+    if meter is not None:
+        idle = energy_mod.idle_power_w(meter)
+        summary["idle_power_w"] = idle
+        summary["idle_power_w_table"] = (table.metadata.get("energy") or {}).get("idle_power_w")
     old_reference = table.metadata.get("reference") or {}
     new_reference: dict = {}
     for precision in table.precisions:
@@ -176,35 +195,58 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
             continue
         works = [prepare_network(rt, model, shape, precision, batch) for _, _, model, shape in nets_p]
         measured = measure_interleaved(rt, works, rounds, samples, progress=progress, desc=f"adapt {precision}")
+        energies = ([energy_mod.measure_energy(meter, work, ms / 1e3, window) for work, (ms, _) in zip(works, measured)]
+                    if meter is not None else None)
         del works
-        points, records = [], []
-        for (label, family, model, shape), (ms, _) in zip(nets_p, measured):
-            ops = extract_ops(model, shape)
-            parts = {g: float(v) for g, v in table.summed(ops, "latency_ms", precision).items()}
-            points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), ms))
-            records.append({"model": label, "family": family, "measured_latency_ms": ms})
         cal = table.metadata.setdefault("calibration", {}).setdefault(precision, {})
-        before = cal.get("latency_ms")
-        fit = fit_calibration(points, prior=prior, prior_fit=before)
-        err_before = _mape(table, nets_p, measured, precision)
-        cal["latency_ms"] = fit
+        records = [{"model": label, "family": family, "measured_latency_ms": ms}
+                   for (label, family, _, _), (ms, _) in zip(nets_p, measured)]
+        result = {"kernel_ratio": {k: v / (old_reference.get(precision, {}).get(k, {}).get("median_ms") or float("nan"))
+                                   for k, v in kernels.items()}}
+        for metric, values in (("latency_ms", [ms for ms, _ in measured]), ("energy_mj", energies)):
+            if values is None:
+                continue
+            points = []
+            for (label, family, model, shape), value in zip(nets_p, values):
+                ops = extract_ops(model, shape)
+                parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
+                points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value))
+            err_before = _mape(table, nets_p, values, precision, metric)
+            cal[metric] = fit_calibration(points, prior=prior, prior_fit=cal.get(metric))
+            suffix = "" if metric == "latency_ms" else "_energy"
+            result[f"mape_before_pct{suffix}"] = err_before
+            result[f"mape_after_pct{suffix}"] = cal[metric]["mape_calibrated_pct"]
+        if energies is not None:
+            for record, mj in zip(records, energies):
+                record["measured_energy_mj"] = mj
         cal["reference_networks"] = records
-        summary["precisions"][precision] = {
-            "kernel_ratio": {k: v / (old_reference.get(precision, {}).get(k, {}).get("median_ms") or float("nan"))
-                             for k, v in kernels.items()},
-            "mape_before_pct": err_before, "mape_after_pct": fit["mape_calibrated_pct"]}
+        summary["precisions"][precision] = result
     table.metadata["reference"] = new_reference
     table.metadata["machine"] = {**cpu_facts(), "fingerprint": fingerprint()}
+    if device != "cpu":
+        table.metadata["device_adapted"] = device_info(device)
+    if meter is not None:
+        table.metadata.setdefault("energy", {})["idle_power_w_adapted"] = summary["idle_power_w"]
     summary["seconds"] = round(time.perf_counter() - start, 1)
     table.metadata["adapted"] = summary
     return summary
 
 
-def _mape(table: LatencyTable, nets: list[Sample], measured, precision: str) -> float:
+def energy_window(table: LatencyTable) -> float:
+    """The sustained-loop window the table's energy entries were measured with (from its method), else 0.3 s."""
+    import re
+
+    method = str((table.metadata.get("method") or {}).get("energy", ""))
+    found = re.search(r">= ([0-9.]+) s", method)
+    return float(found.group(1)) if found else 0.3
+
+
+def _mape(table: LatencyTable, nets: list[Sample], measured, precision: str, metric: str = "latency_ms") -> float:
     from pluto.cost.ops import extract_ops
 
-    errs = [abs(table.predict_ops(extract_ops(m, s), "latency_ms", precision) - ms) / ms
-            for (_, _, m, s), (ms, _) in zip(nets, measured)]
+    values = [m[0] if isinstance(m, tuple) else m for m in measured]
+    errs = [abs(table.predict_ops(extract_ops(m, s), metric, precision) - v) / v
+            for (_, _, m, s), v in zip(nets, values)]
     return float(np.mean(errs) * 100)
 
 

@@ -468,7 +468,14 @@ def _calibrate(args) -> int:
             continue
         ratios = [v for v in p["kernel_ratio"].values() if v == v]
         kr = f"reference kernels {min(ratios):.2f}-{max(ratios):.2f}x the table's; " if ratios else ""
-        print(f"  {precision}: {kr}reference-network MAPE {p['mape_before_pct']:.1f}% -> {p['mape_after_pct']:.1f}%")
+        energy = (f"; energy MAPE {p['mape_before_pct_energy']:.1f}% -> {p['mape_after_pct_energy']:.1f}%"
+                  if "mape_before_pct_energy" in p else "")
+        print(f"  {precision}: {kr}reference-network MAPE {p['mape_before_pct']:.1f}% -> {p['mape_after_pct']:.1f}%"
+              f"{energy}")
+    if summary.get("energy"):
+        idle = (f" (idle {summary['idle_power_w']:.1f} W here, {summary.get('idle_power_w_table') or float('nan'):.1f} W "
+                "where the table was made)" if "idle_power_w" in summary else "")
+        print(f"  energy: {summary['energy']}{idle}")
     args.table = out
     return _show(args)
 

@@ -147,3 +147,41 @@ def test_zoo_op_kinds_are_priced_by_a_table_that_measured_them(tmp_path):
         if op.kind in ("concat", "shuffle"):
             assert float(table.lookup(op, "latency_ms", "fp32")) > 0
     assert {calibration_group(op, fine=True) for op in ops if op.kind in ("concat", "shuffle")} == {"movement"}
+
+
+def test_adapt_refits_energy_where_a_meter_reads_it(tmp_path, monkeypatch):
+    """A fresh card draws another power: adaptation re-fits the energy level from the reference networks' energy
+    (tick-aligned meter readings), records this machine's idle power, and held-out energy follows."""
+    from pluto.cost import energy as energy_mod
+    from pluto.cost.adapt import adapt, reference_networks
+    from pluto.cost.ops import extract_ops
+
+    space = ProfileSpace.from_dict(SPACE)
+    table = profile(space, tmp_path / "t", runtime="onnxruntime", **FAST)
+    table.entries["energy_mj"] = table.entries["latency_ms"] * 0.050  # the table's chip: 50 W while running
+    table.metadata["metrics"] = [*table.metrics, "energy_mj"]
+    table.metadata["energy"] = {"meter": "fake", "idle_power_w": 20.0}
+    table.save(tmp_path / "e")
+    table = LatencyTable.load(tmp_path / "e")
+    assert "energy_mj" in table.metrics
+
+    class Meter:
+        name = "fake"
+
+    monkeypatch.setattr(energy_mod, "open_meter", lambda kind, device: Meter())
+    monkeypatch.setattr(energy_mod, "idle_power_w", lambda meter, window_s=1.0: 31.0)
+    watts_here = 0.120  # this card: 120 W while running (mJ per ms)
+    monkeypatch.setattr(energy_mod, "measure_energy", lambda meter, work, per_run_s, window_s=0.3:
+                        per_run_s * 1e3 * watts_here)
+    summary = adapt(table, n=6, rounds=2, samples=6, progress=False)
+    fp32 = summary["precisions"]["fp32"]
+    assert summary["idle_power_w"] == 31.0 and summary["energy"] == "refitted (fake)"
+    assert fp32["mape_before_pct_energy"] > 40  # the table's 50 W level is far off here
+    assert fp32["mape_after_pct_energy"] < 15
+    records = table.metadata["calibration"]["fp32"]["reference_networks"]
+    assert all(r["measured_energy_mj"] > 0 for r in records)
+    # held-out networks (another seed): energy predicted near 120 W x their predicted latency
+    for _, _, model, shape in reference_networks(table, 4, seed=7):
+        ops = extract_ops(model, shape)
+        lat = table.predict_ops(ops, "latency_ms", "fp32")
+        assert table.predict_ops(ops, "energy_mj", "fp32") == pytest.approx(lat * watts_here, rel=0.3)
