@@ -445,9 +445,15 @@ class Compression:
                 model, _ = build_concrete(d, self.example, self.calibration[:64])
                 return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
 
+            before = d.gates.hard_flat().clone() if d.gates is not None else None
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
                                                 int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]
+            if before is not None:  # channels the landing switched back on start silent (function-preserving)
+                grown = d.gates.hard_flat() & ~before
+                if bool(grown.any()):
+                    landing["regrown_channels"] = int(grown.sum())
+                    landing["regrown_consumer_slices_zeroed"] = d.gates.silence(d.model, grown)
             status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
             print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
         distributed.broadcast_module(d.model, what="hard decisions")  # rank 0's landed gates, bits and ops

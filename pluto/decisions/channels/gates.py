@@ -229,6 +229,45 @@ class ChannelGates(nn.Module):
                 hook = _InputMask(self, buffer, 1 if layer.kind == "conv" else -1)
                 self._handles.append(module.register_forward_pre_hook(hook))
 
+    @torch.no_grad()
+    def silence(self, model: nn.Module, channels: Tensor) -> int:
+        """Zero what every consumer reads from ``channels`` (bool per flat channel): function-preserving growth.
+
+        Why: with STE/hard gates, a channel the search switched off contributed nothing to any forward
+        pass, so its consumers (and their BatchNorm statistics) never saw it. Switching it back on (the
+        measured landing grows widths to use the latency budget) would inject untrained activations;
+        zeroing the consumers' input weights of those channels keeps the network computing exactly what
+        the search trained (Net2Net's function-preserving widening) while the channels exist on the chip
+        and fine-tuning can put them to use. Returns the number of consumer weight slices zeroed.
+        """
+        flat = channels.to(torch.bool).cpu()
+        if flat.numel() != self.graph.num_channels:
+            raise ConfigError(f"channels has {flat.numel()} entries; the graph has {self.graph.num_channels}")
+        flat = torch.cat([flat, torch.zeros(1, dtype=torch.bool)])  # index n: never-pruned positions
+        zeroed = 0
+        for k, layer in enumerate(self.graph.layers.values()):
+            if layer.kind not in ("conv", "linear") or not bool((layer.in_index >= 0).any()):
+                continue
+            index = torch.where(layer.in_index < 0, self.graph.num_channels, layer.in_index).cpu()
+            positions = torch.nonzero(flat[index]).flatten().tolist()
+            if not positions:
+                continue
+            module = model.get_submodule(layer.name)
+            parametrized = getattr(module, "parametrizations", None)  # QAT: the stored weight is the original
+            weight = parametrized.weight.original if parametrized is not None and "weight" in parametrized \
+                else module.weight
+            if layer.kind == "linear":
+                weight[:, positions] = 0
+            else:
+                groups = getattr(module, "groups", 1)
+                per_group_in = weight.shape[1]
+                per_group_out = weight.shape[0] // groups
+                for pos in positions:
+                    g = pos // per_group_in
+                    weight[g * per_group_out:(g + 1) * per_group_out, pos % per_group_in] = 0
+            zeroed += len(positions)
+        return zeroed
+
     def remove(self) -> None:
         """Detach the gates: remove every hook (the model computes as before attach_gates)."""
         for h in self._handles:
