@@ -31,6 +31,7 @@ hardened model) is broadcast to the other ranks.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from typing import Any
@@ -203,7 +204,12 @@ class Compression:
         raw_constraints = OmegaConf.to_container(cfg.constraints)
         metrics = {m for m in (raw_constraints or {}) if (raw_constraints or {}).get(m) is not None}
         self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
-        if self.measurer is not None:
+        earlier = self._earlier_measurement()
+        if earlier:  # a resumed run keeps the targets it trained for (no re-measurement that would move them)
+            self.uncompressed["measured"] = earlier
+            print("uncompressed model measured earlier in this run: "
+                  + ", ".join(f"{k} {v:.4g}" for k, v in earlier.items() if "iqr" not in k))
+        elif self.measurer is not None:
             self.uncompressed["measured"] = distributed.broadcast_object(
                 self._measure_dense() if distributed.is_main() else None)
         relative = relative_targets(raw_constraints)
@@ -238,6 +244,16 @@ class Compression:
         self.model.to(self.device)
         if c.distill and c.teacher not in ("self", None, "none"):
             self.teacher.build()
+
+    def _earlier_measurement(self) -> dict[str, float] | None:
+        """The uncompressed model's measurement of this run before it was interrupted (resume only)."""
+        path = self.ctx.dir / "feasibility.json"
+        if self.ckpt is None or self.measurer is None or not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text()).get("uncompressed", {}).get("measured") or None
+        except (OSError, json.JSONDecodeError):
+            return None
 
     def _measure_dense(self) -> dict[str, float]:
         """Measured cost of the uncompressed model as deployed at the run's default precision (and fp32)."""
