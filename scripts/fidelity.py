@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     per_family = {fam: summarize(sub["predicted_latency_ms"].to_numpy(), sub["measured_latency_ms"].to_numpy())
                   for fam, sub in frame.groupby("family")}
     where = describe() if table.device.get("type", "cpu") == "cpu" else f"{device_info('cuda')['name']} on {describe()}"
+    if previous is not None:
+        where = f"(measurements of {args.recompute})"
     summary = {"table": str(args.table), "measured_on": where, "date": dt.date.today().isoformat(),
                "measurements_from": args.recompute or "this run", "runtime": table.runtime, "precision": args.precision,
                "families": args.families, "seed": args.seed, "seconds": round(time.time() - start),

@@ -210,7 +210,7 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
             for (label, family, model, shape), value in zip(nets_p, values):
                 ops = extract_ops(model, shape)
                 parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
-                points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value))
+                points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value, table.activations(ops)))
             err_before = _mape(table, nets_p, values, precision, metric)
             cal[metric] = fit_calibration(points, prior=prior, prior_fit=cal.get(metric))
             suffix = "" if metric == "latency_ms" else "_energy"
@@ -266,7 +266,12 @@ def for_this_machine(table: LatencyTable, auto: bool = True, log=print) -> tuple
     note = mismatch({**table.metadata, "path": str(table.path)})
     if note is None:
         return table, {"status": "table made on this machine kind"}
-    cached = cache_dir() / f"{table.metadata.get('name', 'table')}-{table.metadata.get('sha256', '')[:8]}-{fingerprint()}"
+    import hashlib
+
+    calibration = hashlib.sha256(json.dumps(table.metadata.get("calibration", {}), sort_keys=True,
+                                            default=str).encode()).hexdigest()[:6]
+    cached = cache_dir() / (f"{table.metadata.get('name', 'table')}-{table.metadata.get('sha256', '')[:8]}{calibration}-"
+                            f"{fingerprint()}")
     if (cached / "metadata.json").exists():
         adapted = LatencyTable.load(cached)
         log(f"using the table adapted to this machine earlier: {cached}")

@@ -20,7 +20,7 @@ from pluto.cost.table import LatencyTable
 from pluto.errors import ConfigError, TableError
 
 from pluto.cost.metrics import ANALYTIC_METRICS, TABLE_METRICS
-from pluto.cost.table import BYTES_PER_WEIGHT, calibration_group
+from pluto.cost.table import BYTES_PER_WEIGHT, activation_mb, calibration_group
 
 
 def bits_to_precision(bits: int) -> str:
@@ -115,20 +115,24 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
     elif metric not in ANALYTIC_METRICS:
         raise ConfigError(f"unknown cost metric {metric!r}; use one of {TABLE_METRICS + ANALYTIC_METRICS}")
     parts: dict[str, Tensor] = {}
+    act: dict[str, Tensor] = {}
     for op in ops:
         cin, cout = _channels(op, channels)
         probs = (precisions or {}).get(op.name) or {default_precision: torch.tensor(1.0, dtype=torch.float64)}
         cost = _op_cost(table, op, metric, cin, cout, probs)
+        moved = activation_mb(op, cin, cout)
         if weights and op.name in weights:
             cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
+            moved = moved * torch.as_tensor(weights[op.name], dtype=torch.float64)
         group = table.group_of(op, cin, cout) if table is not None else calibration_group(op)
         parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + cost
+        act[group] = act.get(group, torch.zeros((), dtype=torch.float64)) + moved
     total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
     if metric in TABLE_METRICS and calibrated:
         size = expected_cost(None, ops, "size_bytes", channels, precisions, weights, default_precision)
         n_ops = sum((torch.as_tensor((weights or {}).get(op.name, 1.0), dtype=torch.float64) for op in ops),
                     torch.zeros((), dtype=torch.float64))
-        total = table.calibrate(parts, metric, _runtime_name(default_precision), size, n_ops)
+        total = table.calibrate(parts, metric, _runtime_name(default_precision), size, n_ops, act)
     return total
 
 
@@ -142,13 +146,16 @@ def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
     (``InfeasibleConstraintError``) instead of training towards an unreachable budget.
     """
     parts: dict[str, Tensor] = {}
+    act: dict[str, float] = {}
     for op in ops:
         cin, cout = _channels(op, {k: tuple(map(float, v)) for k, v in (min_channels or {}).items()})
         options = (allowed_precisions or {}).get(op.name) or list(default_precisions)
         costs = [float(_op_cost(table, op, metric, cin, cout, {p: torch.tensor(1.0)})) for p in options]
         group = table.group_of(op, cin, cout) if table is not None else calibration_group(op)
         parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + min(costs)
+        act[group] = act.get(group, 0.0) + float(activation_mb(op, cin, cout))
     if metric in TABLE_METRICS:
         size = minimum_cost(None, ops, "size_bytes", min_channels, allowed_precisions, default_precisions)
-        return float(table.calibrate(parts, metric, _runtime_name(list(default_precisions)[0]), size, len(ops)))
+        return float(table.calibrate(parts, metric, _runtime_name(list(default_precisions)[0]), size, len(ops),
+                                     act))
     return float(sum(parts.values()))

@@ -56,6 +56,19 @@ def weight_bytes(ops: list[OpSpec], precision: str) -> float:
     return float(sum(op.params for op in ops) * BYTES_PER_WEIGHT[precision])
 
 
+def activation_mb(op: OpSpec, cin: Tensor | float | None = None, cout: Tensor | float | None = None) -> Tensor | float:
+    """Megabytes of activations ``op`` reads and writes (fp32 words; a fit is per precision, so the word size
+    is absorbed by its coefficient), differentiable in (expected) ``cin``/``cout``.
+
+    Why: an op timed alone converts its input to the runtime's blocked layout and back (oneDNN/MLAS NCHWc
+    reorders) and streams activations from a cold cache; inside a network, neighbours of the same layout
+    skip the reorders. Both effects scale with the activation bytes of the op's group, which is what the
+    calibration's signed ``per_act_mb`` terms weigh."""
+    cin = op.cin if cin is None else cin
+    cout = op.cout if cout is None else cout
+    return (cin * op.hw + cout * op.hw_out) * 4.0 / 1e6
+
+
 CALIBRATION_GROUPS = ("conv_kxk", "conv_1x1", "dwconv", "other")
 
 
@@ -331,14 +344,18 @@ class LatencyTable:
 
     # ---- calibration and whole models --------------------------------------------------------
     def calibrate(self, parts: dict[str, Tensor] | Tensor, metric: str, precision: str,
-                  weight_bytes: Tensor | float = 0.0, n_ops: Tensor | float = 0.0) -> Tensor:
+                  weight_bytes: Tensor | float = 0.0, n_ops: Tensor | float = 0.0,
+                  act: dict[str, Tensor | float] | None = None) -> Tensor:
         """Whole-network cost from its entry sums per calibration group (see ``calibration_group``):
 
-        ``sum_g scale_g * parts[g] + per_mb * weight_bytes / 1e6 + per_op * n_ops + offset``; identity
-        if uncalibrated. ``n_ops`` is the number of units (expected number under op choice).
+        ``sum_g (scale_g * parts[g] + per_act_mb_g * act[g]) + per_mb * weight_bytes / 1e6 + per_op * n_ops
+        + offset``; identity if uncalibrated. ``n_ops`` is the number of units (expected number under op
+        choice); ``act[g]``: the activation megabytes of group g's ops (:func:`activation_mb`).
         The per-group scales absorb fusion and layout effects that differ by op kind (e.g. dense
         kxk convs running from cold caches in a whole network); ``weight_bytes`` is the weight
-        storage, the DRAM traffic that isolated unit timings (weights in cache) do not see."""
+        storage, the DRAM traffic that isolated unit timings (weights in cache) do not see; the signed
+        ``per_act_mb`` terms take out the layout reorders a unit pays alone and a network does not (or add
+        the traffic it pays). The result is floored at 10 % of the entry sum."""
         if not isinstance(parts, dict):
             parts = {"all": parts}
         total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
@@ -351,7 +368,12 @@ class LatencyTable:
         else:
             value = sum((part * self._scale(scales, group, fit) for group, part in parts.items()),
                         torch.zeros((), dtype=torch.float64))
-        return value + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit.get("per_op", 0.0) * n_ops + fit["offset"]
+        per_act = fit.get("per_act_mb") or {}
+        if per_act and act:
+            value = value + sum((a * self._scale(per_act, group, {"scale": 0.0}) for group, a in act.items()),
+                                torch.zeros((), dtype=torch.float64))
+        value = value + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit.get("per_op", 0.0) * n_ops + fit["offset"]
+        return torch.maximum(torch.as_tensor(value, dtype=torch.float64), 0.1 * total) if per_act else value
 
     @staticmethod
     def _scale(scales: dict, group: str, fit: dict) -> float:
@@ -369,6 +391,14 @@ class LatencyTable:
             group = self.group_of(op)
             parts[group] = parts.get(group, 0.0) + self.lookup(op, metric, precision)
         return parts
+
+    def activations(self, ops: list[OpSpec]) -> dict[str, float]:
+        """Activation megabytes of ``ops`` per calibration group (see :func:`activation_mb`)."""
+        act: dict[str, float] = {}
+        for op in ops:
+            group = self.group_of(op)
+            act[group] = act.get(group, 0.0) + float(activation_mb(op))
+        return act
 
     def group_of(self, op: OpSpec, cin: Tensor | float | None = None, cout: Tensor | float | None = None) -> str:
         """Calibration group of ``op``; tables with unaligned grids split off ops on unaligned channels ('_u'),
@@ -398,7 +428,8 @@ class LatencyTable:
         parts = self.summed(ops, metric, precision)
         if not calibrated:
             return float(sum(parts.values()))
-        return float(self.calibrate(parts, metric, precision, weight_bytes(ops, precision), len(ops)))
+        return float(self.calibrate(parts, metric, precision, weight_bytes(ops, precision), len(ops),
+                                    self.activations(ops)))
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...], metric: str = "latency_ms",
                 precision: str = "fp32", calibrated: bool = True) -> float:
