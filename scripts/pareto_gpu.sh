@@ -18,13 +18,18 @@ STEPS=${STEPS:-train,measure,overhead}
 OUT=${1:?output folder}; BUDGET=${2:?seconds}; shift 2
 HARD=$((BUDGET + 150))  # a config still running then is killed; the rerun redoes it
 COMMON=(--stage train --device cuda --threads 1 --train-limit 30000 --epochs 8 --finetune-epochs 4 --time-budget "$BUDGET" "$@")
-GROUPS_=(joint "prune" qat nas uniform "magnitude,torch_pruning,ptq,dense" optuna)
+GROUPS_=("joint,joint_macs,joint_scratch" "prune" qat nas uniform "magnitude,torch_pruning" optuna)
 mkdir -p "$OUT"
 export OMP_NUM_THREADS=1
 pids=()
 [[ $STEPS == *train* ]] && for table in ${TABLES:-cpu_ort_epyc h100_cudagraph}; do
+  # every group starts from the same dense model per seed: train it once, then copy the cache into each group
+  timeout "$HARD" python3 scripts/pareto.py "${COMMON[@]}" --tables "$table" --methods dense,ptq \
+    --out "$OUT/$table-dense" > "$OUT/$table-dense.log" 2>&1
   for g in "${GROUPS_[@]}"; do
     name="$table-${g%%,*}"
+    mkdir -p "$OUT/$name/$table" && cp -rn "$OUT/$table-dense/$table/_dense" "$OUT/$table-dense/$table/targets.json" \
+      "$OUT/$name/$table/" 2>/dev/null
     timeout "$HARD" python3 scripts/pareto.py "${COMMON[@]}" --tables "$table" --methods "$g" --out "$OUT/$name" > "$OUT/$name.log" 2>&1 &
     pids+=($!)
   done

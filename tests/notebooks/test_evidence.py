@@ -83,14 +83,14 @@ def test_train_stage_is_resumable_and_survives_a_failing_config(tmp_path, monkey
             "--out", str(tmp_path / "out")]
     assert pareto.main(args) == 0
     folder = tmp_path / "out" / "cpu_ort"
-    result = json.loads((folder / "dense" / "na" / "result.json").read_text())
+    result = json.loads((folder / "dense" / "na" / "seed0" / "result.json").read_text())
     assert result["status"] == "ok" and 0.0 <= result["accuracy"] <= 100.0
     assert (folder / result["onnx"].split("/", 1)[1]).exists()
     assert sorted(calls) == [0.2, 0.3]  # the sweep went on after the first failure
-    assert "boom" in (folder / "uniform" / "0.2000ms" / "error.txt").read_text()
-    stamp = (folder / "dense" / "na" / "result.json").stat().st_mtime
+    assert "boom" in (folder / "uniform" / "0.2000ms" / "seed0" / "error.txt").read_text()
+    stamp = (folder / "dense" / "na" / "seed0" / "result.json").stat().st_mtime
     assert pareto.main(args) == 0  # second run: dense is done and skipped, failed configs are retried
-    assert (folder / "dense" / "na" / "result.json").stat().st_mtime == stamp
+    assert (folder / "dense" / "na" / "seed0" / "result.json").stat().st_mtime == stamp
     assert len(calls) == 4
 
 
@@ -106,6 +106,63 @@ def test_smoke_subset_train_and_measure(tmp_path, capsys):
     assert list(docs.glob("pareto_cpu_ort_*_smoke.png"))
     text = capsys.readouterr().out
     assert "measured latency" in text
+
+
+def test_gain_over_best_pairs_seeds_and_ignores_the_ablations():
+    def row(method, seed, lat, acc, target=1.0, macs=1e6):
+        return {"table": "t", "method": method, "target_ms": target, "seed": seed, "status": "ok", "latency_ms": lat,
+                "accuracy": acc, "macs": macs}
+
+    frame = pd.DataFrame([
+        row("joint", 0, 1.0, 88.0), row("uniform", 0, 1.0, 86.0), row("magnitude", 0, 1.0, 87.5),
+        row("joint", 1, 1.0, 89.0), row("uniform", 1, 1.0, 86.0), row("magnitude", 1, 1.0, 86.5),
+        row("joint_macs", 0, 1.5, 95.0), row("joint_macs", 1, 1.7, 95.0),  # controls, never "the best baseline"
+        row("joint_scratch", 0, 1.0, 87.0), row("joint_scratch", 1, 1.0, 88.0),
+    ])
+    comparison = pareto.compare(frame)
+    assert set(comparison["baseline"]) == {"uniform", "magnitude"}
+    (gain,) = pareto.gain_over_best(comparison).to_dict("records")
+    assert gain["seeds"] == 2 and gain["best_baselines"] == "magnitude"  # 87.5 > 86 and 86.5 > 86
+    assert gain["gain_vs_best"] == pytest.approx(1.5)  # seed 0: 88 - 87.5, seed 1: 89 - 86.5
+    assert gain["gain_vs_best_std"] == pytest.approx(2 ** 0.5)
+    assert gain["goal_met"]
+    ablation = pareto.ablations(frame).set_index("ablation")
+    assert ablation.loc["joint_macs", "macs_ratio"] == pytest.approx(1.0)
+    assert ablation.loc["joint_macs", "latency_ratio"] == pytest.approx(1.6)  # (1.5 + 1.7) / 2: slower at equal MACs
+    assert ablation.loc["joint_scratch", "accuracy_joint_minus"] == pytest.approx(1.0)
+
+
+def test_width_model_scales_the_stages_of_any_registry_model(tmp_path):
+    _cpu_table_or_skip()
+    import torch
+
+    for model, first, last in (("small_cnn", "features.0.0", "classifier.2"), ("resnet20", "stem.0", "fc")):
+        args = pareto.parse_args(["--smoke", "--model", model, "--snap", "none", "--out", str(tmp_path)])
+        s = pareto.make_sweep(args, "cpu_ort", pareto.load_data(args))
+        graph = pareto.channel_graph(s)
+        assert len(pareto.width_stages(graph)) == 3  # 32/64/128 and 16/32/64
+        assert pareto.output_layers(graph) == [last]
+        stages = pareto.layer_stages(graph)
+        assert stages[first] == 0 and stages[last] == 2
+        half = pareto.width_model(s, (0.5, 1.0, 0.25))
+        full = pareto.base_model(s)
+        assert half.get_submodule(first).out_channels == full.get_submodule(first).out_channels // 2
+        assert half.get_submodule(last).in_features == full.get_submodule(last).in_features // 4
+        assert half(torch.zeros(s.shape)).shape == (1, 10)
+        s.args.snap = "table"  # kept counts snap to the table's multiple (8)
+        assert pareto.width_model(s, (0.3, 0.3, 0.3)).get_submodule(last).in_features % s.table.align == 0
+
+
+def test_ablations_wait_for_their_joint_point(tmp_path, capsys):
+    _cpu_table_or_skip()
+    out = tmp_path / "out"
+    assert pareto.main(["--smoke", "--stage", "train", "--methods", "joint_macs,joint_scratch", "--targets", "0.3",
+                        "--seeds", "0,1", "--out", str(out)]) == 0
+    assert not list(out.glob("cpu_ort/joint_*/*/seed*/*"))  # nothing written: a rerun after joint runs them
+    text = capsys.readouterr().out
+    assert "joint_macs @ 0.3000ms seed 1" in text and "run joint first" in text
+    with pytest.raises(SystemExit, match="holds a sweep of small_cnn"):
+        pareto.main(["--smoke", "--stage", "train", "--model", "resnet20", "--methods", "dense", "--out", str(out)])
 
 
 @pytest.mark.slow
