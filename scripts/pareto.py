@@ -259,7 +259,11 @@ _TABLES: dict[str, LatencyTable] = {}
 def load_table(args: argparse.Namespace, name: str) -> LatencyTable:
     """Each table is loaded once (and so stays the same object for the whole sweep)."""
     if name not in _TABLES:
-        _TABLES[name] = LatencyTable.load(Path(args.table_root) / name)
+        from pluto.cost.adapt import for_this_machine
+
+        # a CPU table from another machine is adapted here (cached per machine), as the joint runs' own pipeline
+        # does: baselines, auto targets and the joint search then price with the same table
+        _TABLES[name], _ = for_this_machine(LatencyTable.load(Path(args.table_root) / name))
     return _TABLES[name]
 
 
