@@ -70,10 +70,18 @@ def _calibration_batch(train_set: Dataset, n: int = 256) -> Tensor:
 
 
 class Teacher:
-    """The KD teacher: the warmed-up model itself (``self``), a registry name, or a checkpoint path."""
+    """The KD teacher: the warmed-up model itself (``self``), a registry name, or a checkpoint path.
 
-    def __init__(self, spec: str | None, data: DataSpec, device: torch.device):
+    Its forward runs without autograd, at ``precision`` (``compress.kd.teacher_precision``, see
+    :func:`pluto.optimizer.distillation.teacher_dtype`) and, on a CPU, in channels-last layout
+    (oneDNN's native one); the logits come back in fp32."""
+
+    def __init__(self, spec: str | None, data: DataSpec, device: torch.device, precision: str = "fp32"):
+        from pluto.optimizer.distillation import teacher_dtype
+
         self.spec, self.data, self.device = spec, data, device
+        self.dtype = teacher_dtype(precision, device)
+        self.channels_last = device.type == "cpu"
         self.model: nn.Module | None = None
 
     def build(self, warm_model: nn.Module | None = None) -> None:
@@ -86,12 +94,22 @@ class Teacher:
 
             self.model = load_teacher(self.spec, self.data.num_classes, self.data.in_channels, self.data.input_size)
         self.model.to(self.device).eval()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    @torch.no_grad()
+    @torch.no_grad()  # not inference_mode: hint taps keep teacher features that the loss saves for backward
     def __call__(self, x: Tensor) -> Tensor | None:
-        return self.model(x) if self.model is not None else None
+        if self.model is None:
+            return None
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            return self.model(x)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float() if torch.is_tensor(out) else out
 
 
 class MeasuredCorrection:
@@ -145,7 +163,8 @@ class Compression:
         if self.ckpt:
             self.state = TrainState.from_dict(self.ckpt["state"])
             print(f"resuming {ctx.dir}: phase {self.state.phase}, epoch {self.state.epoch}, batch {self.state.batch}")
-        self.teacher = Teacher(self.c.teacher if self.c.distill else None, spec, device)
+        self.teacher = Teacher(self.c.teacher if self.c.distill else None, spec, device,
+                               self.c.kd.teacher_precision)
         self.decisions: Decisions | None = None
         self.final: nn.Module | None = None
         self.trail: dict[str, Any] = {}

@@ -117,8 +117,9 @@ def fake_quantize(x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int) 
     """``(clamp(round(x / s) + z, qmin, qmax) - z) * s``: the value of ONNX QuantizeLinear -> DequantizeLinear.
 
     ``s`` (> 0) and ``z`` (integer-valued; None = 0, symmetric) broadcast against ``x``. Gradients
-    (LSQ, straight-through round): ``x`` gets the incoming gradient where ``round(x/s) + z`` lies strictly
-    inside ``(qmin, qmax)`` and 0 where clipped (at ``qmin``/``qmax`` too, as ``torch.clamp``'s gradient); ``s`` gets ``round(x/s) - x/s`` in range and ``q - z`` where
+    (LSQ, straight-through round): ``x`` gets the incoming gradient where ``round(x/s) + z`` lies
+    strictly inside ``(qmin, qmax)`` and 0 where clipped (at ``qmin``/``qmax`` too, as
+    ``torch.clamp``'s gradient); ``s`` gets ``round(x/s) - x/s`` in range and ``q - z`` where
     clipped; ``z`` gets 0 in range and ``-s`` where clipped. Values are bit-identical to the
     composite expression with :func:`round_ste`; gradients agree to float rounding.
     """
