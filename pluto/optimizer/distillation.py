@@ -119,7 +119,7 @@ class DistillationLoss(nn.Module):
         self.adapters = nn.ModuleDict()
         self._student_tap: FeatureTap | None = None
         self._teacher_tap: FeatureTap | None = None
-        self.last_terms: dict[str, float] = {}
+        self.last_terms: dict[str, Tensor] = {}  # detached: read (a device sync) only when logged
 
     @torch.no_grad()
     def attach(self, student: nn.Module, teacher: nn.Module, example_input: Tensor) -> "DistillationLoss":
@@ -196,7 +196,7 @@ class DistillationLoss(nn.Module):
             hint = self.hint_loss()
             terms["hint"] = hint
             loss = loss + self.hint_weight * hint
-        self.last_terms = {k: float(v.detach()) for k, v in terms.items()}
+        self.last_terms = {k: v.detach() for k, v in terms.items()}
         return loss
 
 

@@ -390,10 +390,11 @@ class Compression:
             d.supernet.set_temperature(self.anneal(state.epoch * self.per_epoch + state.batch))
         task, logs = self.task_loss(d.model(x), x, y)
         channels, precisions = d.channels(), d.precisions()
-        costs = {con.metric: self.cost_model.expected(con.metric, channels, precisions).to(task.dtype).to(task.device)
-                 for con in self.constraints}
+        # priced on the CPU, where the tables live; the dual step reads the host copy (no wait for the device)
+        expected = {con.metric: self.cost_model.expected(con.metric, channels, precisions) for con in self.constraints}
+        costs = {m: v.to(task.device, task.dtype, non_blocking=True) for m, v in expected.items()}
         loss, lag_logs = self.objective(task, costs)
-        self.objective.dual_step({k: v.detach() for k, v in costs.items()})
+        self.objective.dual_step({k: v.detach() for k, v in expected.items()})
         step = state.global_step + 1  # the loop counts this step after it returns
         if step % self.t.log_every == 0:
             logs.update(d.logs())
