@@ -20,6 +20,27 @@ from pluto.decisions.ops.supernet import Supernet
 from pluto.errors import TableError
 
 
+def _on_cpu(channels: Mapping[str, tuple[Tensor, Tensor]] | None,
+            precisions: Mapping[str, Mapping[str, Tensor]] | None):
+    """The decisions' scalars on the CPU, where the tables live, in one differentiable copy.
+
+    Copying each scalar from a GPU alone would wait for the device once per scalar (a hundred
+    times a step on a ResNet); stacked, the step waits once.
+    """
+    flat = [v for pair in (channels or {}).values() for v in pair]
+    flat += [p for probs in (precisions or {}).values() for p in probs.values()]
+    moved = [i for i, v in enumerate(flat) if torch.is_tensor(v) and v.device.type != "cpu"]
+    if not moved:
+        return channels, precisions
+    values = torch.stack([flat[i].reshape(()).to(torch.float64) for i in moved]).cpu().unbind()
+    for i, v in zip(moved, values):
+        flat[i] = v
+    it = iter(flat)
+    channels = {k: (next(it), next(it)) for k in (channels or {})} if channels else channels
+    precisions = {k: {b: next(it) for b in v} for k, v in precisions.items()} if precisions else precisions
+    return channels, precisions
+
+
 class CostModel:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], table: LatencyTable | None,
                  default_precision: str = "fp32", op_temperature: float | None = None):
@@ -63,11 +84,7 @@ class CostModel:
     def _expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
                   precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
         table = self.table_for(metric)
-        # Tables live on the CPU; decisions may be on a GPU. .cpu() keeps the gradient path.
-        if channels:
-            channels = {k: (i.cpu(), o.cpu()) for k, (i, o) in channels.items()}
-        if precisions:
-            precisions = {k: {b: p.cpu() for b, p in v.items()} for k, v in precisions.items()}
+        channels, precisions = _on_cpu(channels, precisions)
         if self.supernet is not None:
             from pluto.decisions.ops.cost import expected_supernet_cost
 

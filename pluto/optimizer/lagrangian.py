@@ -131,29 +131,32 @@ class LagrangianObjective:
         raise ConfigError(f"no expected cost for constraint {c.name!r} ({c.metric}); the cost model must return "
                           f"it (got {sorted(costs)}), or drop the constraint")
 
-    def __call__(self, task_loss: Tensor, costs: Mapping[str, Tensor | float]) -> tuple[Tensor, dict[str, float]]:
+    def __call__(self, task_loss: Tensor,
+                 costs: Mapping[str, Tensor | float]) -> tuple[Tensor, dict[str, Tensor | float]]:
         """Primal loss ``task + sum price_i g_i + rho/2 sum max(0, g_i)^2`` and scalars to log.
 
         ``price_i = lambda_i``, or ``max(0, lambda_i + kp * g_i)`` with a proportional gain ``kp``.
+        Logged values are detached tensors (or floats): nothing here waits for the device; a logger
+        reads them only on the steps it logs.
         """
         penalty = torch.zeros((), dtype=task_loss.dtype, device=task_loss.device)
-        logs: dict[str, float] = {"loss/task": float(task_loss.detach())}
+        logs: dict[str, Tensor | float] = {"loss/task": task_loss.detach()}
         for c in self.constraints:
             cost = self._cost(costs, c)
             g = c.violation(torch.as_tensor(cost, dtype=task_loss.dtype, device=task_loss.device))
             lam = self.multipliers[c.name].value
-            price = max(0.0, lam + self.config.kp * float(g.detach())) if self.config.kp else lam
+            price = torch.clamp(lam + self.config.kp * g.detach(), min=0.0) if self.config.kp else lam
             if self.active:
                 penalty = penalty + price * g
                 if self.config.rho > 0:
                     penalty = penalty + 0.5 * self.config.rho * torch.clamp(g, min=0) ** 2
             logs[f"lambda/{c.name}"] = lam
             logs[f"price/{c.name}"] = price if self.active else 0.0
-            logs[f"cost/{c.name}"] = float(torch.as_tensor(cost).detach())
-            logs[f"violation/{c.name}"] = float(g.detach())
+            logs[f"cost/{c.name}"] = torch.as_tensor(cost).detach()
+            logs[f"violation/{c.name}"] = g.detach()
         loss = task_loss + penalty
-        logs["loss/constraint"] = float(penalty.detach())
-        logs["loss/total"] = float(loss.detach())
+        logs["loss/constraint"] = penalty.detach()
+        logs["loss/total"] = loss.detach()
         return loss, logs
 
     def dual_step(self, costs: Mapping[str, Tensor | float]) -> dict[str, float]:

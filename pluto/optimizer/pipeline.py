@@ -71,10 +71,18 @@ def _calibration_batch(train_set: Dataset, n: int = 256) -> Tensor:
 
 
 class Teacher:
-    """The KD teacher: the warmed-up model itself (``self``), a registry name, or a checkpoint path."""
+    """The KD teacher: the warmed-up model itself (``self``), a registry name, or a checkpoint path.
 
-    def __init__(self, spec: str | None, data: DataSpec, device: torch.device):
+    Its forward runs without autograd, at ``precision`` (``compress.kd.teacher_precision``, see
+    :func:`pluto.optimizer.distillation.teacher_dtype`) and, on a CPU, in channels-last layout
+    (oneDNN's native one); the logits come back in fp32."""
+
+    def __init__(self, spec: str | None, data: DataSpec, device: torch.device, precision: str = "fp32"):
+        from pluto.optimizer.distillation import teacher_dtype
+
         self.spec, self.data, self.device = spec, data, device
+        self.dtype = teacher_dtype(precision, device)
+        self.channels_last = device.type == "cpu"
         self.model: nn.Module | None = None
 
     def build(self, warm_model: nn.Module | None = None) -> None:
@@ -87,12 +95,22 @@ class Teacher:
 
             self.model = load_teacher(self.spec, self.data.num_classes, self.data.in_channels, self.data.input_size)
         self.model.to(self.device).eval()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         for p in self.model.parameters():
             p.requires_grad_(False)
 
-    @torch.no_grad()
+    @torch.no_grad()  # not inference_mode: hint taps keep teacher features that the loss saves for backward
     def __call__(self, x: Tensor) -> Tensor | None:
-        return self.model(x) if self.model is not None else None
+        if self.model is None:
+            return None
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            return self.model(x)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float() if torch.is_tensor(out) else out
 
 
 class MeasuredCorrection:
@@ -146,7 +164,8 @@ class Compression:
         if self.ckpt:
             self.state = TrainState.from_dict(self.ckpt["state"])
             print(f"resuming {ctx.dir}: phase {self.state.phase}, epoch {self.state.epoch}, batch {self.state.batch}")
-        self.teacher = Teacher(self.c.teacher if self.c.distill else None, spec, device)
+        self.teacher = Teacher(self.c.teacher if self.c.distill else None, spec, device,
+                               self.c.kd.teacher_precision)
         self.decisions: Decisions | None = None
         self.final: nn.Module | None = None
         self.trail: dict[str, Any] = {}
@@ -387,10 +406,11 @@ class Compression:
             d.supernet.set_temperature(self.anneal(state.epoch * self.per_epoch + state.batch))
         task, logs = self.task_loss(d.model(x), x, y)
         channels, precisions = d.channels(), d.precisions()
-        costs = {con.metric: self.cost_model.expected(con.metric, channels, precisions).to(task.dtype).to(task.device)
-                 for con in self.constraints}
+        # priced on the CPU, where the tables live; the dual step reads the host copy (no wait for the device)
+        expected = {con.metric: self.cost_model.expected(con.metric, channels, precisions) for con in self.constraints}
+        costs = {m: v.to(task.device, task.dtype, non_blocking=True) for m, v in expected.items()}
         loss, lag_logs = self.objective(task, costs)
-        self.objective.dual_step({k: v.detach() for k, v in costs.items()})
+        self.objective.dual_step({k: v.detach() for k, v in expected.items()})
         step = state.global_step + 1  # the loop counts this step after it returns
         if step % self.t.log_every == 0:
             logs.update(d.logs())

@@ -100,3 +100,42 @@ def test_bad_mode_and_temperature_raise():
         BitWidthChoice(4, (8,), mode="random")
     with pytest.raises(ConfigError):
         BitWidthChoice(4, (8,), temperature=0.0)
+
+
+@pytest.mark.parametrize("candidates", [(4, 8), (8, 32), (4, 8, 16, 32)])
+@pytest.mark.parametrize("is_input", [False, True])
+def test_mixture_equals_weighted_sum_of_candidates(candidates, is_input):
+    """_mix (shared quantizers merged, two terms as one lerp) = sum_b p_b Q_b, in value and in the gradients
+    of the value and of alpha; with one shared term (W4A8 and W8A8 inputs) it is that term exactly."""
+    c, w = _choice(candidates)
+    with torch.no_grad():
+        c.alpha.copy_(torch.linspace(-0.5, 0.7, len(candidates)))
+    value = (torch.randn(4, 3, 5, 5) if is_input else w).requires_grad_()
+    quantizers = c.input_quantizers if is_input else c.weight_quantizers
+    grad = torch.randn(value.shape)
+    out = c._mix(value, quantizers, is_input=is_input)
+    out.backward(grad)
+    got = (out.detach(), value.grad.clone(), None if c.alpha.grad is None else c.alpha.grad.clone())
+    value.grad, c.alpha.grad = None, None
+    p = c.probabilities()
+    ref = sum(p[i] * c._quantize(value, c.activation_bits.get(b, b) if is_input else b, quantizers)
+              for i, b in enumerate(candidates))
+    ref.backward(grad)
+    torch.testing.assert_close(got[0], ref.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got[1], value.grad, rtol=1e-6, atol=1e-6)
+    if is_input and set(candidates) == {4, 8}:  # one 8-bit activation term: exactly it, nothing for alpha
+        assert torch.equal(got[0], c.input_quantizers["8"](value).detach())
+        assert got[2] is None and c.alpha.grad.abs().max() < 1e-4
+    else:
+        torch.testing.assert_close(got[2], c.alpha.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_hard_and_gumbel_forward_values_are_one_candidate_exactly():
+    c, w = _choice((4, 8, 32), mode="gumbel")
+    torch.manual_seed(1)
+    c.begin_call()  # one straight-through Gumbel sample: the value is exactly one candidate's
+    out = c(w)
+    assert any(torch.equal(out, c._quantize(w * 1.0, b, c.weight_quantizers)) for b in (4, 8, 32))
+    c.end_call()
+    c.harden(4)
+    assert torch.equal(c(w), c.weight_quantizers["4"](w))

@@ -116,3 +116,57 @@ def test_first_training_forward_initializes_and_eval_before_init_raises():
 def test_bad_bit_count_is_a_config_error(bits):
     with pytest.raises(ConfigError):
         LsqQuantizer(bits, signed=True, symmetric=True)
+
+
+def _composite(x, s, z, qmin, qmax):
+    """The reference: LSQ written with autograd ops (round_ste + clamp), as LsqQuantizer computed it before."""
+    z = torch.zeros((), dtype=x.dtype) if z is None else z
+    return (torch.clamp(round_ste(x / s) + z, qmin, qmax) - z) * s
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_fake_quantize_equals_composite_in_values_and_gradients(per_channel):
+    """The one-pass autograd function gives bit-identical values and the same gradients (to float rounding)
+    as the composite expression, including exact halves (round half to even) and values rounding onto
+    qmin/qmax (clipped for the gradient, as torch.clamp's backward)."""
+    from pluto.decisions.bits.quantizer import fake_quantize
+
+    gen = torch.Generator().manual_seed(0)
+    if per_channel:  # weights: symmetric, one step per output channel, 4 bits
+        x = torch.randn(16, 8, 3, 3, generator=gen)
+        s = torch.rand(16, 1, 1, 1, generator=gen) * 0.1 + 0.05
+        z, qmin, qmax = None, -8, 7
+        x[0, 0] = (torch.arange(9.0).reshape(3, 3) - 4 + 0.5) * s[0]  # exact halves of the grid
+        x[1, 0, 0] = torch.tensor([-8.0, 7.0, -8.4]) * s[1]  # exactly on qmin / qmax, and rounding onto qmin
+    else:  # activations: asymmetric per tensor, 8 bits, a learned zero point
+        x = torch.randn(32, 4, 5, 5, generator=gen) * 3
+        s, z, qmin, qmax = torch.tensor(0.05), torch.tensor(12.0), 0, 255
+        x[0, 0] = (torch.arange(25.0).reshape(5, 5) - 12 + 0.5) * 0.05
+        x[0, 1, 0] = torch.tensor([-12.0, 243.0, -11.6, 242.6, 300.0]) * 0.05
+    grad = torch.randn(x.shape, generator=gen)
+    leaves = []
+    for fn in (fake_quantize, _composite):
+        args = [t.clone().requires_grad_() if t is not None else None for t in (x, s, z)]
+        out = fn(*args, qmin, qmax)
+        out.backward(grad)
+        leaves.append((out.detach(), *(t.grad if t is not None else None for t in args)))
+    (out, dx, ds, dz), (ref, rdx, rds, rdz) = leaves
+    assert torch.equal(out, ref)
+    torch.testing.assert_close(dx, rdx, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ds, rds, rtol=1e-5, atol=1e-4)
+    assert (dx == 0).sum() > 0 and (dx != 0).sum() > 0  # both clipped and in-range values were exercised
+    if z is not None:
+        torch.testing.assert_close(dz, rdz, rtol=1e-5, atol=1e-5)
+        assert float(dz) != 0.0
+
+
+def test_host_flag_follows_in_place_writes():
+    """The cached host copy of a buffer (no device read per call) sees fill_, copy_ and load_state_dict."""
+    from pluto.decisions.bits.quantizer import host_flag
+
+    q = LsqQuantizer(8, signed=False, symmetric=False)
+    assert host_flag(q.initialized) is False
+    q.initialized.fill_(True)
+    assert host_flag(q.initialized) is True
+    q.load_state_dict({**q.state_dict(), "initialized": torch.tensor(False)})
+    assert host_flag(q.initialized) is False

@@ -107,3 +107,35 @@ def test_missing_teacher_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"model": create_model("small_cnn", width=0.5).state_dict()}, tmp_path / "narrow.pt")
     with pytest.raises(ConfigError, match="does not fit"):
         load_teacher(f"small_cnn:{tmp_path / 'narrow.pt'}")
+
+
+def test_teacher_precision_and_layout_keep_the_logits():
+    """The pipeline's teacher: fp32 (channels-last on a CPU) gives the NCHW fp32 logits; bf16 autocast gives fp32
+    logits within bf16 rounding, and a KD gradient within a few percent of the fp32 teacher's."""
+    from pluto.data import DataSpec
+    from pluto.optimizer.distillation import teacher_dtype
+    from pluto.optimizer.pipeline import Teacher
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", num_classes=10).eval()
+    x = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        reference = model(x)
+    spec = DataSpec(num_classes=10, in_channels=1, input_size=28)
+    exact = Teacher("self", spec, torch.device("cpu"), "fp32")
+    exact.build(model)
+    torch.testing.assert_close(exact(x), reference, rtol=1e-5, atol=1e-5)
+    half = Teacher("self", spec, torch.device("cpu"), "bf16")
+    half.build(model)
+    logits = half(x)
+    assert logits.dtype == torch.float32 and not logits.requires_grad
+    scale = reference.abs().max()
+    assert (logits - reference).abs().max() < 0.03 * scale
+    student = (reference + torch.randn_like(reference)).requires_grad_()
+    g_ref, = torch.autograd.grad(kd_loss(student, reference), student)
+    g_half, = torch.autograd.grad(kd_loss(student, logits), student)
+    assert (g_half - g_ref).norm() < 0.05 * g_ref.norm()
+    assert teacher_dtype("auto", torch.device("cuda")) is None
+    assert teacher_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
+    with pytest.raises(ConfigError, match="teacher precision"):
+        teacher_dtype("int8", torch.device("cpu"))

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pluto.decisions.bits.quantizer import LsqQuantizer, fp16_ste
+from pluto.decisions.bits.quantizer import LsqQuantizer, fp16_ste, host_value
 from pluto.errors import ConfigError
 
 SUPPORTED_BITS = (4, 8, 16, 32)
@@ -146,12 +146,12 @@ class BitWidthChoice(nn.Module):
     # --- hard choice -----------------------------------------------------------------------
     @property
     def is_hard(self) -> bool:
-        return int(self.chosen) >= 0
+        return host_value(self.chosen) >= 0  # read from the device once per change, not once per layer call
 
     @property
     def chosen_bits(self) -> int:
         """The bit-width in use: the hardened one, else the most probable (ties -> fewest bits)."""
-        index = int(self.chosen) if self.is_hard else int(torch.argmax(self.alpha.detach()))
+        index = host_value(self.chosen) if self.is_hard else int(torch.argmax(self.alpha.detach()))
         return self.candidates[index]
 
     def harden(self, bits: int | None = None) -> int:
@@ -173,15 +173,19 @@ class BitWidthChoice(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------
     def _mixture_weights(self) -> Tensor:
-        """Per-candidate weights for this forward pass (shared by weight and input)."""
+        """Per-candidate weights for this forward pass (shared by weight and input); they sum to 1."""
         if self.is_hard or self.mode == "hard":
-            index = int(self.chosen) if self.is_hard else int(torch.argmax(self.alpha.detach()))
-            return F.one_hot(torch.tensor(index), len(self.candidates)).to(self.alpha)
+            index = self.candidates.index(self.chosen_bits)
+            return F.one_hot(torch.tensor(index, device=self.alpha.device), len(self.candidates)).to(self.alpha)
         if self.mode == "gumbel" and self.training:
             return F.gumbel_softmax(self.alpha, tau=self.temperature, hard=True)
         if self.mode == "gumbel":  # eval: the most probable candidate, deterministic
             return F.one_hot(self.alpha.detach().argmax(), len(self.candidates)).to(self.alpha)
         return self.probabilities()
+
+    def _single_path(self) -> bool:
+        """Whether one candidate alone runs (hard, or Gumbel in eval: the argmax), without mixture weights."""
+        return self.is_hard or self.mode == "hard" or (self.mode == "gumbel" and not self.training)
 
     def _quantize(self, value: Tensor, bits: int, quantizers: nn.ModuleDict) -> Tensor:
         if bits == 32:
@@ -191,20 +195,32 @@ class BitWidthChoice(nn.Module):
         return quantizers[str(bits)](value)
 
     def _mix(self, value: Tensor, quantizers: nn.ModuleDict, is_input: bool = False) -> Tensor:
-        weights = self._step_weights if self._step_weights is not None else self._mixture_weights()
-        out, cache = None, {}
+        """``sum_b w_b Q_b(value)`` over the candidates, with the mixture weights of this call (summing to 1).
+
+        Candidates that represent ``value`` alike (the inputs of W4A8 and W8A8 both pass the 8-bit
+        activation quantizer) are one term with their summed weight; one term is ``Q(value)`` itself
+        (its weight is 1 identically, so it carries no gradient to ``alpha``), two terms are one
+        ``lerp`` (one pass; exact at one-hot weights), more are the plain weighted sum."""
+        def represented(bits: int) -> int:
+            return self.activation_bits[bits] if is_input and bits <= 8 else bits
+
+        if self._single_path():
+            return self._quantize(value, represented(self.chosen_bits), quantizers)
+        groups: dict[int, list[int]] = {}
         for i, bits in enumerate(self.candidates):
-            w = weights[i]
-            if not w.requires_grad and float(w) == 0.0:
-                continue  # a candidate with exactly zero weight and no gradient contributes nothing
-            if is_input and bits <= 8:
-                bits = self.activation_bits[bits]
-            if bits not in cache:  # candidates sharing an activation quantizer compute it once
-                cache[bits] = self._quantize(value, bits, quantizers)
-            term = cache[bits]
-            term = term if (not w.requires_grad and float(w) == 1.0) else term * w
-            out = term if out is None else out + term
-        return out if out is not None else value
+            groups.setdefault(represented(bits), []).append(i)
+        if len(groups) == 1:
+            return self._quantize(value, next(iter(groups)), quantizers)
+        weights = self._step_weights if self._step_weights is not None else self._mixture_weights()
+        terms = [(self._quantize(value, bits, quantizers), weights[idx].sum() if len(idx) > 1 else weights[idx[0]])
+                 for bits, idx in groups.items()]
+        if len(terms) == 2:
+            (first, w_first), (second, _) = terms
+            return torch.lerp(second, first, w_first.to(value.dtype))
+        out = terms[0][0] * terms[0][1]
+        for term, w in terms[1:]:
+            out = out + term * w
+        return out
 
     def begin_call(self) -> None:
         """Draw this layer call's mixture weights (one Gumbel sample per call, shared by weight and input)."""
@@ -230,15 +246,15 @@ class BitWidthChoice(nn.Module):
             return y
         weights = self._last_weights if self._last_weights is not None else self._mixture_weights()
         self._last_weights = None
-        integer = sum(weights[i] for i, b in enumerate(self.candidates) if b <= 8)
-        if not torch.is_tensor(integer):
+        integer = [i for i, b in enumerate(self.candidates) if b <= 8]
+        if not integer:
             return y
-        if not integer.requires_grad and float(integer) == 0.0:
-            return y
+        if self._single_path():
+            return self.output_quantizer(y) if self.chosen_bits <= 8 else y
         q = self.output_quantizer(y)
-        if not integer.requires_grad and float(integer) == 1.0:
+        if len(integer) == len(self.candidates):  # every candidate quantizes the output: weight 1 identically
             return q
-        return integer * q + (1 - integer) * y
+        return torch.lerp(y, q, weights[integer].sum().to(y.dtype))
 
     def quantize_input(self, x: Tensor) -> Tensor:
         """The layer's input as the chosen precision (mixture) represents it."""

@@ -31,6 +31,7 @@ of the observed values; ``"minmax"`` uses the full observed range; ``"lsq"`` is 
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +56,102 @@ def grad_scale(x: Tensor, scale: float) -> Tensor:
 def fp16_ste(x: Tensor) -> Tensor:
     """Round to the nearest fp16 value forward (what an fp16 kernel stores), identity gradient backward."""
     return x + (x.to(torch.float16).to(x.dtype) - x).detach()
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """Sum ``t`` down to a shape it was broadcast from (the step's or zero point's shape)."""
+    if t.shape == shape:
+        return t
+    lead = t.dim() - len(shape)
+    dims = [d for d in range(t.dim()) if d < lead or shape[d - lead] == 1 and t.shape[d] != 1]
+    return t.sum(dim=dims, keepdim=True).reshape(shape)
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """``(clamp(round(x / s) + z, qmin, qmax) - z) * s`` with LSQ's straight-through gradients, in few passes.
+
+    The forward runs the same float operations in the same order as the composite
+    ``round_ste``/``clamp`` expression (so the values are bit-identical to it, and to ONNX QDQ);
+    the backward reads two saved tensors (the in-range mask and the step's per-value gradient)
+    instead of replaying about fifteen autograd nodes over the whole activation. Masks are float
+    and applied by multiplication: ``torch.where`` on a bool mask is several times slower on CPUs.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int) -> Tensor:
+        v = x / s
+        q = torch.round(v)
+        if z is not None:
+            q.add_(z)
+        # 1.0 strictly inside (qmin, qmax), else 0.0: torch.clamp's gradient counts qmin and qmax as clipped
+        inside = q.clamp(qmin + 1, qmax - 1).eq_(q)
+        qz = q.clamp_(qmin, qmax)
+        if z is not None:
+            qz.sub_(z)
+        # the step's gradient per value: round(x/s) - x/s in range, q - z where clipped
+        ds = torch.addcmul(qz, inside, v, value=-1.0, out=v)
+        ctx.save_for_backward(inside, ds, s)
+        ctx.has_z = z is not None
+        ctx.shapes = (s.shape, z.shape if z is not None else None)
+        return qz.mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        inside, ds, s = ctx.saved_tensors
+        s_shape, z_shape = ctx.shapes
+        dx = d_step = dz = None
+        if ctx.needs_input_grad[0] or (ctx.has_z and ctx.needs_input_grad[2]):
+            dx = grad * inside
+        if ctx.needs_input_grad[1]:
+            if s_shape.numel() == 1:  # per-tensor: one fused multiply-and-sum
+                d_step = torch.dot(grad.reshape(-1), ds.reshape(-1)).reshape(s_shape)
+            else:
+                d_step = _sum_to(grad * ds, s_shape)
+        if ctx.has_z and ctx.needs_input_grad[2]:  # out = (q - z) s: d/dz is 0 in range, -s where clipped
+            clipped = grad - dx
+            dz = _sum_to(clipped, z_shape) * -s if s.shape == z_shape else _sum_to(clipped * -s, z_shape)
+        return (dx if ctx.needs_input_grad[0] else None), d_step, dz, None, None
+
+
+def fake_quantize(x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int) -> Tensor:
+    """``(clamp(round(x / s) + z, qmin, qmax) - z) * s``: the value of ONNX QuantizeLinear -> DequantizeLinear.
+
+    ``s`` (> 0) and ``z`` (integer-valued; None = 0, symmetric) broadcast against ``x``. Gradients
+    (LSQ, straight-through round): ``x`` gets the incoming gradient where ``round(x/s) + z`` lies
+    strictly inside ``(qmin, qmax)`` and 0 where clipped (at ``qmin``/``qmax`` too, as
+    ``torch.clamp``'s gradient); ``s`` gets ``round(x/s) - x/s`` in range and ``q - z`` where
+    clipped; ``z`` gets 0 in range and ``-s`` where clipped. Values are bit-identical to the
+    composite expression with :func:`round_ste`; gradients agree to float rounding.
+    """
+    return _FakeQuantize.apply(x, s, z, qmin, qmax)
+
+
+def host_flag(flag: Tensor) -> bool:
+    """``bool(flag)`` of a 0-dim buffer, read from the device once per change, not once per call.
+
+    Reading a CUDA tensor's value waits for the GPU; a buffer that changes once in a run (a
+    quantizer's ``initialized``, a choice's ``chosen``) is cached against the tensor's identity
+    and version counter, which every in-place write (``fill_``, ``copy_``, ``load_state_dict``) bumps.
+    """
+    return bool(host_value(flag))
+
+
+_HOST_VALUES: dict[int, tuple[weakref.ref, int, object]] = {}
+
+
+def host_value(t: Tensor):
+    """The Python value of a 0-dim tensor (see :func:`host_flag`), cached per tensor and version."""
+    if t.is_inference():  # no version counter to key on
+        return t.item()
+    key = id(t)
+    hit = _HOST_VALUES.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    value = t.item()
+    if len(_HOST_VALUES) > 4096:  # mostly dead tensors of discarded models: start over (live ones refill on use)
+        _HOST_VALUES.clear()
+    _HOST_VALUES[key] = (weakref.ref(t), t._version, value)
+    return value
 
 
 def integer_range(bits: int, signed: bool) -> tuple[int, int]:
@@ -157,7 +254,7 @@ class LsqQuantizer(nn.Module):
         return s, z
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.initialized):
+        if not host_flag(self.initialized):
             if not self.training:
                 raise ConfigError("quantizer used in eval mode before calibration; pass calibrate=... to prepare_qat, "
                                   "call pluto.decisions.bits.calibrate(model, data), or run one training step first")
@@ -165,6 +262,5 @@ class LsqQuantizer(nn.Module):
         n = x[0].numel() if not self.per_channel else x.numel() // self.step.numel()
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)
         s = self._shape(x, grad_scale(self.step, g).abs().clamp_min(_EPS))
-        z = self._shape(x, round_ste(self.zero_point).clamp(self.qmin, self.qmax))
-        q = torch.clamp(round_ste(x / s) + z, self.qmin, self.qmax)
-        return (q - z) * s
+        z = None if self.symmetric else self._shape(x, round_ste(self.zero_point).clamp(self.qmin, self.qmax))
+        return fake_quantize(x, s, z, self.qmin, self.qmax)
