@@ -89,3 +89,38 @@ def test_api_model_name_uses_its_config_group(tmp_path, monkeypatch):
     monkeypatch.setattr("pluto.train.execute", fake_execute)
     pluto.compress("edsr", None, {"macs": "0.5x"}, data="fashion_mnist_sr", run_dir=tmp_path)
     assert seen["cfg"].model.width == 32 and seen["cfg"].model.scale == 2 and seen["cfg"].task.name == "sr"
+
+
+def test_hint_kd_is_in_the_loss_of_every_phase_with_a_teacher(tmp_path, monkeypatch):
+    """task.hint_weight > 0: the search and fine-tune losses carry the attention-transfer term (same seed, same
+    first step: loss = loss without hints + weight x hint), the gradients change the trained model, and the hooks
+    are gone before the model is exported and saved."""
+    from pluto.tasks.sr import SuperResolution
+
+    calls: list[tuple[float, float | None]] = []
+    original = SuperResolution.distill_loss
+
+    def spy(self, output, teacher_output, target):
+        loss = original(self, output, teacher_output, target)
+        calls.append((loss.item(), self.hint_loss().item() if self._taps else None))
+        return loss
+
+    monkeypatch.setattr(SuperResolution, "distill_loss", spy)
+    base = ["recipe=fmnist_sr_cpu", "hw.table=null", "constraints.latency_ms=null", "constraints.macs=0.6x", *TINY,
+            "compress.quantize=false", "task.hint_layers=[body_end]"]
+    results = {}
+    for weight in (0.0, 5.0):
+        calls.clear()
+        metrics = run(compose([*base, f"task.hint_weight={weight}"]), run_dir=tmp_path / f"w{weight}")
+        results[weight] = (list(calls), metrics)
+    plain, hinted = results[0.0][0], results[5.0][0]
+    assert len(plain) == len(hinted) == 8  # 4 search + 4 fine-tune steps (128 images, batches of 32)
+    assert all(h is None for _, h in plain) and all(h is not None and h > 0 for _, h in hinted)
+    assert hinted[0][0] == pytest.approx(plain[0][0] + 5.0 * hinted[0][1], rel=1e-4)
+    assert results[0.0][1]["psnr"] != results[5.0][1]["psnr"]  # the hint gradients trained another model
+    model = pluto.load(tmp_path / "w5.0" / "model.pt")
+    assert not any(m._forward_hooks for m in model.modules())
+    with pytest.raises(ConfigError, match="hint layer"):
+        run(compose([*base, "task.hint_weight=1", "task.hint_layers=[nope]"]), run_dir=tmp_path / "typo")
+    with pytest.raises(ConfigError, match="task.hint_layers is empty"):
+        compose([*base, "task.hint_weight=1", "task.hint_layers=[]"])
