@@ -85,6 +85,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads for training")
     p.add_argument("--rounds", type=int, default=7, help="interleaved measurement rounds")
     p.add_argument("--samples", type=int, default=30, help="timed samples per file and round")
+    p.add_argument("--methods", default="dense,joint,width,magnitude",
+                   help="configs to train (dense always comes first: the others start from it)")
+    p.add_argument("--joint-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra overrides of the joint run only, e.g. task.kd_alpha=0.2 (default: the recipe's)")
     p.add_argument("--tiny", action="store_true", help="seconds-scale settings: one seed, tiny data and model")
     p.add_argument("--results", default="docs/results", help="where the measure stage writes its CSV")
     args = p.parse_args(argv)
@@ -119,12 +123,13 @@ class Trainer:
         return pluto.create_model("edsr", in_channels=1, input_size=14, width=width or self.args.width,
                                   blocks=self.args.blocks)
 
-    def compress(self, folder: Path, seed: int, model, constraints=None, table=None, epochs=(0, 0, 0), **options):
+    def compress(self, folder: Path, seed: int, model, constraints=None, table=None, epochs=(0, 0, 0), extra=(),
+                 **options):
         warmup, search, finetune = epochs
         return pluto.compress(model, table, constraints or {"latency_ms": None}, data="fashion_mnist_sr", task="sr",
                               teacher=options.pop("teacher", None), run_dir=folder / "run",
                               epochs={"warmup": warmup, "search": search, "finetune": finetune},
-                              overrides=self.overrides(seed), **options)
+                              overrides=[*self.overrides(seed), *extra], **options)
 
     def data(self) -> tuple[torch.Tensor, DataLoader]:
         """Calibration images (the first 256 training inputs) and the test loader, built once."""
@@ -221,13 +226,15 @@ def train_seed(t: Trainer, seed: int) -> None:
     def joint(folder: Path) -> dict:
         r = t.compress(folder, seed, t.edsr(), {metric: target, **({} if metric == "latency_ms" else
                                                                   {"latency_ms": None})},
-                       table=t.args.table, epochs=(0, s, f), teacher="self", init_from=str(dense_weights))
+                       table=t.args.table, epochs=(0, s, f), teacher="self", init_from=str(dense_weights),
+                       extra=t.args.joint_set)
         (verdict,) = [v for v in r.report["constraints"] if v["metric"] == metric]
         return row_of(r, folder, t.predicted(r.model), budget=t.args.budget, holds=verdict["holds"],
                       measured_latency_ms_train=verdict.get("measured") if metric == "latency_ms" else None)
 
-    joint_row = train_config(t, seed, "joint", joint)
-    if joint_row is None:
+    methods = {m.strip() for m in t.args.methods.split(",")}
+    joint_row = train_config(t, seed, "joint", joint) if methods & {"joint", "width", "magnitude"} else None
+    if joint_row is None:  # the baselines' ladder is placed around the joint model
         return
     goals = [g * joint_row["predicted_latency_ms"] for g in LADDER]
 
@@ -241,12 +248,14 @@ def train_seed(t: Trainer, seed: int) -> None:
         q = prepare_qat(copy.deepcopy(model).eval(), bits=8, calibrate=torch.rand(8, *INPUT[1:]))
         return min(t.predicted(model), t.predicted(q))
 
-    for width in closest(range(1, t.args.width + 1), lambda k: cheaper(t.edsr(k)), goals):
+    for width in closest(range(1, t.args.width + 1), lambda k: cheaper(t.edsr(k)), goals) if "width" in methods else []:
         train_config(t, seed, f"width_w{width}", lambda folder, k=width: baseline(folder, t.edsr(k),
                                                                                    w + 2 * s + 2 * f, width=k))
 
     from pluto.decisions.channels import DependencyGraph, prune_by_importance
 
+    if "magnitude" not in methods:
+        return
     dense_model = t.edsr()
     dense_model.load_state_dict(torch.load(dense_weights, weights_only=True))
     graph = DependencyGraph.build(dense_model, torch.zeros(INPUT))
