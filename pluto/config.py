@@ -222,8 +222,8 @@ class SRTask:
     loss_scale: float = _opt(100.0, 0, 1e6, lo_open=True, doc="training losses x this")
     border: int = _opt(0, 0, 1024, doc="pixels shaved off each side before PSNR")
     ssim: bool = _opt(True)
-    hint_layers: list = _opt([], doc="layers whose outputs get attention-transfer hints")
-    hint_weight: float = _opt(0.0, 0, 1e6)
+    hint_layers: list = _opt([], doc="layers whose outputs get attention-transfer hints, e.g. [body_end] for edsr")
+    hint_weight: float = _opt(0.0, 0, 1e6, doc="weight of the hint term in every phase with a teacher; 0 = off")
 
 
 DATA_SCHEMAS = {"fashion_mnist": FashionMnistData, "cifar10": Cifar10Data, "imagefolder": ImageFolderData,
@@ -549,6 +549,14 @@ def _check_across(cfg: dict[str, Any]) -> None:
         if isinstance(con, dict) and con["metric"] in TABLE_METRICS and con["target"] is not None \
                 and not cfg["hw"]["table"] and c["name"] != "none":
             raise ConfigError(f"constraints.{key} needs hw.table (a latency table); set hw.table=latency_tables/<name>")
+    task = cfg["task"]
+    if task["name"] == "sr" and task["hint_weight"] > 0:
+        if not task["hint_layers"]:
+            raise ConfigError(f"task.hint_weight={task['hint_weight']:g} but task.hint_layers is empty; name the layers "
+                              "to distil, e.g. task.hint_layers=[body_end] for edsr, or set task.hint_weight=0")
+        if c["name"] != "joint" or not c["distill"]:
+            raise ConfigError("task.hint_weight > 0 needs a teacher to take hints from: use compress=joint with "
+                              "compress.distill=true, or set task.hint_weight=0")
     table = cfg["hw"]["table"]
     if table and c["name"] != "none" and not Path(table).exists():
         raise ConfigError(f"hw.table={table} does not exist; pick a folder under latency_tables/ or make one with "

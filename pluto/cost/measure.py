@@ -161,6 +161,32 @@ class Measurer:
                 return self._remote(Path(onnx))
             return self._local(model, Path(onnx) if onnx else None, tuple(input_shape), bits)
 
+    def measure_interleaved(self, onnx: list[str | Path], input_shape: tuple[int, ...], seed: int = 0,
+                            progress: bool = False) -> list[Measurement]:
+        """Measure several ONNX files against each other: ``rounds`` rounds of ``samples`` samples each, the files in
+        a shuffled order every round (:func:`pluto.cost.profiler.measure_interleaved`), so drift on a shared machine
+        moves all of them alike. Latency is the median of a file's round medians, as in :meth:`measure`."""
+        ok, why = self.reachable()
+        if not ok:
+            raise MeasurementError(f"cannot measure: {why}")
+        if self.runner:  # a remote chip times one file per call
+            return [self._remote(Path(path)) for path in onnx]
+        if self.table.runtime != "onnxruntime":
+            raise ConfigError(f"measure_interleaved times ONNX files; table {self.table.metadata.get('name')} runs "
+                              f"{self.table.runtime}: use measure(model) per model")
+        from pluto.cost.profiler import interleaved_rounds
+
+        rt = self._runtime()
+        works = [self._prepare(None, Path(path), tuple(input_shape), None) for path in onnx]
+        medians, iqrs = interleaved_rounds(rt, works, self.rounds, self.samples * self.rounds, seed=seed,
+                                           progress=progress, desc="measure (interleaved)")
+        method = (f"{self.table.runtime}, {self.threads} thread(s), {rt.clock} clock, batch {self.batch}, median of "
+                  f"{self.rounds} interleaved rounds x {self.samples}")
+        fp, here = fingerprint(), describe()
+        return [Measurement(float(torch.tensor(m).median()), float(torch.tensor(q).median()), None, machine=here,
+                            method=method, extra={"fingerprint": fp, "rounds_ms": m})
+                for m, q in zip(medians, iqrs)]
+
     def _local(self, model, onnx, input_shape, bits) -> Measurement:
         rt = self._runtime()
         work = self._prepare(model, onnx, input_shape, bits)

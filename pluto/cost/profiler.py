@@ -160,10 +160,11 @@ def probe_alignment(rt: Runtime, hw: int = 14) -> tuple[int, dict]:
                    "rule": "16 if c=56 is >12 % slower per MAC than 48/64; else 8 if 44 vs 40/48; else 4"}
 
 
-def measure_interleaved(rt: Runtime, works: list[Prepared], rounds: int = 3, samples: int = 30,
-                        min_sample_s: float = 0.002, seed: int = 0, progress: bool = False,
-                        desc: str = "measure") -> list[tuple[float, float]]:
-    """(median of round medians ms, median IQR ms) per workload, timed in ``rounds`` rounds of shuffled order.
+def interleaved_rounds(rt: Runtime, works: list[Prepared], rounds: int = 3, samples: int = 30,
+                       min_sample_s: float = 0.002, seed: int = 0, progress: bool = False,
+                       desc: str = "measure") -> tuple[list[list[float]], list[list[float]]]:
+    """Round medians and round IQRs (ms) per workload, timed in ``rounds`` rounds of shuffled order
+    (``samples / rounds`` samples per round, at least 3).
 
     Randomized interleaving: what is compared is measured under the same load, so drift on a shared
     machine moves all of them alike instead of whichever happened to run during a noisy spell."""
@@ -180,6 +181,14 @@ def measure_interleaved(rt: Runtime, works: list[Prepared], rounds: int = 3, sam
             iqrs[i].append(t.iqr_ms)
             bar.update(1)
     bar.close()
+    return medians, iqrs
+
+
+def measure_interleaved(rt: Runtime, works: list[Prepared], rounds: int = 3, samples: int = 30,
+                        min_sample_s: float = 0.002, seed: int = 0, progress: bool = False,
+                        desc: str = "measure") -> list[tuple[float, float]]:
+    """(median of round medians ms, median IQR ms) per workload (see :func:`interleaved_rounds`)."""
+    medians, iqrs = interleaved_rounds(rt, works, rounds, samples, min_sample_s, seed, progress, desc)
     return [(float(np.median(m)), float(np.median(q))) for m, q in zip(medians, iqrs)]
 
 

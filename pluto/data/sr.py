@@ -58,6 +58,9 @@ class ImageFolderSR(Dataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", crop: int = 64, scale: int = 2,
                  channels: int = 3, method: str = "area", train: bool | None = None):
         folder = Path(root) / split
+        if not Path(root).is_dir():
+            raise DataError(f"data.root={root} is not a folder: point data.root at a folder holding train/ and val/ "
+                            f"sub-folders of images ({', '.join(IMAGE_EXTENSIONS)}).")
         if not folder.is_dir():
             raise DataError(f"image folder {folder} not found: expected {root}/{split}/ holding images "
                             f"({', '.join(IMAGE_EXTENSIONS)}), in any sub-folders.")
@@ -67,7 +70,8 @@ class ImageFolderSR(Dataset):
             raise ConfigError(f"data.in_channels must be 1 or 3, got {channels}")
         self.files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.files:
-            raise DataError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+            raise DataError(f"{folder} holds no images: put {split} images ({', '.join(IMAGE_EXTENSIONS)}) in it or "
+                            "its sub-folders.")
         self.crop, self.scale, self.channels, self.method = crop, scale, channels, method
         self.train = split == "train" if train is None else train
 

@@ -263,6 +263,7 @@ class Compression:
         self.model.to(self.device)
         if c.distill and c.teacher not in ("self", None, "none"):
             self.teacher.build()
+        self.task.watch(self.model, None)  # checks the task's hint layers exist before any training
 
     def _earlier_measurement(self) -> dict[str, float] | None:
         """The uncompressed model's measurement of this run before it was interrupted (resume only)."""
@@ -354,10 +355,14 @@ class Compression:
             ctx.logger.scalars({f"{phase}/test_{self.task.metric}": value}, state.global_step)
             print(f"{phase} epoch {epoch}/{epochs}: test {self.task.metric} {value:.2f}")
 
-        train_epochs(net, self.train_set, step_fn, optimizer, scheduler, state, epochs, t.batch_size,
-                     seed=self.cfg.seed, device=self.device, save=save, checkpoint_every=t.checkpoint_every,
-                     log=ctx.logger.scalars, log_every=t.log_every, end_of_epoch=end_of_epoch, sync_bn=t.sync_bn,
-                     replicated=replicated)
+        self.task.watch(net, self.teacher.model)  # feature distillation (SR hints) hooks this phase's student
+        try:
+            train_epochs(net, self.train_set, step_fn, optimizer, scheduler, state, epochs, t.batch_size,
+                         seed=self.cfg.seed, device=self.device, save=save, checkpoint_every=t.checkpoint_every,
+                         log=ctx.logger.scalars, log_every=t.log_every, end_of_epoch=end_of_epoch,
+                         sync_bn=t.sync_bn, replicated=replicated)
+        finally:
+            self.task.watch(None, None)  # no hooks on a model that is next copied, exported or saved
         state.phases_done = (*state.phases_done, phase)
         ctx.save({"model": net.state_dict(), "state": state.to_dict(),
                   **({"extra": extra_state.state_dict()} if extra_state is not None else {})}, f"{phase}.pt")

@@ -24,9 +24,10 @@ class Task:
         """Loss when a teacher's output for the same batch is available (knowledge distillation)."""
         raise NotImplementedError
 
-    def watch(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        """Called with the model being trained and the teacher whenever either changes (a task with feature
-        distillation hooks their layers here); the default does nothing."""
+    def watch(self, student: nn.Module | None, teacher: nn.Module | None) -> None:
+        """Called with the model a training phase trains and its teacher when the phase starts, and with
+        ``(None, None)`` when it ends (a task with feature distillation hooks their layers here and removes the
+        hooks there); the default does nothing."""
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device) -> dict[str, float]:
         """Metrics of ``model`` on ``loader``; must contain ``self.metric``."""

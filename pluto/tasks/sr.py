@@ -91,15 +91,23 @@ class SuperResolution(Task):
         self.loss_scale = float(loss_scale)
         self._taps: tuple = ()
 
-    def watch(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        """Hook ``hint_layers`` of ``student`` and ``teacher`` (replacing hooks of earlier models)."""
+    def watch(self, student: nn.Module | None, teacher: nn.Module | None) -> None:
+        """Hook ``hint_layers`` of ``student`` and ``teacher`` (replacing hooks of earlier models).
+
+        Without a teacher nothing is hooked, but the layer names are still checked against ``student`` (a typo fails
+        when the run starts, not after the warm-up); ``watch(None, None)`` removes every hook (before a model is
+        copied, exported or saved)."""
         from pluto.optimizer.distillation import FeatureTap
 
         for tap in self._taps:
             tap.remove()
         self._taps = ()
-        if self.hint_layers and self.hint_weight > 0 and teacher is not None:
-            self._taps = (FeatureTap(student, self.hint_layers), FeatureTap(teacher, self.hint_layers))
+        if not (self.hint_layers and self.hint_weight > 0) or student is None:
+            return
+        if teacher is None:
+            FeatureTap(student, self.hint_layers).remove()  # ConfigError naming a missing layer
+            return
+        self._taps = (FeatureTap(student, self.hint_layers), FeatureTap(teacher, self.hint_layers))
 
     def hint_loss(self) -> Tensor:
         """Mean attention-transfer distance over the hint layers of the last student and teacher forward passes."""

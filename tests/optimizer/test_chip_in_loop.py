@@ -143,3 +143,22 @@ def test_run_with_a_remote_runner_lands_on_the_board_target(tmp_path, capsys):
     assert landing["landed"], landing
     assert 0.93 <= verdict["measured"] / verdict["target"] <= 1.0  # the exported model measures inside the band
     assert metrics["constraints_hold"] == 1.0 and metrics["constraints_measured"] == 1.0
+
+
+def test_measure_interleaved_times_onnx_files_against_each_other(tmp_path):
+    """Several files in shuffled rounds: one Measurement each, latency = median of its round medians, in file order."""
+    from pluto.cost.measure import deployable_onnx
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load("latency_tables/cpu_ort_xeon_amx")
+    measurer = Measurer(table, samples=5, rounds=2)
+    if not measurer.reachable()[0]:
+        pytest.skip(measurer.where())
+    small = deployable_onnx(create_model("edsr", 0, 1, 14, width=2, blocks=1), (1, 1, 14, 14), tmp_path / "s.onnx")
+    big = deployable_onnx(create_model("edsr", 0, 1, 14, width=64, blocks=4), (1, 1, 14, 14), tmp_path / "b.onnx")
+    out = measurer.measure_interleaved([small, big, small], (1, 1, 14, 14))
+    assert len(out) == 3 and all(len(m.extra["rounds_ms"]) == 2 for m in out)
+    assert all(m.latency_ms == float(torch.tensor(m.extra["rounds_ms"]).median()) for m in out)
+    assert out[1].latency_ms > 3 * max(out[0].latency_ms, out[2].latency_ms)  # ~90x the MACs
+    with pytest.raises(MeasurementError, match="cannot measure"):
+        Measurer(LatencyTable.load("latency_tables/h100_cudagraph")).measure_interleaved([small], (1, 1, 14, 14))
