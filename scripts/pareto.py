@@ -10,7 +10,7 @@ Two stages, so training can run on a GPU and latency is measured on the chip the
                     and the sweep goes on. Seeds run one after the other (seed 0 complete first); each seed's
                     dense model is trained once, cached in ``<out>/<table>/_dense/seed<k>/model.pt``, and every
                     method of that seed starts from it (or, trained from scratch, uses the same seed).
-``--stage measure`` times every exported ONNX on *this* CPU with pluto's ``Measurer.measure_many``: all files
+``--stage measure`` times every exported ONNX on *this* CPU with pluto's ``Measurer.measure_interleaved``: all files
                     round-robin in shuffled order for ``--repeats`` rounds, latency = median of the round
                     medians (drift on a shared machine moves every method alike); re-evaluates ONNX accuracy;
                     prints per config, mean +- std over seeds per method/target, the joint-vs-best-baseline
@@ -1089,7 +1089,7 @@ def measure_table(args: argparse.Namespace, out: Path, frame: pd.DataFrame, test
         if "onnx" in frame else []
     if table.runtime == "onnxruntime" and has_onnx:
         measurer = Measurer(table, samples=args.samples, rounds=args.repeats)
-        timed = measurer.measure_many([out / frame.at[i, "onnx"] for i in has_onnx], shape, progress=True)
+        timed = measurer.measure_interleaved([out / frame.at[i, "onnx"] for i in has_onnx], shape, progress=True)
         for i, m in zip(has_onnx, timed):
             frame.at[i, "latency_ms"], frame.at[i, "latency_iqr_ms"] = m.latency_ms, m.latency_iqr_ms
     for i, row in frame.iterrows():

@@ -208,32 +208,6 @@ class Measurer:
                                   f"{self.batch}, median of {self.rounds} x {self.samples}",
                            extra={"fingerprint": fingerprint(), "rounds_ms": medians})
 
-    def measure_many(self, onnx_files: list[str | Path], input_shape: tuple[int, ...], seed: int = 0,
-                     progress: bool = False) -> list[Measurement]:
-        """Time several exported ONNX files against each other, interleaved (onnxruntime tables, locally).
-
-        Every file is timed once per round, in a shuffled order, for ``rounds`` rounds of about
-        ``samples / rounds`` samples (:func:`pluto.cost.profiler.measure_interleaved`); each latency is the
-        median of its round medians. Drift on a shared machine then moves every file alike instead of
-        whichever ran in a noisy spell, which is what a comparison of methods needs. No energy is metered.
-        """
-        from pluto.cost.profiler import measure_interleaved
-
-        ok, why = self.reachable()
-        if not ok:
-            raise MeasurementError(f"cannot measure: {why}")
-        if self.runner or self.table.runtime != "onnxruntime":
-            raise ConfigError(f"measure_many times ONNX files on this machine's onnxruntime; the table's runtime is "
-                              f"{self.table.runtime}{' through a runner' if self.runner else ''}: call measure() per model")
-        rt = self._runtime()
-        works = [self._prepare(None, Path(p), tuple(input_shape), None) for p in onnx_files]
-        times = measure_interleaved(rt, works, rounds=self.rounds, samples=max(self.samples, self.rounds * 3),
-                                    seed=seed, progress=progress, desc="measure (interleaved)")
-        method = (f"{self.table.runtime}, {self.threads} thread(s), {rt.clock} clock, batch {self.batch}, "
-                  f"{len(works)} files interleaved, median of {self.rounds} round medians")
-        return [Measurement(median, iqr, None, machine=describe(), method=method, extra={"fingerprint": fingerprint()})
-                for median, iqr in times]
-
     def _remote(self, onnx: Path) -> Measurement:
         fields = {"onnx": str(onnx), "batch": str(self.batch), "threads": str(self.threads)}
         try:
