@@ -70,7 +70,9 @@ def _calibration_batch(train_set: Dataset, n: int = 256) -> Tensor:
 
 
 class Teacher:
-    """The KD teacher: the warmed-up model itself (``self``), a registry name, or a checkpoint path."""
+    """The KD teacher: the warmed-up model itself (``self``; for a supernet its biggest child, the sandwich
+    rule's teacher, since its mixtures and sampled paths are no fixed network), a registry name, or a
+    checkpoint path."""
 
     def __init__(self, spec: str | None, data: DataSpec, device: torch.device):
         self.spec, self.data, self.device = spec, data, device
@@ -79,7 +81,11 @@ class Teacher:
     def build(self, warm_model: nn.Module | None = None) -> None:
         if not self.spec or self.spec == "none":
             return
-        if self.spec == "self":
+        if self.spec == "self" and isinstance(warm_model, Supernet):
+            from pluto.decisions.ops.derive import derive
+
+            self.model = derive(warm_model, warm_model.largest_architecture())
+        elif self.spec == "self":
             self.model = copy.deepcopy(warm_model)
         else:
             from pluto.optimizer.distillation import load_teacher
@@ -133,9 +139,6 @@ class Compression:
         self.c, self.t = cfg.compress, cfg.trainer
         self.task = task or Classification(label_smoothing=self.t.label_smoothing, kd_temperature=self.c.kd.temperature,
                                            kd_alpha=self.c.kd.alpha)
-        if isinstance(model, Supernet) and self.c.prune:
-            raise ConfigError("compress.prune=true with a NAS supernet: the supernet searches widths through its op "
-                              "choices (expansion); set compress.prune=false, or use a plain model for pruning.")
         self.input_shape = spec.input_shape
         self.example = torch.zeros(self.input_shape)
         self.bits = tuple(int(b) for b in self.c.bits)
