@@ -81,6 +81,7 @@ class Decisions:
                 out[f"bits/{name}"] = float(b.detach())
         if self.supernet is not None:
             for name, p in self.supernet.choice_probabilities().items():
+                p = p.detach()
                 out[f"ops/{name}/entropy"] = float(-(p * p.clamp_min(1e-9).log()).sum())
         return out
 

@@ -5,7 +5,8 @@
 
 1. ``prepare``  - load the table, the measurer (is the table's chip reachable?), the constraints
                   (relative targets such as ``0.6x`` resolved against the *measured* uncompressed
-                  model), the cost model; reject infeasible targets before any training.
+                  model; for a supernet its biggest child), the cost model; reject infeasible
+                  targets before any training.
 2. ``warmup``   - train the weights alone (a supernet samples one candidate per block); start from
                   ``compress.init_from`` when given. Its accuracy is the dense reference.
 3. ``search``   - attach the decisions (op choice, channel gates, bit-widths) and minimize
@@ -81,12 +82,8 @@ class Teacher:
     def build(self, warm_model: nn.Module | None = None) -> None:
         if not self.spec or self.spec == "none":
             return
-        if self.spec == "self" and isinstance(warm_model, Supernet):
-            from pluto.decisions.ops.derive import derive
-
-            self.model = derive(warm_model, warm_model.largest_architecture())
-        elif self.spec == "self":
-            self.model = copy.deepcopy(warm_model)
+        if self.spec == "self":
+            self.model = _uncompressed(warm_model)
         else:
             from pluto.optimizer.distillation import load_teacher
 
@@ -205,7 +202,11 @@ class Compression:
         self.info["table"]["name"] = self.table.metadata.get("name") if self.table is not None else None
         raw_constraints = OmegaConf.to_container(cfg.constraints)
         metrics = {m for m in (raw_constraints or {}) if (raw_constraints or {}).get(m) is not None}
-        self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
+        if isinstance(self.model, Supernet):  # its uncompressed deployment: the biggest child (see _uncompressed)
+            reference_model = _uncompressed(self.model)
+            self.uncompressed = {"predicted": {m: self.cost_model.of_model(reference_model, m) for m in metrics}}
+        else:
+            self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
         if self.measurer is not None:
             self.uncompressed["measured"] = distributed.broadcast_object(
                 self._measure_dense() if distributed.is_main() else None)
@@ -245,9 +246,7 @@ class Compression:
     def _measure_dense(self) -> dict[str, float]:
         """Measured cost of the uncompressed model as deployed at the run's default precision (and fp32)."""
         out: dict[str, float] = {}
-        dense = copy.deepcopy(self.model).cpu().eval()
-        if isinstance(dense, Supernet):
-            return out  # a supernet has no single uncompressed deployment; targets are absolute
+        dense = _uncompressed(self.model).cpu().eval()
         try:
             out.update({f"fp32_{k}": v for k, v in self.measurer.measure(dense, self.input_shape).as_metrics().items()})
             if self.c.quantize and 8 in self.bits:
@@ -505,6 +504,17 @@ class Compression:
 
         # rank 0 reports; pluto.train hands its result to the other ranks
         self.result = final_report(self) if distributed.is_main() else {}
+
+
+def _uncompressed(model: nn.Module) -> nn.Module:
+    """A copy of the model the uncompressed reference is (relative targets, the report's ``uncompressed``): the
+    model itself, or a supernet's biggest child, the one architecture of its space that every compressed child
+    undercuts (its mixture is no deployment)."""
+    if isinstance(model, Supernet):
+        from pluto.decisions.ops.derive import derive
+
+        return derive(model, model.largest_architecture())
+    return copy.deepcopy(model)
 
 
 class _SearchState:

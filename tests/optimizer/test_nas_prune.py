@@ -9,7 +9,7 @@ from pluto.cost.model import CostModel
 from pluto.cost.ops import extract_ops, total_macs
 from pluto.decisions.channels import DependencyGraph
 from pluto.decisions.ops import SpaceConfig, StageSpec, Supernet
-from pluto.decisions.ops.derive import ChildNet
+from pluto.decisions.ops.derive import ChildNet, build_child
 from pluto.optimizer.decisions import attach, build_concrete, fix_decisions
 from pluto.optimizer.pipeline import Teacher
 from pluto.train import compose, run
@@ -130,12 +130,18 @@ def test_nas_prune_quantize_distill_in_one_run(tmp_path):
     metrics = run(compose(["recipe=smoke_compress", "logger=none", "trainer.threads=1", "hw.table=null",
                            "model=supernet_mbconv", "model.space=tiny_28", "compress.prune=true",
                            "compress.quantize=true", "compress.distill=true", "compress.bits=[8,32]",
-                           "constraints.macs=6e5"]), run_dir=tmp_path)
+                           "constraints.macs=0.3x"]), run_dir=tmp_path)
     report = json.loads((tmp_path / "report.json").read_text())
     (verdict,) = report["constraints"]
-    assert verdict["holds"] is True and verdict["measured"] <= 6e5 and metrics["constraints_hold"] == 1
+    # a relative target is a factor of the supernet's biggest child (its uncompressed deployment)
+    net = Supernet("tiny_28")
+    biggest = total_macs(extract_ops(build_child(net.config, net.largest_architecture()), (1, 1, 28, 28)))
+    assert verdict["uncompressed"] == pytest.approx(biggest) and verdict["target"] == pytest.approx(0.3 * biggest)
+    assert verdict["holds"] is True and verdict["measured"] <= verdict["target"] and metrics["constraints_hold"] == 1
     decisions = report["decisions"]
     assert set(decisions["architecture"]) == {"stages.0.0", "stages.0.1", "stages.1.0", "stages.1.1"}
     assert any(w["channels_after"] < w["channels_before"] for w in decisions["widths"])
     assert decisions["bits"] and set(decisions["bits"].values()) <= {8, 32}
     assert (tmp_path / "model_int8.onnx").exists() and "onnx_int8_accuracy" in metrics
+    layers = (tmp_path / "layers.csv").read_text().splitlines()
+    assert all(row.split(",")[6] for row in layers[1:])  # cout_before: the chosen ops at the space's full widths
