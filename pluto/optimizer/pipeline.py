@@ -79,11 +79,11 @@ class Teacher:
         self.spec, self.data, self.device = spec, data, device
         self.model: nn.Module | None = None
 
-    def build(self, warm_model: nn.Module | None = None) -> None:
+    def build(self, warm_model: nn.Module | None = None, images: Tensor | None = None) -> None:
         if not self.spec or self.spec == "none":
             return
         if self.spec == "self":
-            self.model = _uncompressed(warm_model)
+            self.model = _uncompressed(warm_model, images)
         else:
             from pluto.optimizer.distillation import load_teacher
 
@@ -348,9 +348,12 @@ class Compression:
         self._phase("warmup", model, self.c.epochs.warmup, self.t.lr, self.warmup_step,
                     weight_params=model.weight_parameters() if isinstance(model, Supernet) else None)
         self._load_phase(model, "warmup.pt")
-        self.dense_reference = self.task.evaluate(model, self.test_loader, self.device)
+        reference = model
+        if isinstance(model, Supernet):  # the dense reference of a supernet is its biggest child (see _uncompressed)
+            reference = _uncompressed(model, self.calibration.to(self.device)).to(self.device)
+        self.dense_reference = self.task.evaluate(reference, self.test_loader, self.device)
         if self.c.distill and self.c.teacher == "self":
-            self.teacher.build(model)
+            self.teacher.build(model, self.calibration.to(self.device))
 
     # ---- 3. search -------------------------------------------------------------------------
     def attach_decisions(self) -> Decisions:
@@ -506,14 +509,16 @@ class Compression:
         self.result = final_report(self) if distributed.is_main() else {}
 
 
-def _uncompressed(model: nn.Module) -> nn.Module:
-    """A copy of the model the uncompressed reference is (relative targets, the report's ``uncompressed``): the
-    model itself, or a supernet's biggest child, the one architecture of its space that every compressed child
-    undercuts (its mixture is no deployment)."""
+def _uncompressed(model: nn.Module, images: Tensor | None = None) -> nn.Module:
+    """A copy of the model the uncompressed reference is (relative targets, the report's ``uncompressed``, the
+    ``self`` teacher): the model itself, or a supernet's biggest child, the one architecture of its space that every
+    compressed child undercuts (its mixture is no deployment); with ``images`` its BatchNorm statistics are its own
+    (:func:`~pluto.decisions.ops.derive.recalibrate_batchnorm`)."""
     if isinstance(model, Supernet):
-        from pluto.decisions.ops.derive import derive
+        from pluto.decisions.ops.derive import derive, recalibrate_batchnorm
 
-        return derive(model, model.largest_architecture())
+        child = derive(model, model.largest_architecture())
+        return recalibrate_batchnorm(child, images) if images is not None else child
     return copy.deepcopy(model)
 
 

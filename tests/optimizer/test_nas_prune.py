@@ -126,6 +126,22 @@ def test_self_teacher_of_a_supernet_is_its_biggest_child():
     assert teacher(X).shape == (4, 10)
 
 
+def test_recalibrated_child_evaluates_with_its_own_batchnorm_statistics():
+    from pluto.decisions.ops import derive, recalibrate_batchnorm
+
+    net = Supernet("tiny_28")
+    child = derive(net, net.largest_architecture())
+    for bn in (m for m in child.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_var.fill_(100.0)  # statistics collected behind other paths: nothing like the child's own
+    images = torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own = child.train()(images)
+        assert not torch.allclose(child.eval()(images), own, atol=1e-2)
+        recalibrate_batchnorm(child, images)
+        assert not child.training and child.stem.bn.momentum == 0.1
+        assert torch.allclose(child(images), own, atol=1e-2)  # eval mode now normalizes as the batch does
+
+
 def test_nas_prune_quantize_distill_in_one_run(tmp_path):
     metrics = run(compose(["recipe=smoke_compress", "logger=none", "trainer.threads=1", "hw.table=null",
                            "model=supernet_mbconv", "model.space=tiny_28", "compress.prune=true",
