@@ -90,7 +90,7 @@ class CostModel:
 
             return expected_supernet_cost(self.supernet, table, self.input_shape, metric,
                                           dict(precisions) if precisions else None, self.default_precision,
-                                          temperature=self.op_temperature)
+                                          temperature=self.op_temperature, channels=channels or None)
         return expected_cost(table, self.ops, metric, dict(channels) if channels else None,
                              dict(precisions) if precisions else None, default_precision=self.default_precision)
 
@@ -108,7 +108,8 @@ class CostModel:
                 precision = min(options, key=lambda p: {"int4": 0, "int8": 1, "fp16": 2, "fp32": 3}.get(p, 4))
                 if precision == "int4" and metric != "size_bytes":
                     precision = "int8"
-            value = float(min_cost_architecture(self.supernet, table, self.input_shape, metric, precision)[1])
+            value = float(min_cost_architecture(self.supernet, table, self.input_shape, metric, precision,
+                                                min_channels or None)[1])
         else:
             value = minimum_cost(table, self.ops, metric, dict(min_channels or {}), allowed,
                                  default_precisions=[self.default_precision])

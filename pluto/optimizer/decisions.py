@@ -5,10 +5,18 @@ aligned through the dependency graph), bit-width choices (mixed-precision QAT). 
 attaches them, tells the optimizer which parameters are decisions, feeds the cost model, and
 turns them into a concrete smaller model (`harden`), in an order that a resumed run repeats
 exactly.
+
+NAS and pruning together: the supernet's dependency graph is traced with every candidate path
+taken (:meth:`Supernet.all_paths`), so a stage's block outputs, the residual adds and every
+candidate's convs share one gated group (residual-aligned), and each candidate's expansion
+channels are a group of their own. Hardening prunes the supernet first (every candidate sliced
+by the same gates) and then derives the chosen child, which therefore computes what the gated
+supernet computes with its ops fixed.
 """
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -73,6 +81,7 @@ class Decisions:
                 out[f"bits/{name}"] = float(b.detach())
         if self.supernet is not None:
             for name, p in self.supernet.choice_probabilities().items():
+                p = p.detach()
                 out[f"ops/{name}/entropy"] = float(-(p * p.clamp_min(1e-9).log()).sum())
         return out
 
@@ -87,8 +96,9 @@ def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits:
     """
     supernet = model if isinstance(model, Supernet) else None
     gates = None
-    if prune and supernet is None:
-        graph = DependencyGraph.build(model, example)
+    if prune:
+        with supernet.all_paths() if supernet is not None else nullcontext():
+            graph = DependencyGraph.build(model, example)
         gates = attach_gates(model, graph, init_keep=gate_init_keep)
         if gate_init != "none":
             from pluto.decisions.channels.importance import channel_importance
@@ -101,7 +111,9 @@ def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits:
     if quantize:
         from pluto.decisions.bits import prepare_qat
 
-        model = prepare_qat(model, bits=tuple(bits), example_input=example, calibrate=calibration) or model
+        # a supernet calibrates in the soft mixture: every candidate's quantizers see data (one sampled path would not)
+        with supernet.in_mode("soft") if supernet is not None else nullcontext():
+            model = prepare_qat(model, bits=tuple(bits), example_input=example, calibrate=calibration) or model
     return Decisions(model, supernet, gates, quantize, tuple(bits))
 
 
@@ -166,11 +178,13 @@ def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: 
         probs = {k: v.detach() for k, v in sn.choice_probabilities().items()}
         sn.fix_architecture(sn.architecture())
         switches = []
+        widths = hard_channels(decisions.gates) if decisions.gates is not None else None
         while bad := violated(decisions, cost_model, constraints):
             metric = bad[0].metric
             table = cost_model.table_for(metric)
-            _, deltas = block_costs(sn, table, cost_model.input_shape, metric,
-                                    default_precision=cost_model.default_precision)
+            with torch.no_grad():
+                _, deltas = block_costs(sn, table, cost_model.input_shape, metric,
+                                        default_precision=cost_model.default_precision, channels=widths)
             blocks, arch, best = sn.choice_blocks(), sn.architecture(), None
             for name, d in deltas.items():
                 current = blocks[name].names.index(arch[name])
@@ -256,20 +270,22 @@ def build_concrete(decisions: Decisions, example: Tensor, calibration: Tensor | 
         from pluto.decisions.bits import strip_quantization
 
         model, chosen_bits = strip_quantization(model)
+    if decisions.gates is not None:  # a supernet is pruned before its child is derived: all candidates alike
+        from pluto.decisions.channels import width_report
+        from pluto.materialize.prune import materialize
+
+        trail["widths"] = width_report(model).to_dict(orient="records")
+        model = materialize(model)
+        if supernet is not None:
+            supernet = model if isinstance(model, Supernet) else _find_supernet(model, decisions)
+    elif supernet is None and not copy_first:
+        model = copy.deepcopy(model)
     if supernet is not None:
         from pluto.decisions.ops.derive import derive
 
         trail["architecture"] = dict(supernet.architecture())
         chosen_bits = _derived_bits(chosen_bits, supernet)
         model = derive(supernet)
-    if decisions.gates is not None:
-        from pluto.decisions.channels import width_report
-        from pluto.materialize.prune import materialize
-
-        trail["widths"] = width_report(model).to_dict(orient="records")
-        model = materialize(model)
-    elif supernet is None and not copy_first:
-        model = copy.deepcopy(model)
     if decisions.quantized:
         from pluto.decisions.bits import prepare_qat
 

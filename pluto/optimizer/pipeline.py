@@ -5,7 +5,8 @@
 
 1. ``prepare``  - load the table, the measurer (is the table's chip reachable?), the constraints
                   (relative targets such as ``0.6x`` resolved against the *measured* uncompressed
-                  model), the cost model; reject infeasible targets before any training.
+                  model; for a supernet its biggest child), the cost model; reject infeasible
+                  targets before any training.
 2. ``warmup``   - train the weights alone (a supernet samples one candidate per block); start from
                   ``compress.init_from`` when given. Its accuracy is the dense reference.
 3. ``search``   - attach the decisions (op choice, channel gates, bit-widths) and minimize
@@ -71,7 +72,9 @@ def _calibration_batch(train_set: Dataset, n: int = 256) -> Tensor:
 
 
 class Teacher:
-    """The KD teacher: the warmed-up model itself (``self``), a registry name, or a checkpoint path.
+    """The KD teacher: the warmed-up model itself (``self``; for a supernet its biggest child, the sandwich
+    rule's teacher, since its mixtures and sampled paths are no fixed network), a registry name, or a
+    checkpoint path.
 
     Its forward runs without autograd, at ``precision`` (``compress.kd.teacher_precision``, see
     :func:`pluto.optimizer.distillation.teacher_dtype`) and, on a CPU, in channels-last layout
@@ -85,11 +88,11 @@ class Teacher:
         self.channels_last = device.type == "cpu"
         self.model: nn.Module | None = None
 
-    def build(self, warm_model: nn.Module | None = None) -> None:
+    def build(self, warm_model: nn.Module | None = None, images: Tensor | None = None) -> None:
         if not self.spec or self.spec == "none":
             return
         if self.spec == "self":
-            self.model = copy.deepcopy(warm_model)
+            self.model = _uncompressed(warm_model, images)
         else:
             from pluto.optimizer.distillation import load_teacher
 
@@ -152,9 +155,6 @@ class Compression:
         self.c, self.t = cfg.compress, cfg.trainer
         self.task = task or Classification(label_smoothing=self.t.label_smoothing, kd_temperature=self.c.kd.temperature,
                                            kd_alpha=self.c.kd.alpha)
-        if isinstance(model, Supernet) and self.c.prune:
-            raise ConfigError("compress.prune=true with a NAS supernet: the supernet searches widths through its op "
-                              "choices (expansion); set compress.prune=false, or use a plain model for pruning.")
         self.input_shape = spec.input_shape
         self.example = torch.zeros(self.input_shape)
         self.bits = tuple(int(b) for b in self.c.bits)
@@ -222,7 +222,11 @@ class Compression:
         self.info["table"]["name"] = self.table.metadata.get("name") if self.table is not None else None
         raw_constraints = OmegaConf.to_container(cfg.constraints)
         metrics = {m for m in (raw_constraints or {}) if (raw_constraints or {}).get(m) is not None}
-        self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
+        if isinstance(self.model, Supernet):  # its uncompressed deployment: the biggest child (see _uncompressed)
+            reference_model = _uncompressed(self.model)
+            self.uncompressed = {"predicted": {m: self.cost_model.of_model(reference_model, m) for m in metrics}}
+        else:
+            self.uncompressed = {"predicted": {m: float(self.cost_model.expected(m).detach()) for m in metrics}}
         earlier = self._earlier_measurement()
         if earlier:  # a resumed run keeps the targets it trained for (no re-measurement that would move them)
             self.uncompressed["measured"] = earlier
@@ -278,9 +282,7 @@ class Compression:
     def _measure_dense(self) -> dict[str, float]:
         """Measured cost of the uncompressed model as deployed at the run's default precision (and fp32)."""
         out: dict[str, float] = {}
-        dense = copy.deepcopy(self.model).cpu().eval()
-        if isinstance(dense, Supernet):
-            return out  # a supernet has no single uncompressed deployment; targets are absolute
+        dense = _uncompressed(self.model).cpu().eval()
         try:
             out.update({f"fp32_{k}": v for k, v in self.measurer.measure(dense, self.input_shape).as_metrics().items()})
             if self.c.quantize and 8 in self.bits:
@@ -386,9 +388,12 @@ class Compression:
         self._phase("warmup", model, self.c.epochs.warmup, self.t.lr, self.warmup_step,
                     weight_params=model.weight_parameters() if isinstance(model, Supernet) else None)
         self._load_phase(model, "warmup.pt")
-        self.dense_reference = self.task.evaluate(model, self.test_loader, self.device)
+        reference = model
+        if isinstance(model, Supernet):  # the dense reference of a supernet is its biggest child (see _uncompressed)
+            reference = _uncompressed(model, self.calibration.to(self.device)).to(self.device)
+        self.dense_reference = self.task.evaluate(reference, self.test_loader, self.device)
         if self.c.distill and self.c.teacher == "self":
-            self.teacher.build(model)
+            self.teacher.build(model, self.calibration.to(self.device))
 
     # ---- 3. search -------------------------------------------------------------------------
     def attach_decisions(self) -> Decisions:
@@ -549,6 +554,19 @@ class Compression:
 
         # rank 0 reports; pluto.train hands its result to the other ranks
         self.result = final_report(self) if distributed.is_main() else {}
+
+
+def _uncompressed(model: nn.Module, images: Tensor | None = None) -> nn.Module:
+    """A copy of the model the uncompressed reference is (relative targets, the report's ``uncompressed``, the
+    ``self`` teacher): the model itself, or a supernet's biggest child, the one architecture of its space that every
+    compressed child undercuts (its mixture is no deployment); with ``images`` its BatchNorm statistics are its own
+    (:func:`~pluto.decisions.ops.derive.recalibrate_batchnorm`)."""
+    if isinstance(model, Supernet):
+        from pluto.decisions.ops.derive import derive, recalibrate_batchnorm
+
+        child = derive(model, model.largest_architecture())
+        return recalibrate_batchnorm(child, images) if images is not None else child
+    return copy.deepcopy(model)
 
 
 class _SearchState:

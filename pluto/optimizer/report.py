@@ -65,6 +65,16 @@ def _plot_layers(df: pd.DataFrame, path: Path, title: str) -> None:
 
 
 
+def _original_ops(run) -> list:
+    """The ops before compression, named as the final model names them; for a NAS child, its architecture at the
+    space's full widths (a supernet has no ops of its own in the cost model)."""
+    if run.cost_model.ops or "architecture" not in run.trail:
+        return run.cost_model.ops
+    from pluto.decisions.ops.derive import build_child
+
+    return extract_ops(build_child(run.cost_model.supernet.config, run.trail["architecture"]), run.input_shape)
+
+
 def final_report(run) -> dict[str, Any]:
     """The verdict of a finished :class:`~pluto.optimizer.pipeline.Compression` run (its ``deploy`` stage done)."""
     final, task, cost_model, ctx, cfg = run.final, run.task, run.cost_model, run.ctx, run.cfg
@@ -111,7 +121,7 @@ def final_report(run) -> dict[str, Any]:
     if dense is not None:
         result[f"dense_{task.metric}"] = float(dense)
 
-    layers = _layer_table(float_model, input_shape, bits, run.trail, cost_model.ops)
+    layers = _layer_table(float_model, input_shape, bits, run.trail, _original_ops(run))
     if len(layers):
         layers.to_csv(ctx.dir / "layers.csv", index=False)
         _plot_layers(layers, ctx.dir / "layers.png", f"{cfg.model.name}: widths and bits after compression")

@@ -9,7 +9,7 @@ Three lines for a user::
 from pluto.decisions.ops.candidates import BasicBlock, ConvBNAct, InvertedResidual
 from pluto.decisions.ops.choice import OpChoice, TemperatureSchedule
 from pluto.decisions.ops.config import PRESETS, SpaceConfig, StageSpec, space_config
-from pluto.decisions.ops.derive import ChildNet, build_child, derive
+from pluto.decisions.ops.derive import ChildNet, build_child, derive, recalibrate_batchnorm
 from pluto.decisions.ops.supernet import Supernet
 
 MixedOp = OpChoice  # the DARTS / ProxylessNAS name for the same thing
@@ -26,7 +26,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "Supernet", "SpaceConfig", "StageSpec", "PRESETS", "space_config", "OpChoice", "MixedOp", "TemperatureSchedule",
-    "InvertedResidual", "BasicBlock", "ConvBNAct", "ChildNet", "derive", "build_child",
+    "InvertedResidual", "BasicBlock", "ConvBNAct", "ChildNet", "derive", "build_child", "recalibrate_batchnorm",
     "candidate_modules", "fixed_modules", "profile_modules", "block_costs", "expected_supernet_cost",
     "min_cost_architecture", "architecture_cost", "profile_shipped_spaces",
 ]

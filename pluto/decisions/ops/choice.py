@@ -15,6 +15,10 @@ How the block mixes its candidates is its ``mode``:
 - ``"hard"``: only ``argmax alpha`` runs, no architecture gradient; this is what
   :func:`pluto.decisions.ops.derive` reproduces exactly.
 
+Inside :meth:`Supernet.all_paths <pluto.decisions.ops.supernet.Supernet.all_paths>` every block
+instead returns the plain sum of all its candidates, a forward ``torch.fx`` can trace: the union
+of every architecture's data flow, which the channel dependency graph is built from.
+
 The probabilities the cost model should weight candidates by are ``softmax(alpha / T)``
 (:meth:`OpChoice.probabilities`): the expected cost of a block is ``sum_i p_i cost_i``.
 """
@@ -50,6 +54,7 @@ class OpChoice(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(len(candidates)))
         self.mode = mode
         self.temperature = temperature
+        self.all_paths = False  # set by Supernet.all_paths (tracing the channel dependency graph)
 
     @property
     def mode(self) -> str:
@@ -108,6 +113,11 @@ class OpChoice(nn.Module):
         self.mode = "hard"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.all_paths:  # every path, unweighted: traceable, and the weights are scalars that tie no channels
+            out = self.candidates[0](x)
+            for op in self.candidates[1:]:
+                out = out + op(x)
+            return out
         if self._mode == "hard":
             return self.candidates[self.chosen_index()](x)
         if self._mode == "sample":

@@ -16,7 +16,7 @@ Two families:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pluto.errors import ConfigError
 
@@ -106,7 +106,7 @@ def _stage(spec: Any) -> StageSpec:
         return spec
     if isinstance(spec, Mapping):
         return StageSpec(**spec)
-    if isinstance(spec, (list, tuple)) and 2 <= len(spec) <= 3:
+    if isinstance(spec, Sequence) and not isinstance(spec, str) and 2 <= len(spec) <= 3:  # also a YAML list
         return StageSpec(*spec)
     raise ConfigError(f"cannot read stage {spec!r}; write it as {{width: 24, depth: 2, stride: 2}} or [24, 2, 2]")
 

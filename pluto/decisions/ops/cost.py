@@ -16,6 +16,12 @@ cached; gradients reach the architecture logits through ``p``.
 Because blocks are independent, the cheapest network picks the cheapest candidate of every
 block (:func:`min_cost_architecture`); an optimizer uses it to reject infeasible targets
 before training.
+
+With channel gates on the supernet (pruning and NAS together), ``channels`` gives each op's
+expected (gated) in/out channel counts, keyed as the dependency graph names the supernet's ops
+(``stem.conv``, ``stages.1.0.candidates.2.expand.conv``, ``head.fc``): every candidate is then priced
+at the widths its input, output and inner channel groups are expected to keep, so the deltas are
+differentiable in the gates too and are recomputed each call (no cache).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from pluto.cost.ops import OpSpec, extract_ops
+from pluto.cost.ops import MATRIX_KINDS, OpSpec, extract_ops
 from pluto.decisions.ops.candidates import SKIP, build_candidate, candidate_names
 from pluto.decisions.ops.config import SpaceConfig, space_config
 from pluto.decisions.ops.supernet import Supernet, build_head, build_stem, conv_out
@@ -121,18 +127,13 @@ def _prefixed(ops: list[OpSpec], prefix: str) -> list[OpSpec]:
 
 
 def _price(table: Any, ops: list[OpSpec], metric: str, precisions: Mapping[str, Mapping[str, Tensor]] | None,
-           default_precision: str = "fp32") -> Tensor:
-    """Cost of ``ops`` via ``pluto.cost.expected.expected_cost``; MACs analytically if that is not available."""
-    try:
-        from pluto.cost.expected import expected_cost
-    except ImportError:
-        if metric != "macs":
-            raise ConfigError(f"pricing {metric} needs pluto.cost.expected, which is not installed; "
-                              "use metric='macs' or update pluto") from None
-        return torch.tensor(float(sum(op.macs for op in ops)))
-    kwargs = {"precisions": dict(precisions)} if precisions else {}
-    return torch.as_tensor(expected_cost(table, ops, metric, default_precision=default_precision, **kwargs),
-                           dtype=torch.float32)
+           default_precision: str = "fp32", channels: Mapping[str, tuple[Any, Any]] | None = None) -> Tensor:
+    """Cost of ``ops`` via ``pluto.cost.expected.expected_cost`` (at ``channels``, else nominal widths)."""
+    from pluto.cost.expected import expected_cost
+
+    return torch.as_tensor(expected_cost(table, ops, metric, dict(channels) if channels else None,
+                                         dict(precisions) if precisions else None,
+                                         default_precision=default_precision), dtype=torch.float32)
 
 
 def _precisions_for(precisions: Mapping[str, Mapping[str, Tensor]] | None, block: str, index: int
@@ -148,33 +149,75 @@ def _precisions_for(precisions: Mapping[str, Mapping[str, Tensor]] | None, block
     return out
 
 
+def _channels_for(channels: Mapping[str, tuple[Any, Any]] | None, ops: list[OpSpec], prefix: str,
+                  graph_prefix: str) -> dict[str, tuple[Any, Any]] | None:
+    """The gated channel counts of ``ops`` (named ``<prefix>.<rest>``), read from ``channels`` under the supernet's
+    names (``<graph_prefix>.<rest>``). An op the graph names otherwise (a candidate's residual ``add``, traced
+    apart from the supernet) moves the channels of the conv before it: its ``(cout, cout)``."""
+    if not channels:
+        return None
+    out: dict[str, tuple[Any, Any]] = {}
+    last = None
+    for op in ops:
+        rest = op.name[len(prefix) + 1:]
+        found = channels.get(f"{graph_prefix}.{rest}")
+        if found is not None:
+            out[op.name] = found
+            if op.kind in MATRIX_KINDS or op.kind == "dwconv":
+                last = found[1]
+        elif op.kind not in MATRIX_KINDS and op.kind != "dwconv" and last is not None:
+            out[op.name] = (last, last)
+    return out
+
+
+def _ops(supernet: Supernet, shape: Shape) -> tuple[dict[str, list[OpSpec]], dict[str, list[list[OpSpec]]]]:
+    """The priced ops of the fixed parts (``{'stem': ops, 'head': ops}``) and of every candidate of every block
+    (named as the derived network names them), traced once per supernet and input shape."""
+    cache = _CACHE.setdefault(supernet, {})
+    key = ("ops", shape)
+    if key not in cache:
+        fixed = {name: _prefixed(extract_ops(module, module_shape), name)
+                 for name, module, module_shape in fixed_modules(supernet, shape)}
+        candidates = {name: [_prefixed(extract_ops(module, module_shape), name) for module, module_shape in entries]
+                      for name, entries in candidate_modules(supernet, shape).items()}
+        cache[key] = (fixed, candidates)
+    return cache[key]
+
+
 def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None, metric: str = "latency_ms",
                 precisions: Mapping[str, Mapping[str, Tensor]] | None = None,
-                default_precision: str = "fp32") -> tuple[Tensor, dict[str, Tensor]]:
+                default_precision: str = "fp32",
+                channels: Mapping[str, tuple[Any, Any]] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """``(fixed cost, {block name: per-candidate cost deltas})`` in ``metric``'s unit (see module docstring).
 
-    Cached per supernet, table, metric, shape and default precision when ``precisions`` is None.
+    ``channels``: expected (gated) in/out channels per op of the supernet's dependency graph (see the module
+    docstring); ops it does not list keep their nominal widths. Cached per supernet, table, metric, shape and
+    default precision when ``precisions`` and ``channels`` are None.
     """
     shape = _nchw(input_shape, supernet)
     key = (id(table), metric, shape, default_precision)
     cache = _CACHE.setdefault(supernet, {})
-    if precisions is None and key in cache:
+    cacheable = precisions is None and not channels
+    if cacheable and key in cache:
         return cache[key]
+    fixed_parts, candidate_ops = _ops(supernet, shape)
     fixed_ops: list[OpSpec] = []
-    for name, module, module_shape in fixed_modules(supernet, shape):
-        fixed_ops += _prefixed(extract_ops(module, module_shape), name)
+    fixed_channels: dict[str, tuple[Any, Any]] = {}
+    for name, ops in fixed_parts.items():
+        fixed_ops += ops
+        fixed_channels.update(_channels_for(channels, ops, name, name) or {})
     fixed_precisions = {k: v for k, v in (precisions or {}).items() if k.startswith(("stem.", "head."))} or None
-    fixed = _price(table, fixed_ops, metric, fixed_precisions, default_precision)
+    fixed = _price(table, fixed_ops, metric, fixed_precisions, default_precision, fixed_channels)
     deltas: dict[str, Tensor] = {}
-    for name, candidates in candidate_modules(supernet, shape).items():
+    for name, candidates in candidate_ops.items():
         values = []
-        for i, (module, module_shape) in enumerate(candidates):
-            ops = _prefixed(extract_ops(module, module_shape), name)
+        for i, ops in enumerate(candidates):
             own = _precisions_for(precisions, name, i)
             merged = {**(fixed_precisions or {}), **(own or {})} or None
-            values.append(_price(table, fixed_ops + ops, metric, merged, default_precision) - fixed)
+            gated = {**fixed_channels, **(_channels_for(channels, ops, name, f"{name}.candidates.{i}") or {})}
+            values.append(_price(table, fixed_ops + ops, metric, merged, default_precision, gated) - fixed)
         deltas[name] = torch.stack(values)
-    if precisions is None:
+    if cacheable:
         cache[key] = (fixed.detach(), {k: v.detach() for k, v in deltas.items()})
         return cache[key]
     return fixed, deltas
@@ -183,8 +226,10 @@ def block_costs(supernet: Supernet, table: Any, input_shape: Shape | None = None
 def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | None = None,
                            metric: str = "latency_ms",
                            precisions: Mapping[str, Mapping[str, Tensor]] | None = None,
-                           default_precision: str = "fp32", temperature: float | None = None) -> Tensor:
-    """Expected cost of the supernet under its current choice probabilities; differentiable in ``alpha``.
+                           default_precision: str = "fp32", temperature: float | None = None,
+                           channels: Mapping[str, tuple[Any, Any]] | None = None) -> Tensor:
+    """Expected cost of the supernet under its current choice probabilities; differentiable in ``alpha``
+    (and in the channel gates through ``channels``, see :func:`block_costs`).
 
     ``table`` is a ``pluto.cost.LatencyTable`` (or None for the analytic ``macs`` / ``size_bytes``);
     ``metric`` one of latency_ms, energy_mj, size_bytes, macs; ``precisions`` maps derived-network
@@ -197,7 +242,7 @@ def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | 
     the top) as ``T`` falls; pricing at the final temperature makes the constraint act on (nearly)
     the architecture that ``derive`` will return.
     """
-    fixed, deltas = block_costs(supernet, table, input_shape, metric, precisions, default_precision)
+    fixed, deltas = block_costs(supernet, table, input_shape, metric, precisions, default_precision, channels)
     total = fixed
     for name, p in supernet.choice_probabilities(temperature).items():
         total = total + (p.cpu() * deltas[name].to(p.dtype)).sum()  # tables are CPU tensors; alpha may be on a GPU
@@ -205,13 +250,17 @@ def expected_supernet_cost(supernet: Supernet, table: Any, input_shape: Shape | 
 
 
 def min_cost_architecture(supernet: Supernet, table: Any = None, input_shape: Shape | None = None,
-                          metric: str = "macs", default_precision: str = "fp32") -> tuple[dict[str, str], float]:
+                          metric: str = "macs", default_precision: str = "fp32",
+                          channels: Mapping[str, tuple[Any, Any]] | None = None) -> tuple[dict[str, str], float]:
     """The cheapest architecture of the space and its cost: ``({block: candidate}, cost in metric units)``.
 
     Use the cost to reject a constraint target below it before training
-    (``pluto.optimizer.constraints.check_feasible``).
+    (``pluto.optimizer.constraints.check_feasible``). ``channels``: price every op at these (e.g. the
+    fewest reachable) channel counts, as :func:`block_costs` does.
     """
-    fixed, deltas = block_costs(supernet, table, input_shape, metric, default_precision=default_precision)
+    with torch.no_grad():
+        fixed, deltas = block_costs(supernet, table, input_shape, metric, default_precision=default_precision,
+                                    channels=channels)
     blocks = supernet.choice_blocks()
     choice = {name: blocks[name].names[int(torch.argmin(d))] for name, d in deltas.items()}
     cost = float(fixed) + sum(float(d.min()) for d in deltas.values())
@@ -220,8 +269,11 @@ def min_cost_architecture(supernet: Supernet, table: Any = None, input_shape: Sh
 
 def architecture_cost(supernet: Supernet, architecture: Mapping[str, str], table: Any = None,
                       input_shape: Shape | None = None, metric: str = "macs",
-                      default_precision: str = "fp32") -> float:
-    """Cost of one concrete architecture (block -> candidate name), from the same per-block prices."""
-    fixed, deltas = block_costs(supernet, table, input_shape, metric, default_precision=default_precision)
+                      default_precision: str = "fp32", channels: Mapping[str, tuple[Any, Any]] | None = None) -> float:
+    """Cost of one concrete architecture (block -> candidate name), from the same per-block prices (at
+    ``channels``, see :func:`block_costs`)."""
+    with torch.no_grad():
+        fixed, deltas = block_costs(supernet, table, input_shape, metric, default_precision=default_precision,
+                                    channels=channels)
     blocks = supernet.choice_blocks()
     return float(fixed) + sum(float(deltas[n][blocks[n].names.index(c)]) for n, c in architecture.items())

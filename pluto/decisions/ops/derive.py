@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from pluto.decisions.ops.candidates import build_candidate, candidate_names
@@ -62,6 +63,30 @@ def derive(supernet: Supernet, choices: Mapping[str, str] | None = None) -> Chil
             kept.append(copy.deepcopy(block.candidates[block.names.index(choices[name])]))
         stages.append(kept)
     return ChildNet(copy.deepcopy(supernet.stem), stages, copy.deepcopy(supernet.head), choices, supernet.config)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: Tensor, batch_size: int = 128) -> nn.Module:
+    """Recompute every BatchNorm's running statistics of ``model`` from ``images`` (in place; returns it).
+
+    A child derived from a supernet trained on sampled paths (SPOS) carries statistics that each
+    candidate collected behind *other* paths, often too few of them: in eval mode it can score at
+    chance although its weights are trained. Its own statistics (a cumulative average over
+    ``images``, as SPOS does before evaluating a child) fix that.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    device = next(model.parameters()).device
+    for start in range(0, len(images), batch_size):
+        model(images[start:start + batch_size].to(device))
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
+    return model.train(was_training)
 
 
 def build_child(config: SpaceConfig | Mapping[str, Any] | str | None, architecture: Mapping[str, str]) -> ChildNet:

@@ -12,7 +12,8 @@ weight decay 0, SGD on weights) and often on different data splits.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +117,46 @@ class Supernet(nn.Module):
         for name, block in self.choice_blocks().items():
             out[name] = block.names[int(torch.randint(len(block.names), (), generator=generator))]
         return out
+
+    def largest_architecture(self) -> dict[str, str]:
+        """Choice-block name -> its candidate with the most weights (ties: the first), the space's biggest child:
+        the self-distillation teacher of a supernet (BigNAS/OFA's sandwich rule)."""
+        out = {}
+        for name, block in self.choice_blocks().items():
+            sizes = [sum(p.numel() for p in op.parameters()) for op in block.candidates]
+            out[name] = block.names[sizes.index(max(sizes))]
+        return out
+
+    @contextmanager
+    def in_mode(self, mode: str) -> Iterator["Supernet"]:
+        """Every choice block in ``mode`` within this context, each back in its own mode afterwards
+        (e.g. ``soft`` to calibrate the quantizers of every candidate, which ``sample`` would leave unseen)."""
+        previous = {name: block.mode for name, block in self.choice_blocks().items()}
+        self.set_mode(mode)
+        try:
+            yield self
+        finally:
+            for name, block in self.choice_blocks().items():
+                block.mode = previous[name]
+
+    @contextmanager
+    def all_paths(self) -> Iterator["Supernet"]:
+        """Within this context every choice block returns the plain sum of all its candidates.
+
+        ``torch.fx`` can trace that forward, and its graph holds every architecture's data flow at
+        once: each block's output channels are tied to every candidate's last conv and, through
+        ``skip`` and the residual adds, to its input, and each candidate's inner (expansion) channels
+        to its own convs. That is the graph channel pruning needs
+        (:meth:`pluto.decisions.channels.DependencyGraph.build`); it is no network to train.
+        """
+        blocks = list(self.choice_blocks().values())
+        for block in blocks:
+            block.all_paths = True
+        try:
+            yield self
+        finally:
+            for block in blocks:
+                block.all_paths = False
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """The architecture logits ``alpha`` of every choice block."""
