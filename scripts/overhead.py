@@ -52,6 +52,8 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
                  f"hw.table={table or 'null'}", "hw.measure=off", f"compress.prune={prune}",
                  f"compress.quantize={quantize}", f"compress.distill={kd}", f"compress.bits=[{','.join(map(str, bits))}]",
                  "constraints=none"]
+    if table and 8 not in bits:  # a table without int8 (the H100's fp16/fp32): deploy at fp32 by default
+        overrides.append("hw.precision=fp32")
     cfg = compose(overrides)
     spec = DataSpec(num_classes=10, in_channels=x.shape[1], input_size=x.shape[-1])
     data = torch.utils.data.TensorDataset(x.cpu(), y.cpu())
