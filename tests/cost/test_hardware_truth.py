@@ -173,7 +173,7 @@ def test_adapt_refits_energy_where_a_meter_reads_it(tmp_path, monkeypatch):
     watts_here = 0.120  # this card: 120 W while running (mJ per ms)
     monkeypatch.setattr(energy_mod, "measure_energy", lambda meter, work, per_run_s, window_s=0.3:
                         per_run_s * 1e3 * watts_here)
-    summary = adapt(table, n=6, rounds=2, samples=6, progress=False)
+    summary = adapt(table, n=10, rounds=2, samples=6, progress=False)
     fp32 = summary["precisions"]["fp32"]
     assert summary["idle_power_w"] == 31.0 and summary["energy"] == "refitted (fake)"
     assert fp32["mape_before_pct_energy"] > 40  # the table's 50 W level is far off here
@@ -181,7 +181,10 @@ def test_adapt_refits_energy_where_a_meter_reads_it(tmp_path, monkeypatch):
     records = table.metadata["calibration"]["fp32"]["reference_networks"]
     assert all(r["measured_energy_mj"] > 0 for r in records)
     # held-out networks (another seed): energy predicted near 120 W x their predicted latency
-    for _, _, model, shape in reference_networks(table, 4, seed=7):
+    # (the median over networks: latency and energy are separate fits of a few noisy timings each)
+    ratios = []
+    for _, _, model, shape in reference_networks(table, 6, seed=7):
         ops = extract_ops(model, shape)
-        lat = table.predict_ops(ops, "latency_ms", "fp32")
-        assert table.predict_ops(ops, "energy_mj", "fp32") == pytest.approx(lat * watts_here, rel=0.3)
+        ratios.append(table.predict_ops(ops, "energy_mj", "fp32") / table.predict_ops(ops, "latency_ms", "fp32"))
+    assert float(np.median(ratios)) == pytest.approx(watts_here, rel=0.3)
+    assert float(np.median(ratios)) > 0.050 * 1.5  # far from the table's own 50 W
