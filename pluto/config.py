@@ -112,7 +112,7 @@ class LagrangianSection:
     warmup: int = _opt(0, 0, 10**9)
     lambda_init: float = _opt(0.0, 0, 1e12)
     lambda_max: float = _opt(100.0, 0, 1e12, lo_open=True)
-    kp: float = _opt(0.0, 0, 1e6)
+    kp: float = _opt(2.0, 0, 1e6, doc="proportional gain of the price (PI multipliers); 0 = plain dual ascent")
 
 
 @dataclass
@@ -138,6 +138,10 @@ class JointCompressConfig:
     gate_init: str = _opt("l1", choices=("l1", "l2", "bn", "none"))
     gate_init_spread: float = _opt(2.0, 0, 100)
     gate_mode: str = _opt("ste", choices=("ste", "soft", "hard"))
+    bits_init: str = _opt("reference", pattern=r"reference|uniform|\d+",
+                          doc="where bit decisions start: reference (the cheapest uncompressed deployment) | "
+                              "uniform | a candidate bit-width")
+    bits_init_p: float = _opt(0.9, 0, 1, lo_open=True, hi_open=True, doc="probability of the starting bit-width")
     supernet_warmup_mode: str = _opt("sample", choices=("sample", "soft"))
     supernet_search_mode: str = _opt("soft", choices=("soft", "gumbel", "sample"))
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)

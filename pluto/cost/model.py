@@ -115,13 +115,15 @@ class CostModel:
                                  default_precisions=[self.default_precision])
         return value * self.correction.get(metric, 1.0)
 
-    def of_model(self, model: nn.Module, metric: str, bits: Mapping[str, int] | None = None, raw: bool = True) -> float:
-        """Predicted ``metric`` of a concrete (materialized) model with per-layer ``bits`` (name -> bits);
-        the table's own prediction unless ``raw=False`` (then times the measured correction)."""
+    def of_model(self, model: nn.Module, metric: str, bits: Mapping[str, int] | None = None, raw: bool = True,
+                 precision: str | None = None) -> float:
+        """Predicted ``metric`` of a concrete (materialized) model with per-layer ``bits`` (name -> bits; other
+        layers at ``precision``, default: the cost model's); the table's own prediction unless ``raw=False``
+        (then times the measured correction)."""
         table = self.table_for(metric)
         ops = extract_ops(model, self.input_shape)
         precisions = {name: {precision_key(b): torch.tensor(1.0)} for name, b in (bits or {}).items()}
         with torch.no_grad():
             value = float(expected_cost(table, ops, metric, precisions=precisions or None,
-                                        default_precision=self.default_precision))
+                                        default_precision=precision or self.default_precision))
         return value if raw else value * self.correction.get(metric, 1.0)

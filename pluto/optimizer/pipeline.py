@@ -42,7 +42,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from pluto.cost.expected import precision_key
 from pluto.cost.measure import Measurer, MeasurementError
+from pluto.cost.metrics import needs_table
 from pluto.cost.model import CostModel
 from pluto.cost.table import LatencyTable
 from pluto.data import DataSpec
@@ -53,7 +55,7 @@ from pluto.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from pluto.engine.loop import TrainState, batches_per_epoch, train_epochs
 from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler
 from pluto.engine.run import RunContext
-from pluto.errors import ConfigError
+from pluto.errors import ConfigError, PlutoError
 from pluto.optimizer.constraints import Constraint, check_feasible, constraints_from_config, relative_targets
 from pluto.optimizer.decisions import Decisions, attach, build_concrete, fix_decisions, land_on_target
 from pluto.optimizer.lagrangian import LagrangianConfig, LagrangianObjective
@@ -235,6 +237,7 @@ class Compression:
         elif self.measurer is not None:
             self.uncompressed["measured"] = distributed.broadcast_object(
                 self._measure_dense() if distributed.is_main() else None)
+        self._seed_correction(metrics)
         relative = relative_targets(raw_constraints)
         reference = {m: self.uncompressed.get("measured", {}).get(m, self.uncompressed["predicted"].get(m))
                      for m in metrics}
@@ -268,6 +271,46 @@ class Compression:
         if c.distill and c.teacher not in ("self", None, "none"):
             self.teacher.build()
         self.task.watch(self.model, None)  # checks the task's hint layers exist before any training
+
+    def _dense_predictions(self, metric: str) -> dict[int, float]:
+        """The table's prediction of the uncompressed model deployed at each candidate bit-width it prices."""
+        if self.table is None or not needs_table(metric):
+            return {}
+        reference = _uncompressed(self.model) if isinstance(self.model, Supernet) else self.model
+        out = {}
+        for b in sorted(set(self.bits) | {32}) if self.c.quantize else (32,):
+            try:
+                out[b] = self.cost_model.of_model(reference, metric, precision=precision_key(b))
+            except (KeyError, ValueError, PlutoError):  # a precision the table has no entries for
+                continue
+        return out
+
+    def _seed_correction(self, metrics: set[str]) -> None:
+        """Start the measured correction from the uncompressed model's measurement (measured/predicted at the same
+        precision), so the first search steps price what this chip charges instead of waiting for the first
+        in-loop measurement; and note the precision of the cheapest uncompressed deployment, where the bit
+        decisions start (``compress.bits_init: reference``)."""
+        measured = self.uncompressed.get("measured", {})
+        self.reference_bits: int | None = None
+        predictions = {m: self._dense_predictions(m) for m in sorted(metrics)}
+        for m, predicted in predictions.items():  # the first priced metric decides where bits start
+            costs = {b: measured.get(f"{precision_key(b)}_{m}", v if not measured else math.inf)
+                     for b, v in predicted.items() if b in self.bits}
+            if costs and min(costs.values()) < math.inf:
+                self.reference_bits = min(costs, key=costs.get)
+                break
+        for m, predicted in predictions.items():
+            # the ratio at the deployment the search starts from (where it is measured), else over all measured
+            ratios = {b: measured[f"{precision_key(b)}_{m}"] / v for b, v in predicted.items()
+                      if v > 0 and measured.get(f"{precision_key(b)}_{m}", 0) > 0}
+            if self.reference_bits in ratios:
+                ratios = {self.reference_bits: ratios[self.reference_bits]}
+            if ratios and m not in self.cost_model.correction:
+                value = math.exp(sum(map(math.log, ratios.values())) / len(ratios))
+                self.correction.update({m: value}, {m: 1.0}, step=0)
+        if self.cost_model.correction:
+            print("correction from the uncompressed model's measurement: "
+                  + ", ".join(f"{m} x{v:.3g}" for m, v in self.cost_model.correction.items()))
 
     def _earlier_measurement(self) -> dict[str, float] | None:
         """The uncompressed model's measurement of this run before it was interrupted (resume only)."""
@@ -403,6 +446,17 @@ class Compression:
                                 c.gate_init_spread)
         if self.decisions.supernet is not None:  # the search needs the mixture (see pluto.decisions.ops.choice)
             self.decisions.supernet.set_mode(c.supernet_search_mode)
+        start = {"uniform": None, "reference": self.reference_bits}.get(str(c.bits_init), None)
+        if str(c.bits_init).isdigit():
+            start = int(c.bits_init)
+            if start not in self.bits:
+                raise ConfigError(f"compress.bits_init={start} is not one of compress.bits={list(self.bits)}; "
+                                  "pick one of them, 'reference' or 'uniform'")
+        if c.quantize and start is not None and len(self.bits) > 1:  # a resumed search then loads its own logits
+            from pluto.decisions.bits import bit_choices
+
+            for choice in bit_choices(self.decisions.model).values():
+                choice.lean_towards(start, float(c.bits_init_p))
         self.objective = LagrangianObjective(self.constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
         steps = max(1, c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size))
         self.anneal = TemperatureSchedule(c.temperature.initial, c.temperature.final, steps)
@@ -425,7 +479,10 @@ class Compression:
         if step % self.t.log_every == 0:
             logs.update(d.logs())
         if self.every and step % self.every == 0:  # measured on rank 0; every rank prices with its correction
-            logs.update(self.measure_candidate(step) if distributed.is_main() else {})
+            # logged here: the loop logs a step's scalars only every trainer.log_every steps
+            measured = self.measure_candidate(step) if distributed.is_main() else {}
+            if measured:
+                self.ctx.logger.scalars(measured, step)
             self.cost_model.correction.update(distributed.broadcast_object(dict(self.cost_model.correction)))
         return loss, {**logs, **{f"lagrangian/{k}": v for k, v in lag_logs.items()}}
 

@@ -31,6 +31,7 @@ integer weights that were trained.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +143,23 @@ class BitWidthChoice(nn.Module):
         """``sum_b p_b * b``: the expected bit-width (bits per weight), differentiable, for model-size costs."""
         bits = torch.tensor(self.candidates, dtype=self.alpha.dtype, device=self.alpha.device)
         return (self.probabilities() * bits).sum()
+
+    @torch.no_grad()
+    def lean_towards(self, bits: int, p: float) -> None:
+        """Start the search at ``bits`` with probability ``p`` (the other candidates share ``1 - p`` evenly).
+
+        A uniform start prices every layer at the mean of its candidates' costs (half an fp32 kernel and
+        half an int8 one), which is neither deployment; starting at the deployment the targets were measured
+        on keeps the first expected costs honest, so the multipliers do not spend the search undoing a phantom
+        violation."""
+        if bits not in self.candidates:
+            raise ConfigError(f"cannot start this layer at {bits} bits; its candidates are {self.candidates}")
+        if not 0 < p < 1:
+            raise ConfigError(f"the starting probability must be in (0, 1), got {p}")
+        n = len(self.candidates)
+        self.alpha.zero_()
+        if n > 1:
+            self.alpha[self.candidates.index(bits)] = self.temperature * math.log(p * (n - 1) / (1 - p))
 
     # --- hard choice -----------------------------------------------------------------------
     @property
