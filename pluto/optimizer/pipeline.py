@@ -301,13 +301,13 @@ class Compression:
                 break
         for m, predicted in predictions.items():
             # the ratio at the deployment the search starts from (where it is measured), else over all measured
-            ratios = {b: measured[f"{precision_key(b)}_{m}"] / v for b, v in predicted.items()
-                      if v > 0 and measured.get(f"{precision_key(b)}_{m}", 0) > 0}
-            if self.reference_bits in ratios:
-                ratios = {self.reference_bits: ratios[self.reference_bits]}
-            if ratios and m not in self.cost_model.correction:
-                value = math.exp(sum(map(math.log, ratios.values())) / len(ratios))
-                self.correction.update({m: value}, {m: 1.0}, step=0)
+            pairs = {b: (measured[f"{precision_key(b)}_{m}"], v) for b, v in predicted.items()
+                     if v > 0 and measured.get(f"{precision_key(b)}_{m}", 0) > 0}
+            if self.reference_bits in pairs:
+                pairs = {self.reference_bits: pairs[self.reference_bits]}
+            if pairs and m not in self.cost_model.correction:  # geometric means: their ratio is the mean ratio
+                mean = [math.exp(sum(math.log(p[i]) for p in pairs.values()) / len(pairs)) for i in (0, 1)]
+                self.correction.update({m: mean[0]}, {m: mean[1]}, step=0)
         if self.cost_model.correction:
             print("correction from the uncompressed model's measurement: "
                   + ", ".join(f"{m} x{v:.3g}" for m, v in self.cost_model.correction.items()))

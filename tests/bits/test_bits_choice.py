@@ -139,3 +139,20 @@ def test_hard_and_gumbel_forward_values_are_one_candidate_exactly():
     c.end_call()
     c.harden(4)
     assert torch.equal(c(w), c.weight_quantizers["4"](w))
+
+
+@pytest.mark.parametrize("candidates,start,temperature", [((8, 32), 8, 1.0), ((4, 8, 32), 32, 0.5), ((8, 32), 32, 5.0)])
+def test_lean_towards_starts_at_one_deployment(candidates, start, temperature):
+    """The search starts at the measured reference deployment with probability p, not at the mean of all."""
+    c, _ = _choice(candidates, temperature=temperature)
+    c.lean_towards(start, 0.9)
+    p = c.probabilities()
+    i = candidates.index(start)
+    assert float(p[i]) == pytest.approx(0.9, abs=1e-6)
+    others = [float(v) for k, v in enumerate(p) if k != i]
+    assert others == pytest.approx([0.1 / len(others)] * len(others), abs=1e-6)
+    assert c.chosen_bits == start
+    with pytest.raises(ConfigError, match="candidates"):
+        c.lean_towards(16, 0.9)
+    with pytest.raises(ConfigError, match="probability"):
+        c.lean_towards(start, 1.0)

@@ -176,8 +176,9 @@ def test_adapt_refits_energy_where_a_meter_reads_it(tmp_path, monkeypatch):
     summary = adapt(table, n=10, rounds=2, samples=6, progress=False)
     fp32 = summary["precisions"]["fp32"]
     assert summary["idle_power_w"] == 31.0 and summary["energy"] == "refitted (fake)"
-    assert fp32["mape_before_pct_energy"] > 25  # the table's 50 W level is far off here (120 W)
-    assert fp32["mape_after_pct_energy"] < 15
+    # the table's 50 W level is off here (120 W); how far "before" reads depends on this machine's load during
+    # the test's own profiling (seen 24-60 %), so it is compared with "after", not with a fixed level
+    assert fp32["mape_after_pct_energy"] < 15 and fp32["mape_after_pct_energy"] < fp32["mape_before_pct_energy"]
     records = table.metadata["calibration"]["fp32"]["reference_networks"]
     assert all(r["measured_energy_mj"] > 0 for r in records)
     # held-out networks (another seed): energy predicted near 120 W x their predicted latency
