@@ -258,8 +258,13 @@ class Compression:
         if c.quantize:
             allowed = {"*": list(self.bits)} if isinstance(self.model, Supernet) else \
                 {op.name: list(self.bits) for op in self.cost_model.ops if op.kind in ("conv", "dwconv", "linear")}
-        self.minimum = {con.metric: self.cost_model.minimum(con.metric, min_channels, allowed)
-                        for con in self.constraints}
+        # the correction is one ratio measured at the uncompressed model; the cheapest model may scale otherwise
+        # (per-call overheads, another precision), so only a target that both the table and the corrected table
+        # call unreachable is rejected before training
+        self.minimum = {}
+        for con in self.constraints:
+            value = self.cost_model.minimum(con.metric, min_channels, allowed)
+            self.minimum[con.metric] = min(value, value / self.cost_model.correction.get(con.metric, 1.0))
         check_feasible(self.constraints, self.minimum)
         self.ctx.write_json("feasibility.json", {"minimum": self.minimum, "uncompressed": self.uncompressed,
                                                  "targets": {con.metric: con.target for con in self.constraints},
