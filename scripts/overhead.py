@@ -80,8 +80,9 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
         d = comp.attach_decisions()
         net, step_fn, params, dparams = d.model, comp.search_step, d.weight_parameters(), d.parameters()
     net.to(device).train()
-    weights = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    dopt = torch.optim.Adam(dparams, lr=0.05, betas=(0.5, 0.999)) if dparams else None
+    # foreach (multi-tensor) updates: the CUDA default, set on the CPU too so both count and pay alike
+    weights = torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=True)
+    dopt = torch.optim.Adam(dparams, lr=0.05, betas=(0.5, 0.999), foreach=True) if dparams else None
 
     def step() -> None:
         loss, _ = step_fn(x, y)
@@ -89,7 +90,7 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
         if dopt is not None:
             dopt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params + dparams, 5.0)
+        torch.nn.utils.clip_grad_norm_(params + dparams, 5.0, foreach=True)
         weights.step()
         if dopt is not None:
             dopt.step()

@@ -192,7 +192,8 @@ class StepProbe:
         report = self.report
         report.ops[func] += 1
         if func is aten.lift_fresh.default:
-            report.from_python += 1
+            if _site(self.host_sites) is not None:
+                report.from_python += 1
             return
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
         first = tensors[0] if tensors else None
