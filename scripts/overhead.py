@@ -8,6 +8,12 @@ ingredient added in turn (same model, same batch, same weight optimizer), so the
 where the overhead comes from; figures are the median over ``--repeats`` runs of
 ``--steps`` steps each (after ``--warmup`` steps), in ms per step, and the ratio to plain.
 
+At small batches a GPU step is bound by launches and host waits, so each variant is also run for
+``--probe-steps`` steps (none of them a logging step) under :class:`pluto.engine.probe.StepProbe`:
+``aten_ops`` and ``kernels`` per step (kernels: aten ops other than views), ``syncs`` per step (host
+waits for the device; on a CPU, reads that would wait on a GPU) and ``from_python`` (tensors built
+from Python data per step). ``--probe-only`` prints these counts without timing.
+
     .venv/bin/python scripts/overhead.py --device cpu --threads 2
     python3 scripts/overhead.py --device cuda --table h100_cudagraph      # on the H100
 """
@@ -29,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.data import DataSpec  # noqa: E402
+from pluto.engine.probe import StepProbe  # noqa: E402
 from pluto.engine.run import RunContext  # noqa: E402
 from pluto.models import create_model  # noqa: E402
 from pluto.optimizer.pipeline import Compression  # noqa: E402
@@ -73,8 +80,9 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
         d = comp.attach_decisions()
         net, step_fn, params, dparams = d.model, comp.search_step, d.weight_parameters(), d.parameters()
     net.to(device).train()
-    weights = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    dopt = torch.optim.Adam(dparams, lr=0.05, betas=(0.5, 0.999)) if dparams else None
+    # foreach (multi-tensor) updates: the CUDA default, set on the CPU too so both count and pay alike
+    weights = torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=True)
+    dopt = torch.optim.Adam(dparams, lr=0.05, betas=(0.5, 0.999), foreach=True) if dparams else None
 
     def step() -> None:
         loss, _ = step_fn(x, y)
@@ -82,13 +90,27 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
         if dopt is not None:
             dopt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params + dparams, 5.0)
+        torch.nn.utils.clip_grad_norm_(params + dparams, 5.0, foreach=True)
         weights.step()
         if dopt is not None:
             dopt.step()
         comp.state.global_step += 1
 
+    step.log_every = int(cfg.trainer.log_every)
+    step.state = comp.state
     return step
+
+
+def probe_steps(step, n: int):
+    """Aten ops, kernels, syncs and tensors from Python data per step over ``n`` steps, skipping the steps
+    that log (the loop logs every ``trainer.log_every`` steps, and logging reads values on the host)."""
+    probe = StepProbe()
+    while probe.report.calls < n:
+        if (step.state.global_step + 1) % step.log_every == 0:
+            step()
+            continue
+        probe.call(step)
+    return probe.report
 
 
 def time_steps(step, steps: int, device: torch.device) -> float:
@@ -119,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (set explicitly for stable timings)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-steps", type=int, default=3, help="steps counted by the op/sync probe (0: no probe)")
+    p.add_argument("--probe-only", action="store_true", help="print the probe's counts, time nothing")
+    p.add_argument("--probe-detail", type=int, default=0, help="also print each variant's N most frequent ops "
+                                                                "and every sync with the line that caused it")
     p.add_argument("--csv", default=None, help="also write the table here")
     args = p.parse_args(argv)
 
@@ -145,17 +171,32 @@ def main(argv: list[str] | None = None) -> int:
     for step in steps.values():  # warm every variant before timing any (caches, allocator, cuDNN autotune)
         for _ in range(args.warmup):
             step()
+    reports = {name: probe_steps(step, args.probe_steps) for name, step in steps.items()} if args.probe_steps > 0 \
+        else {}
+    counts = {name: reports[name].per_call() if reports else {} for name in steps}
+    if args.probe_detail:
+        for name, report in reports.items():
+            print(f"--- {name}\n{report.summary(args.probe_detail)}")
     samples: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(args.repeats):  # interleave the variants so machine load drifts hit them alike
+    for _ in range(0 if args.probe_only else args.repeats):  # interleave the variants so load drifts hit them alike
         for name, step in steps.items():
             samples[name].append(time_steps(step, args.steps, device))
-    plain = statistics.median(samples["plain"])
-    rows = [{"variant": name, "ms_per_step": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
-             "ratio_to_plain": statistics.median(v) / plain} for name, v in samples.items()]
+    rows = []
+    for name in steps:
+        row: dict = {"variant": name}
+        if samples[name]:
+            v, plain = samples[name], statistics.median(samples["plain"])
+            row.update(ms_per_step=statistics.median(v), min_ms=min(v), max_ms=max(v),
+                       ratio_to_plain=statistics.median(v) / plain)
+        row.update(counts[name])
+        if counts[name]:
+            row["kernels_to_plain"] = counts[name]["kernels"] / max(1.0, counts["plain"]["kernels"])
+        rows.append(row)
     frame = pd.DataFrame(rows)
     dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({args.threads} threads)"
     print(f"model {args.model}, batch {args.batch_size}x{args.in_channels}x{args.input_size}x{args.input_size}, "
-          f"bits {bits}, table {table_name}, device {dev_name}; median of {args.repeats} x {args.steps} steps")
+          f"bits {bits}, table {table_name}, device {dev_name}; median of {args.repeats} x {args.steps} steps; "
+          f"counts per step over {args.probe_steps} probed steps")
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(frame.to_string(index=False))
     if args.csv:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from pluto.cost.expected import expected_cost, minimum_cost, precision_key
 from pluto.cost.metrics import METRICS, needs_table  # noqa: F401
 from pluto.cost.ops import OpSpec, extract_ops
+from pluto.cost.plan import ChannelCounts, CostPlan, PrecisionProbs
 from pluto.cost.table import LatencyTable
 from pluto.decisions.ops.supernet import Supernet
 from pluto.errors import TableError
@@ -55,9 +56,32 @@ class CostModel:
         self.correction: dict[str, float] = {}
         self.supernet = model if isinstance(model, Supernet) else None
         self.ops: list[OpSpec] = [] if self.supernet is not None else extract_ops(model, self.input_shape)
+        self.device = torch.device("cpu")
+        self._plans: dict[tuple, CostPlan] = {}
         if table is not None and default_precision not in table.precisions:
             raise TableError(f"table {table.metadata.get('name', '')!r} has no {default_precision!r} entries "
                              f"(it has {', '.join(table.precisions)}); set hw.precision to one of those.")
+
+    def to(self, device: torch.device | str) -> "CostModel":
+        """Price on ``device`` (the training device): the plans' grids live there, so a step's expected cost
+        needs no copy to the host and back. Decisions given as vectors price where they live anyway."""
+        self.device = torch.device(device)
+        return self
+
+    def plan(self, metric: str, channels: ChannelCounts | None = None,
+             precisions: PrecisionProbs | None = None) -> CostPlan:
+        """The :class:`~pluto.cost.plan.CostPlan` of ``metric`` for this layout of the decisions (built once)."""
+        device = channels.cin.device if channels is not None else \
+            precisions.probs.device if precisions is not None else self.device
+        key = (metric, device, channels.names if channels is not None else None,
+               channels is not None and channels.cin.requires_grad,
+               (precisions.names, precisions.options, precisions.grad, precisions.probs.shape[1])
+               if precisions is not None else None)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = CostPlan(self.table_for(metric), self.ops, metric, self.default_precision,
+                                               key[2], key[3], precisions, device)
+        return plan
 
     def table_for(self, metric: str) -> LatencyTable | None:
         """The table that prices ``metric`` (None for analytic metrics); TableError if it cannot be priced."""
@@ -79,11 +103,16 @@ class CostModel:
         """Differentiable expected ``metric`` for the current soft decisions, times the measured correction
         (``raw=True``: the table's prediction alone)."""
         value = self._expected(metric, channels, precisions)
-        return value if raw else value * self.correction.get(metric, 1.0)
+        factor = None if raw else self.correction.get(metric)
+        return value if factor is None else value * factor
 
     def _expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
                   precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
         table = self.table_for(metric)
+        if self._plannable(channels, precisions):
+            return self.plan(metric, channels, precisions)(channels, precisions)
+        channels = dict(channels) if isinstance(channels, ChannelCounts) else channels
+        precisions = dict(precisions) if isinstance(precisions, PrecisionProbs) else precisions
         channels, precisions = _on_cpu(channels, precisions)
         if self.supernet is not None:
             from pluto.decisions.ops.cost import expected_supernet_cost
@@ -93,6 +122,15 @@ class CostModel:
                                           temperature=self.op_temperature, channels=channels or None)
         return expected_cost(table, self.ops, metric, dict(channels) if channels else None,
                              dict(precisions) if precisions else None, default_precision=self.default_precision)
+
+    def _plannable(self, channels, precisions) -> bool:
+        """Whether a plan prices these decisions: vectors (at least one), a traced model (no supernet), and
+        expected channel counts (with a gradient: fixed integer counts pick table grids by their values)."""
+        if self.supernet is not None or (channels is None and precisions is None):
+            return False
+        if channels is not None and not (isinstance(channels, ChannelCounts) and channels.cin.requires_grad):
+            return False
+        return precisions is None or isinstance(precisions, PrecisionProbs)
 
     def minimum(self, metric: str, min_channels: Mapping[str, tuple[float, float]] | None = None,
                 allowed_bits: Mapping[str, list[int]] | None = None) -> float:

@@ -307,10 +307,25 @@ class LatencyTable:
         cout = torch.as_tensor(op.cout if cout is None else cout, dtype=torch.float64)
         if op.kind == "conv" and op.groups > 1:
             cin = cin / op.groups  # grouped conv priced as a dense conv of the same MACs
+        terms = self.hw_terms(op, precision)
+        if len(terms) == 1:
+            coef, key = terms[0]
+            value = self._at_hw(key, metric, cin, cout)
+            return value if coef == 1.0 else value * coef
+        (_, lo), (t, hi) = terms
+        v_lo = self._at_hw(lo, metric, cin, cout)
+        v_hi = self._at_hw(hi, metric, cin, cout)
+        return v_lo + t * (v_hi - v_lo)
+
+    def hw_terms(self, op: OpSpec, precision: str) -> list[tuple[float, tuple]]:
+        """How ``op``'s cost reads the table's grids over resolution: ``[(1.0, key)]`` when its resolution was
+        measured, ``[(1 - t, key_lo), (t, key_hi)]`` (linear in pixel count) between two measured ones, else
+        ``[(pixels / near_pixels, key_near)]``; keys are :func:`entry_key` without the channels."""
         key = entry_key(op, precision)[:-2]
-        value = self._at_hw(key, metric, cin, cout)
-        if value is not None:
-            return value
+        if not self._by_key:
+            self._grid(key, "latency_ms", ())
+        if self._by_key.get(key):
+            return [(1.0, key)]
         hws = sorted({k[4] for k in self._hws_for(key)})
         if not hws:
             raise TableError(
@@ -322,12 +337,10 @@ class LatencyTable:
         above = [h for h in hws if h > op.hw]
         if below and above:
             lo, hi = below[-1], above[0]
-            v_lo = self._at_hw((*key[:4], lo, *key[5:]), metric, cin, cout)
-            v_hi = self._at_hw((*key[:4], hi, *key[5:]), metric, cin, cout)
             t = (pixels - lo ** 2) / (hi ** 2 - lo ** 2)
-            return v_lo + t * (v_hi - v_lo)
+            return [(1.0 - t, (*key[:4], lo, *key[5:])), (t, (*key[:4], hi, *key[5:]))]
         near = below[-1] if below else above[0]
-        return self._at_hw((*key[:4], near, *key[5:]), metric, cin, cout) * (pixels / near ** 2)
+        return [(pixels / near ** 2, (*key[:4], near, *key[5:]))]
 
     def _hws_for(self, key: tuple) -> list[tuple]:
         if not self._by_key:
@@ -359,21 +372,37 @@ class LatencyTable:
         if not isinstance(parts, dict):
             parts = {"all": parts}
         total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
-        fit = self.metadata.get("calibration", {}).get(precision, {}).get(metric)
-        if not fit:
+        fit = self.calibration_coefficients(metric, precision, list(parts))
+        if fit is None:
             return total
-        scales = fit.get("scales", {})
-        if "all" in parts or not scales:
-            value = total * fit.get("scale", 1.0)
+        if "all" in parts or not self._fit(metric, precision).get("scales"):
+            value = total * fit["scale"]
         else:
-            value = sum((part * self._scale(scales, group, fit) for group, part in parts.items()),
+            value = sum((part * scale for part, scale in zip(parts.values(), fit["scales"])),
                         torch.zeros((), dtype=torch.float64))
+        per_act = fit["per_act"]
+        if per_act is not None and act:
+            value = value + sum((a * self._scale(self._fit(metric, precision)["per_act_mb"], group, {"scale": 0.0})
+                                 for group, a in act.items()), torch.zeros((), dtype=torch.float64))
+        value = value + fit["per_mb"] * weight_bytes / 1e6 + fit["per_op"] * n_ops + fit["offset"]
+        return torch.maximum(torch.as_tensor(value, dtype=torch.float64), 0.1 * total) if per_act is not None else value
+
+    def _fit(self, metric: str, precision: str) -> dict:
+        return self.metadata.get("calibration", {}).get(precision, {}).get(metric) or {}
+
+    def calibration_coefficients(self, metric: str, precision: str, groups: list[str]) -> dict | None:
+        """The whole-network fit of ``metric`` at ``precision`` (see :meth:`calibrate`) as per-group lists over
+        ``groups`` (``scales``, ``per_act``: None without activation terms) and the scalars ``scale``, ``per_mb``,
+        ``per_op``, ``offset``; None if the table is uncalibrated (the sum of the entries is the cost)."""
+        fit = self._fit(metric, precision)
+        if not fit:
+            return None
+        scales = fit.get("scales", {})
         per_act = fit.get("per_act_mb") or {}
-        if per_act and act:
-            value = value + sum((a * self._scale(per_act, group, {"scale": 0.0}) for group, a in act.items()),
-                                torch.zeros((), dtype=torch.float64))
-        value = value + fit.get("per_mb", 0.0) * weight_bytes / 1e6 + fit.get("per_op", 0.0) * n_ops + fit["offset"]
-        return torch.maximum(torch.as_tensor(value, dtype=torch.float64), 0.1 * total) if per_act else value
+        return {"scale": fit.get("scale", 1.0),
+                "scales": [self._scale(scales, g, fit) if scales else fit.get("scale", 1.0) for g in groups],
+                "per_act": [self._scale(per_act, g, {"scale": 0.0}) for g in groups] if per_act else None,
+                "per_mb": fit.get("per_mb", 0.0), "per_op": fit.get("per_op", 0.0), "offset": fit["offset"]}
 
     @staticmethod
     def _scale(scales: dict, group: str, fit: dict) -> float:

@@ -29,6 +29,7 @@ from pluto.decisions.ops.supernet import Supernet
 from pluto.optimizer.constraints import Constraint
 from pluto.cost.expected import precision_key
 from pluto.cost.model import CostModel
+from pluto.cost.plan import ChannelCounts, PrecisionProbs
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Decisions:
     quantized: bool = False
     bits: tuple[int, ...] = ()
     trail: dict[str, Any] = field(default_factory=dict)
+    _choices: dict | None = field(default=None, repr=False, compare=False)
 
     def parameters(self) -> list[nn.Parameter]:
         """Decision logits (op choice, channel keep, bit-width): trained by their own optimizer."""
@@ -57,17 +59,26 @@ class Decisions:
         ids = {id(p) for p in self.parameters()}
         return [p for p in self.model.parameters() if id(p) not in ids]
 
-    def channels(self) -> dict[str, tuple[Tensor, Tensor]] | None:
-        return self.gates.expected_channels() if self.gates is not None else None
+    def channels(self) -> ChannelCounts | None:
+        """Expected (in, out) channels per traced node, as vectors (a mapping name -> pair as well)."""
+        if self.gates is None:
+            return None
+        return ChannelCounts(*self.gates.channel_counts())
 
-    def precisions(self) -> dict[str, dict[str, Tensor]] | None:
+    def precisions(self) -> PrecisionProbs | None:
+        """Probability per layer and precision key ('int4', 'int8', 'fp16', 'fp32'), as one matrix (a mapping
+        name -> {key: probability} as well)."""
         if not self.quantized:
             return None
-        from pluto.decisions.bits import bit_probabilities
+        from pluto.decisions.bits import bit_choices
+        from pluto.decisions.bits.choice import stacked_probabilities
 
-        probs = bit_probabilities(self.model)
-        return {name: {precision_key(int(b)) if str(b).isdigit() else b: p for b, p in choice.items()}
-                for name, choice in probs.items()}
+        if self._choices is None:  # the layers with a bit choice are fixed once attached
+            self._choices = bit_choices(self.model)
+        choices = list(self._choices.values())
+        keys = tuple(tuple(precision_key(b) for b in c.candidates) for c in choices)
+        return PrecisionProbs(tuple(self._choices), keys, stacked_probabilities(choices),
+                              tuple(not c.is_hard for c in choices))
 
     def logs(self) -> dict[str, float]:
         out: dict[str, float] = {}

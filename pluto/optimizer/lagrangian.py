@@ -74,22 +74,60 @@ class LagrangeMultiplier:
 
     ``update(g)`` applies ``lambda <- min(lambda_max, max(0, lambda + eta * g))`` for a
     normalized violation ``g = cost / target - 1``.
+
+    Given a tensor ``g`` (a training step's violation, on the training device), the update runs there in
+    float64 (the same arithmetic as on Python floats) and nothing waits for the device: :attr:`current` is
+    then a 0-dim tensor, and :attr:`value` (a float, what checkpoints and reports hold) reads it on the host
+    only when asked. A non-finite ``g`` leaves ``lambda`` unchanged and raises at that read.
     """
 
     def __init__(self, constraint: Constraint, eta: float = 0.05, init: float = 0.0, max_value: float = math.inf):
         self.constraint = constraint
         self.eta = float(eta)
-        self.value = float(init)
         self.max_value = float(max_value)
+        self.value = float(init)
 
-    def update(self, violation: Tensor | float) -> float:
-        """One dual-ascent step on the (detached) normalized violation; returns the new ``lambda``."""
-        g = float(violation)
-        if not math.isfinite(g):
-            raise ConfigError(f"constraint {self.constraint.name}: violation is {g}; the cost model returned a "
-                              "non-finite cost, check the table and the decisions feeding it")
-        self.value = min(self.max_value, max(0.0, self.value + self.eta * g))
-        return self.value
+    @property
+    def value(self) -> float:
+        """``lambda`` as a Python float (reads a device-side multiplier on the host)."""
+        if self._device is not None and self._host is None:
+            if bool(self._nonfinite):
+                raise ConfigError(f"constraint {self.constraint.name}: a violation was not finite; the cost model "
+                                  "returned a non-finite cost, check the table and the decisions feeding it")
+            self._host = float(self._device)
+        return self._host
+
+    @value.setter
+    def value(self, v: float) -> None:
+        self._host: float | None = float(v)
+        self._device: Tensor | None = None
+        self._nonfinite: Tensor | None = None
+
+    @property
+    def current(self) -> Tensor | float:
+        """``lambda`` without waiting for the device: the device-side tensor when updates ran there, else a float."""
+        return self._device if self._device is not None else self._host
+
+    def update(self, violation: Tensor | float) -> Tensor | float:
+        """One dual-ascent step on the (detached) normalized violation; returns the new ``lambda``
+        (:attr:`current`: a tensor for a tensor ``violation``)."""
+        if not isinstance(violation, Tensor):
+            g = float(violation)
+            if not math.isfinite(g):
+                raise ConfigError(f"constraint {self.constraint.name}: violation is {g}; the cost model returned a "
+                                  "non-finite cost, check the table and the decisions feeding it")
+            self.value = min(self.max_value, max(0.0, self.value + self.eta * g))
+            return self._host
+        g = violation.detach().to(torch.float64)
+        if self._device is None:
+            self._device = torch.full((), self.value, dtype=torch.float64, device=g.device)
+            self._nonfinite = torch.zeros((), dtype=torch.bool, device=g.device)
+        finite = torch.isfinite(g)
+        stepped = torch.clamp(torch.clamp(self._device + self.eta * g, min=0.0), max=self.max_value)
+        self._device = torch.where(finite, stepped, self._device)
+        self._nonfinite = self._nonfinite | ~finite
+        self._host = None
+        return self._device
 
     def __repr__(self) -> str:
         return f"LagrangeMultiplier({self.constraint}, lambda={self.value:.4g}, eta={self.eta:g})"
@@ -144,7 +182,9 @@ class LagrangianObjective:
         for c in self.constraints:
             cost = self._cost(costs, c)
             g = c.violation(torch.as_tensor(cost, dtype=task_loss.dtype, device=task_loss.device))
-            lam = self.multipliers[c.name].value
+            lam = self.multipliers[c.name].current
+            if isinstance(lam, Tensor):
+                lam = lam.to(g.dtype)
             price = torch.clamp(lam + self.config.kp * g.detach(), min=0.0) if self.config.kp else lam
             if self.active:
                 penalty = penalty + price * g
@@ -159,17 +199,21 @@ class LagrangianObjective:
         logs["loss/total"] = loss.detach()
         return loss, logs
 
-    def dual_step(self, costs: Mapping[str, Tensor | float]) -> dict[str, float]:
+    def dual_step(self, costs: Mapping[str, Tensor | float]) -> dict[str, Tensor | float]:
         """Count one training step; after warm-up, every ``update_every`` steps, move each multiplier.
 
-        Returns ``{name: lambda}`` after the step.
+        Returns ``{name: lambda}`` after the step: floats for float costs; for tensor costs the multipliers
+        move on the costs' device and come back as 0-dim tensors (read them on the host only when needed,
+        or call :meth:`lambdas`).
         """
         self.step += 1
         since = self.step - self.config.warmup
         if since > 0 and since % self.config.update_every == 0:
             for c in self.constraints:
-                self.multipliers[c.name].update(c.violation(float(torch.as_tensor(self._cost(costs, c)).detach())))
-        return self.lambdas()
+                cost = self._cost(costs, c)
+                cost = cost.detach().to(torch.float64) if isinstance(cost, Tensor) else float(cost)
+                self.multipliers[c.name].update(c.violation(cost))
+        return {name: m.current for name, m in self.multipliers.items()}
 
     def lambdas(self) -> dict[str, float]:
         return {name: m.value for name, m in self.multipliers.items()}

@@ -463,6 +463,7 @@ class Compression:
             for choice in bit_choices(self.decisions.model).values():
                 choice.lean_towards(start, float(c.bits_init_p))
         self.objective = LagrangianObjective(self.constraints, LagrangianConfig(**OmegaConf.to_container(c.lagrangian)))
+        self.cost_model.to(self.device)
         steps = max(1, c.epochs.search * batches_per_epoch(self.train_set, self.t.batch_size))
         self.anneal = TemperatureSchedule(c.temperature.initial, c.temperature.final, steps)
         self.per_epoch = batches_per_epoch(self.train_set, self.t.batch_size)
@@ -474,10 +475,14 @@ class Compression:
         if d.supernet is not None:
             d.supernet.set_temperature(self.anneal(state.epoch * self.per_epoch + state.batch))
         task, logs = self.task_loss(d.model(x), x, y)
-        channels, precisions = d.channels(), d.precisions()
-        # priced on the CPU, where the tables live; the dual step reads the host copy (no wait for the device)
-        expected = {con.metric: self.cost_model.expected(con.metric, channels, precisions) for con in self.constraints}
-        costs = {m: v.to(task.device, task.dtype, non_blocking=True) for m, v in expected.items()}
+        expected: dict[str, Tensor] = {}
+        if self.constraints:
+            # priced where the decisions live (the cost model's plan keeps its grids on the training device):
+            # no copy to the host and back, and the multipliers move there too; nothing here waits for the device
+            channels, precisions = d.channels(), d.precisions()
+            expected = {con.metric: self.cost_model.expected(con.metric, channels, precisions)
+                        for con in self.constraints}
+        costs = {m: v.to(task.device, task.dtype) for m, v in expected.items()}
         loss, lag_logs = self.objective(task, costs)
         self.objective.dual_step({k: v.detach() for k, v in expected.items()})
         step = state.global_step + 1  # the loop counts this step after it returns

@@ -129,3 +129,27 @@ def test_proportional_gain_keeps_the_optimum_and_prices_slack_immediately():
     assert logs["price/x"] == pytest.approx(1.0 + 2.0 * 0.5)
     with pytest.raises(ConfigError):
         LagrangianConfig(kp=-1.0)
+
+
+def test_device_multipliers_follow_the_host_trajectory_and_never_read_the_device():
+    """Tensor costs (a training step's, on its device) move the multipliers there in float64: the same numbers as
+    the float path, no host read until asked; a non-finite violation raises at that read."""
+    from pluto.engine.probe import StepProbe
+
+    cons = [Constraint("lat", "latency_ms", 2.0), Constraint("mb", "size_bytes", 1e6)]
+    config = LagrangianConfig(eta=0.3, kp=1.5, lambda_max=0.7)
+    host, device = LagrangianObjective(cons, config), LagrangianObjective(cons, config)
+    costs = [(2.9, 1.3e6), (2.2, 0.4e6), (1.1, 2.5e6), (3.7, 0.9e6), (1.9, 1.01e6)]
+    with StepProbe(strict=True) as probe:
+        for lat, mb in costs:
+            task = torch.tensor(1.0)
+            device(task, {"lat": torch.tensor(lat, dtype=torch.float64), "mb": torch.tensor(mb)})
+            device.dual_step({"lat": torch.tensor(lat, dtype=torch.float64), "mb": torch.tensor(mb)})
+    assert probe.report.n_syncs == 0
+    for lat, mb in costs:
+        host.dual_step({"lat": lat, "mb": float(torch.tensor(mb))})
+    assert device.lambdas() == host.lambdas()
+    assert device.state_dict() == host.state_dict()  # plain Python, as checkpoints need
+    device.dual_step({"lat": torch.tensor(math.nan), "mb": torch.tensor(1.0)})
+    with pytest.raises(ConfigError):
+        device.lambdas()

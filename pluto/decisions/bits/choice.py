@@ -286,3 +286,16 @@ class BitWidthChoice(nn.Module):
         factor = bn_fold_factor(bn).detach().reshape(-1, *([1] * (weight.dim() - 1)))
         factor = torch.where(factor.abs() < 1e-12, torch.full_like(factor, 1e-12), factor)
         return self._mix(weight * factor, self.weight_quantizers) / factor
+
+
+def stacked_probabilities(choices: list[BitWidthChoice]) -> Tensor:
+    """Every layer's :meth:`BitWidthChoice.probabilities` as the rows of one matrix (padded with zeros to the
+    most candidates): one softmax for all soft layers that share their candidates' count and temperature
+    (the search's case), else a stack of the rows."""
+    if not choices:
+        return torch.zeros(0, 0)
+    width = max(len(c.candidates) for c in choices)
+    soft = not any(c.is_hard for c in choices)
+    if soft and all(len(c.candidates) == width and c.temperature == choices[0].temperature for c in choices):
+        return F.softmax(torch.stack([c.alpha for c in choices]) / choices[0].temperature, dim=1)
+    return torch.stack([F.pad(c.probabilities(), (0, width - len(c.candidates))) for c in choices])

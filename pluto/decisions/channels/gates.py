@@ -46,7 +46,7 @@ class _InputMask:
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
         index = getattr(self.gates, self.buffer)
-        mask = self.gates.extended_mask()[index].to(device=x.device, dtype=x.dtype)
+        mask = self.gates.forward_mask()[index].to(device=x.device, dtype=x.dtype)
         if self.channel_dim == 1:
             mask = mask.view(1, -1, *([1] * (x.dim() - 2)))
         return (x * mask,) + tuple(args[1:])
@@ -63,7 +63,7 @@ class _LayerNormMask:
 
     def __call__(self, module: nn.LayerNorm, args: tuple, output: Tensor) -> Tensor:
         x = args[0].movedim(self.channel_dim, -1)
-        mask = self.gates.extended_mask()[getattr(self.gates, self.buffer)].to(device=x.device, dtype=x.dtype)
+        mask = self.gates.forward_mask()[getattr(self.gates, self.buffer)].to(device=x.device, dtype=x.dtype)
         count = mask.sum().clamp_min(1e-6)
         mean = (x * mask).sum(-1, keepdim=True) / count
         var = ((x - mean).pow(2) * mask).sum(-1, keepdim=True) / count
@@ -73,6 +73,22 @@ class _LayerNormMask:
         if module.bias is not None:
             y = y + module.bias
         return y.movedim(-1, self.channel_dim)
+
+
+class _ForwardScope:
+    """Pre-hook and (always-called) hook on the gated model: the gates' mask is computed once per forward pass
+    and shared by every consumer's hook, instead of once per consumer."""
+
+    def __init__(self, gates: "ChannelGates") -> None:
+        self.gates = gates
+
+    def __call__(self, module: nn.Module, *args) -> None:
+        self.gates._mask, self.gates._in_forward = None, False
+
+
+class _EnterForward(_ForwardScope):
+    def __call__(self, module: nn.Module, *args) -> None:
+        self.gates._mask, self.gates._in_forward = None, True
 
 
 class ChannelGates(nn.Module):
@@ -92,6 +108,23 @@ class ChannelGates(nn.Module):
         self.logits = nn.ParameterList([nn.Parameter(torch.full((g.size,), logit)) for g in graph.groups])
         self.mode = "soft"
         self._handles: list = []
+        self._mask: Tensor | None = None  # this forward pass's extended mask (see _ForwardScope)
+        self._in_forward = False
+        # index layouts, built once so a step reads the decisions in a few batched ops (see plan.segments)
+        n = graph.num_channels
+        self.node_names = tuple(graph.node_channels)
+        rows = [torch.where(i < 0, n, i) for i, _ in graph.node_channels.values()]
+        rows += [torch.where(o < 0, n, o) for _, o in graph.node_channels.values()]
+        width = max([1] + [r.numel() for r in rows])
+        counts = torch.full((len(rows), width), n + 1, dtype=torch.long)  # n: never pruned (1), n + 1: padding (0)
+        for r, idx in enumerate(rows):
+            counts[r, :idx.numel()] = idx
+        self.register_buffer("_count_index", counts, persistent=False)
+        size = max([1] + [g.size for g in graph.groups])
+        members = torch.full((len(graph.groups), size), n, dtype=torch.long)  # n: padding (-inf logit)
+        for k, g in enumerate(graph.groups):
+            members[k, :g.size] = torch.arange(g.offset, g.offset + g.size)
+        self.register_buffer("_group_members", members, persistent=False)
 
     # -- probabilities and masks -----------------------------------------------------------
     def flat_probabilities(self) -> Tensor:
@@ -101,15 +134,18 @@ class ChannelGates(nn.Module):
         return torch.sigmoid(torch.cat(list(self.logits)) / self.temperature)
 
     def hard_flat(self) -> Tensor:
-        """The keep decision (bool per channel): ``p > 0.5``, at least one channel per group."""
-        keep = []
-        for g, logit in zip(self.graph.groups, self.logits):
-            k = logit.detach() > 0
-            if not bool(k.any()):
-                k = torch.zeros_like(k)
-                k[int(logit.detach().argmax())] = True
-            keep.append(k)
-        return torch.cat(keep) if keep else torch.zeros(0, dtype=torch.bool)
+        """The keep decision (bool per channel): ``p > 0.5``, at least one channel per group (its largest logit:
+        the first of equal ones). Computed for all groups at once, without reading a value on the host."""
+        if not len(self.logits):
+            return torch.zeros(0, dtype=torch.bool)
+        flat = torch.cat([lg.detach() for lg in self.logits])
+        keep = flat > 0
+        padded = torch.cat([flat, flat.new_full((1,), -math.inf)])[self._group_members]
+        empty = ~(padded > 0).any(dim=1)
+        first = self._group_members.gather(1, padded.argmax(dim=1, keepdim=True)).squeeze(1)
+        rescue = torch.zeros_like(keep)
+        rescue[first] = empty
+        return keep | rescue
 
     def flat_mask(self) -> Tensor:
         """The multiplicative mask the current mode applies (see module docstring)."""
@@ -125,6 +161,15 @@ class ChannelGates(nn.Module):
         """:meth:`flat_mask` with a trailing 1 so that index -1 (never-pruned positions) reads 1."""
         m = self.flat_mask()
         return torch.cat([m, torch.ones(1, dtype=m.dtype, device=m.device)])
+
+    def forward_mask(self) -> Tensor:
+        """:meth:`extended_mask`, computed once per forward pass of the gated model (its consumers share it)."""
+        if self._mask is None:
+            mask = self.extended_mask()
+            if self._in_forward:
+                self._mask = mask
+            return mask
+        return self._mask
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -183,15 +228,18 @@ class ChannelGates(nn.Module):
         the gradient of ``p`` (straight-through), so the search prices the network it trains and the
         hard decision meets the budget the Lagrangian enforced; ``'soft'`` mode counts ``sum p``.
         """
+        names, cin, cout = self.channel_counts()
+        return dict(zip(names, zip(cin.unbind(), cout.unbind())))
+
+    def channel_counts(self) -> tuple[tuple[str, ...], Tensor, Tensor]:
+        """:meth:`expected_channels` as vectors: ``(node names, expected in-channels, expected out-channels)``,
+        in a handful of batched ops (what the cost model's plan reads each search step)."""
         p = self.flat_mask() if self.mode in ("ste", "hard") else self.flat_probabilities()
-        ext = torch.cat([p, torch.ones(1, dtype=p.dtype, device=p.device)])
-        n = self.graph.num_channels
-        out = {}
-        for name, (i_idx, o_idx) in self.graph.node_channels.items():
-            i = ext[torch.where(i_idx < 0, n, i_idx).to(ext.device)].sum()
-            o = ext[torch.where(o_idx < 0, n, o_idx).to(ext.device)].sum()
-            out[name] = (i, o)
-        return out
+        ext = torch.cat([p, torch.ones(1, dtype=p.dtype, device=p.device), torch.zeros(1, dtype=p.dtype,
+                                                                                        device=p.device)])
+        counts = ext[self._count_index].sum(dim=1)
+        n = len(self.node_names)
+        return self.node_names, counts[:n], counts[n:]
 
     def expected_macs(self) -> Tensor:
         """Expected MACs per sample of the example input under the keep-probabilities (differentiable)."""
@@ -217,6 +265,9 @@ class ChannelGates(nn.Module):
     # -- attaching / removing -----------------------------------------------------------------
     def _attach(self, model: nn.Module) -> None:
         n = self.graph.num_channels
+        scope = _ForwardScope(self)
+        self._handles.append(model.register_forward_pre_hook(_EnterForward(self)))
+        self._handles.append(model.register_forward_hook(scope, always_call=True))
         for k, layer in enumerate(self.graph.layers.values()):
             if layer.kind not in ("conv", "linear", "ln") or not bool((layer.in_index >= 0).any()):
                 continue
@@ -303,8 +354,9 @@ def detach_gates(model: nn.Module) -> None:
     for module in model.modules():  # also clears hooks carried over by copy.deepcopy
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for key, hook in list(hooks.items()):
-                if isinstance(hook, (_InputMask, _LayerNormMask)):
+                if isinstance(hook, (_InputMask, _LayerNormMask, _ForwardScope)):
                     del hooks[key]
+                    module._forward_hooks_always_called.pop(key, None)
 
 
 def find_gates(model_or_gates: nn.Module) -> ChannelGates:

@@ -1,0 +1,325 @@
+"""The expected cost as a few batched tensor ops on the training device: what a search step prices.
+
+:func:`pluto.cost.expected.expected_cost` walks the ops in Python and reads every table entry as its own
+scalar; on a GPU that is hundreds of launches and, with the tables on the host, a copy of the decisions
+to the CPU and back every step (the host waits for the device each time). A :class:`CostPlan` is the same
+sum laid out once per decision structure: every table lookup of every (op, precision) becomes one row of a
+padded grid tensor, every op one entry of a vector, every calibration group one entry of another, so that
+pricing a step is about fifty tensor ops on whatever device the decisions live on, with no host read.
+
+The decisions arrive as vectors: :class:`ChannelCounts` (expected in/out channels per traced node) and
+:class:`PrecisionProbs` (probability per layer and precision). Both are also read-only mappings with the
+dict layout :func:`~pluto.cost.expected.expected_cost` takes, so other callers see no difference.
+Values equal :func:`~pluto.cost.expected.expected_cost`'s to float rounding (summation order; a lookup
+on a one-point grid axis, proportional, is the same line through the origin written as a two-point grid).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pluto.cost.metrics import TABLE_METRICS
+from pluto.cost.ops import MATRIX_KINDS, OpSpec
+from pluto.cost.table import BYTES_PER_WEIGHT, LatencyTable, calibration_group
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class ChannelCounts(Mapping):
+    """Expected (in, out) channels of traced nodes ``names`` as two vectors (see ``ChannelGates.channel_counts``).
+
+    As a mapping: node name -> (expected in-channels, expected out-channels), 0-dim tensors."""
+
+    names: tuple[str, ...]
+    cin: Tensor
+    cout: Tensor
+
+    def __getitem__(self, name: str) -> tuple[Tensor, Tensor]:
+        i = self._index[name]
+        return self.cin[i], self.cout[i]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def _index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+
+@dataclass(frozen=True)
+class PrecisionProbs(Mapping):
+    """Probability of each precision key (``options[i]``, e.g. 'int4', 'int8') of layer ``names[i]``: row ``i`` of
+    ``probs`` (padded with zeros past ``len(options[i])``). ``grad[i]``: whether row ``i`` is a soft decision
+    (a hardened layer's one-hot row carries no gradient).
+
+    As a mapping: layer name -> {precision key: probability}."""
+
+    names: tuple[str, ...]
+    options: tuple[tuple[str, ...], ...]
+    probs: Tensor
+    grad: tuple[bool, ...]
+
+    def __getitem__(self, name: str) -> dict[str, Tensor]:
+        i = self.names.index(name)
+        return {k: self.probs[i, j] for j, k in enumerate(self.options[i])}
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def _storage(key: str) -> str:
+    from pluto.cost.expected import _storage_name
+
+    return _storage_name(key)
+
+
+def _runtime(key: str) -> str:
+    from pluto.cost.expected import _runtime_name
+
+    return _runtime_name(key)
+
+
+def segments(owner: list[int], n: int, device: torch.device) -> Tensor:
+    """(n, widest) indices of the entries each of ``n`` segments owns (entry ``e`` belongs to ``owner[e]``),
+    padded with ``len(owner)``: ``cat([values, zero])[index].sum(1)`` sums every segment, deterministically
+    on a GPU too (an ``index_add_`` there adds in whatever order its atomics land)."""
+    rows: list[list[int]] = [[] for _ in range(n)]
+    for e, o in enumerate(owner):
+        rows[o].append(e)
+    width = max([1] + [len(r) for r in rows])
+    return torch.tensor([r + [len(owner)] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+
+
+def segment_sum(values: Tensor, index: Tensor) -> Tensor:
+    """Per-segment sums of ``values`` (see :func:`segments`)."""
+    return torch.cat([values, values.new_zeros(1)])[index].sum(1)
+
+
+def _two_point(grid: Tensor, values: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """A one-point grid axis (cost proportional to channels) as the two-point line through the origin."""
+    if grid.numel() > 1:
+        return grid, values
+    return torch.cat([grid.new_zeros(1), grid]), torch.cat([torch.zeros_like(values), values], dim=dim)
+
+
+class CostPlan:
+    """``metric`` of ``ops`` for one layout of the decisions: which ops read which channel entry (or their
+    nominal channels), which precision row, whether each carries a gradient. Build one with
+    :meth:`CostModel.plan`; call it with the vectors of a step."""
+
+    def __init__(self, table: LatencyTable | None, ops: list[OpSpec], metric: str, default_precision: str,
+                 channel_names: tuple[str, ...] | None, channels_grad: bool,
+                 precisions: PrecisionProbs | None, device: torch.device):
+        self.metric, self.device, self.table = metric, device, table
+        self.default = default_precision
+        index = {n: i for i, n in enumerate(channel_names or ())}
+        rows = {n: i for i, n in enumerate(precisions.names)} if precisions is not None else {}
+        width = precisions.probs.shape[1] if precisions is not None else 0
+        n_layers = len(precisions.names) if precisions is not None else 0
+        one = n_layers * width  # index of the constant probability 1 (a layer at the default precision)
+        n_nodes = len(index)
+        # op o reads entry src[o] of cat([cin (or cout) of the nodes, nominal channels of the ops])
+        src, nominal_in, nominal_out, grad, terms = [], [], [], [], []
+        for o, op in enumerate(ops):
+            src.append(index.get(op.name, n_nodes + o))
+            nominal_in.append(float(op.cin))
+            nominal_out.append(float(op.cout))
+            row = rows.get(op.name)
+            keyed = grad_channels = op.name in index and channels_grad
+            if row is not None:
+                keyed = keyed or precisions.grad[row]
+                terms += [(o, row * width + j, key) for j, key in enumerate(precisions.options[row])]
+            else:
+                terms.append((o, one, default_precision))
+            grad.append((keyed, grad_channels))
+        self.n_ops = len(ops)
+        self.src = torch.tensor(src, dtype=torch.long, device=device)
+        self.nominal = torch.tensor([nominal_in, nominal_out], dtype=F64, device=device)
+        self.prob_one = one
+        self.analytic = self._analytic_terms(ops, terms, metric if metric not in TABLE_METRICS else "size_bytes")
+        if metric in TABLE_METRICS:
+            self._table_terms(table, ops, terms, [g for _, g in grad], metric)
+            self.op_grad = torch.tensor([k for k, _ in grad], dtype=torch.bool, device=device)
+            hw = torch.tensor([[float(op.hw) for op in ops], [float(op.hw_out) for op in ops]], dtype=F64)
+            self.hw = hw.to(device)
+
+    # ---- layout -------------------------------------------------------------------------------
+    def _analytic_terms(self, ops: list[OpSpec], terms: list, metric: str) -> dict[str, Tensor]:
+        """``macs`` or ``size_bytes``: ``(k2 * cin / groups or k2) * cout * hw2 + bias * cout`` per op (the formula
+        of :func:`pluto.cost.expected._analytic`), times bytes per weight per precision term for sizes."""
+        k2, div, uses_cin, hw2, bias = [], [], [], [], []
+        for op in ops:
+            kk = float(op.kernel * op.kernel)
+            if op.kind == "conv":
+                row = (kk, float(op.groups), True, float(op.hw_out ** 2) if metric == "macs" else 1.0,
+                       0.0 if metric == "macs" else float(bool(op.bn or op.bias)))
+            elif op.kind == "dwconv":
+                row = (kk, 1.0, False, float(op.hw_out ** 2) if metric == "macs" else 1.0,
+                       0.0 if metric == "macs" else float(bool(op.bn or op.bias)))
+            elif op.kind == "linear":
+                row = (1.0, 1.0, True, 1.0, float(bool(op.bias)) if metric == "size_bytes" else 0.0)
+            elif op.kind == "bn" and metric == "size_bytes":
+                row = (2.0, 1.0, False, 1.0, 0.0)
+            else:
+                row = (0.0, 1.0, False, 1.0, 0.0)
+            for lst, v in zip((k2, div, uses_cin, hw2, bias), row):
+                lst.append(v)
+        d = self.device
+        out = {"k2": torch.tensor(k2, dtype=F64, device=d), "div": torch.tensor(div, dtype=F64, device=d),
+               "uses_cin": torch.tensor(uses_cin, dtype=torch.bool, device=d),
+               "hw2": torch.tensor(hw2, dtype=F64, device=d), "bias": torch.tensor(bias, dtype=F64, device=d)}
+        if metric == "size_bytes":
+            out["op"] = torch.tensor([o for o, _, _ in terms], dtype=torch.long, device=d)
+            out["per_op"] = segments([o for o, _, _ in terms], len(ops), d)
+            out["prob"] = torch.tensor([p for _, p, _ in terms], dtype=torch.long, device=d)
+            out["bytes"] = torch.tensor([BYTES_PER_WEIGHT[_storage(k)] for _, _, k in terms], dtype=F64, device=d)
+        return out
+
+    def _table_terms(self, table: LatencyTable, ops: list[OpSpec], terms: list, grad_channels: list[bool],
+                     metric: str) -> None:
+        """One row per grid lookup: grids padded with +inf, values padded with 0, a coefficient (a resolution
+        between two measured ones, or scaled from the nearest), the op it prices and its probability."""
+        grids_in, grids_out, values, op_of, prob_of, coef, div = [], [], [], [], [], [], []
+        classes, groups = {}, []
+        for o, op in enumerate(ops):
+            cin, cout = self._query(op, grad_channels[o])
+            groups.append(table.group_of(op, cin, cout))
+            q_in = cin / op.groups if op.kind == "conv" and op.groups > 1 else cin
+            classes[o] = table._query_class(op.kind, q_in, cout)
+        for o, p, key in terms:
+            op = ops[o]
+            precision = _runtime(key)
+            table._require(metric, precision)
+            for c, hw_key in table.hw_terms(op, precision):
+                grid_in, grid_out, vals = table._grid(hw_key, metric, classes[o])
+                if op.kind in MATRIX_KINDS:
+                    grid_in, vals = _two_point(grid_in, vals, 0)
+                    grid_out, vals = _two_point(grid_out, vals, 1)
+                else:  # a 1-D grid over out-channels: the in-axis is a dummy [0, 1] with equal rows
+                    grid_out, line = _two_point(grid_in, vals[:, 0], 0)
+                    grid_in, vals = torch.tensor([0.0, 1.0], dtype=F64), torch.stack([line, line])
+                grids_in.append(grid_in)
+                grids_out.append(grid_out)
+                values.append(vals)
+                op_of.append(o)
+                prob_of.append(p)
+                coef.append(float(c))
+                div.append(float(op.groups) if op.kind == "conv" and op.groups > 1 else 1.0)
+        d = self.device
+        n_in, n_out = max(g.numel() for g in grids_in), max(g.numel() for g in grids_out)
+        pad_in = torch.full((len(values), n_in), math.inf, dtype=F64)
+        pad_out = torch.full((len(values), n_out), math.inf, dtype=F64)
+        pad_v = torch.zeros((len(values), n_in, n_out), dtype=F64)
+        for k, (gi, go, v) in enumerate(zip(grids_in, grids_out, values)):
+            pad_in[k, :gi.numel()], pad_out[k, :go.numel()] = gi, go
+            pad_v[k, :gi.numel(), :go.numel()] = v
+        self.grid_in, self.grid_out, self.values = pad_in.to(d), pad_out.to(d), pad_v.reshape(-1).to(d)
+        self.last_in = torch.tensor([g.numel() - 1 for g in grids_in], dtype=torch.long, device=d)
+        self.last_out = torch.tensor([g.numel() - 1 for g in grids_out], dtype=torch.long, device=d)
+        self.base = torch.arange(len(values), device=d) * (n_in * n_out)
+        self.n_cols = n_out
+        self.look_op = torch.tensor(op_of, dtype=torch.long, device=d)
+        self.op_terms = segments(op_of, len(ops), d)
+        self.look_prob = torch.tensor(prob_of, dtype=torch.long, device=d)
+        self.look_coef = torch.tensor(coef, dtype=F64, device=d)
+        self.look_div = torch.tensor(div, dtype=F64, device=d)
+        names = list(dict.fromkeys(groups))  # first appearance, as expected_cost's dicts
+        self.group_names = tuple(names)
+        self.group_ops = segments([names.index(g) for g in groups], len(names), d)
+        runtime = _runtime(self.default)
+        coeffs = table.calibration_coefficients(metric, runtime, names)
+        self.calibration = None if coeffs is None else {
+            k: (torch.tensor(v, dtype=F64, device=d) if isinstance(v, list) else v) for k, v in coeffs.items()}
+
+    @staticmethod
+    def _query(op: OpSpec, grad: bool) -> tuple[Tensor, Tensor]:
+        """What the table's alignment classes see: expected counts (gradient) or the nominal integers."""
+        cin = torch.tensor(float(op.cin), dtype=F64, requires_grad=grad)
+        cout = torch.tensor(float(op.cout), dtype=F64, requires_grad=grad)
+        return cin, cout
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def channels(self, counts: ChannelCounts | None) -> tuple[Tensor, Tensor]:
+        """(cin, cout) per op in float64: the nodes' expected counts, else the op's nominal channels."""
+        if counts is None or not len(counts):
+            return self.nominal[0], self.nominal[1]
+        both = torch.stack([counts.cin, counts.cout]).to(F64)
+        both = torch.cat([both, self.nominal], dim=1).index_select(1, self.src)
+        return both[0], both[1]
+
+    def probabilities(self, precisions: PrecisionProbs | None) -> Tensor:
+        """Flat probabilities with a trailing 1 (the default precision's)."""
+        one = torch.ones(1, dtype=F64, device=self.device)
+        if precisions is None:
+            return one
+        return torch.cat([precisions.probs.reshape(-1).to(F64), one])
+
+    def _analytic(self, cin: Tensor, cout: Tensor, probs: Tensor) -> Tensor:
+        """Per-op MACs, or per-op bytes of weights (summed over precision terms)."""
+        a = self.analytic
+        first = torch.where(a["uses_cin"], a["k2"] * (cin / a["div"]), a["k2"])
+        per_op = first * cout * a["hw2"] + a["bias"] * cout
+        if "bytes" not in a:
+            return per_op
+        weighted = probs.index_select(0, a["prob"]) * a["bytes"] * per_op.index_select(0, a["op"])
+        return segment_sum(weighted, a["per_op"])
+
+    def _lookups(self, cin: Tensor, cout: Tensor) -> Tensor:
+        """Every grid lookup at once: bilinear with linear extrapolation, floored at 0 (``pluto.cost.interp``)."""
+        x_in = cin.index_select(0, self.look_op) / self.look_div
+        x_out = cout.index_select(0, self.look_op)
+
+        def segment(grid: Tensor, last: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+            hi = torch.searchsorted(grid, x.detach().unsqueeze(1)).squeeze(1).clamp(min=1)
+            hi = torch.minimum(hi, last)
+            ends = grid.gather(1, torch.stack([hi - 1, hi], dim=1))
+            return hi - 1, (x - ends[:, 0]) / (ends[:, 1] - ends[:, 0])
+
+        i0, ti = segment(self.grid_in, self.last_in, x_in)
+        o0, to = segment(self.grid_out, self.last_out, x_out)
+        corner = self.base + i0 * self.n_cols + o0
+        v = self.values.index_select(0, torch.stack([corner, corner + 1, corner + self.n_cols,
+                                                     corner + self.n_cols + 1]).reshape(-1)).view(4, -1)
+        top = v[0] + to * (v[1] - v[0])
+        bottom = v[2] + to * (v[3] - v[2])
+        return torch.clamp(top + ti * (bottom - top), min=0.0)
+
+    def __call__(self, channels: ChannelCounts | None, precisions: PrecisionProbs | None) -> Tensor:
+        """The expected ``metric`` (0-dim float64 tensor on the plan's device), differentiable in both."""
+        cin, cout = self.channels(channels)
+        probs = self.probabilities(precisions)
+        if self.metric not in TABLE_METRICS:
+            return self._analytic(cin, cout, probs).sum()
+        looked = self.look_coef * self._lookups(cin, cout) * probs.index_select(0, self.look_prob)
+        cost = segment_sum(looked, self.op_terms)
+        detached = cost.detach()
+        moved = (cin.detach() * self.hw[0] + cout.detach() * self.hw[1]) * 4.0 / 1e6
+        # the activation term's value is exact, its gradient follows the op's entry (expected_cost's rule)
+        live = self.op_grad & (detached > 0)
+        moved = torch.where(live, moved * cost / torch.where(live, detached, torch.ones_like(detached)), moved)
+        parts = segment_sum(cost, self.group_ops)
+        total = parts.sum()
+        fit = self.calibration
+        if fit is None:
+            return total
+        act = segment_sum(moved, self.group_ops)
+        size = self._analytic(cin, cout, probs).sum()
+        value = (parts * fit["scales"]).sum()
+        if fit["per_act"] is not None:
+            value = value + (act * fit["per_act"]).sum()
+        value = value + fit["per_mb"] * size / 1e6 + fit["per_op"] * float(self.n_ops) + fit["offset"]
+        return torch.maximum(value, 0.1 * total) if fit["per_act"] is not None else value
+
+
+__all__ = ["ChannelCounts", "PrecisionProbs", "CostPlan"]
