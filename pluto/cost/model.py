@@ -54,6 +54,8 @@ class CostModel:
         self.op_temperature = op_temperature
         # metric -> measured / predicted ratio on this chip (the chip-in-the-loop correction); 1 when absent
         self.correction: dict[str, float] = {}
+        # metric -> measured offset (measured ~ offset + correction * predicted; see MeasuredCorrection); 0 when absent
+        self.offset: dict[str, float] = {}
         self.supernet = model if isinstance(model, Supernet) else None
         self.ops: list[OpSpec] = [] if self.supernet is not None else extract_ops(model, self.input_shape)
         self.device = torch.device("cpu")
@@ -103,8 +105,18 @@ class CostModel:
         """Differentiable expected ``metric`` for the current soft decisions, times the measured correction
         (``raw=True``: the table's prediction alone)."""
         value = self._expected(metric, channels, precisions)
-        factor = None if raw else self.correction.get(metric)
-        return value if factor is None else value * factor
+        return value if raw else self.correct(metric, value)
+
+    def correct(self, metric: str, value):
+        """The table's prediction (a float or tensor) as this chip measures it: ``offset + correction * value``."""
+        factor = self.correction.get(metric)
+        if factor is None:
+            return value
+        return value * factor + self.offset.get(metric, 0.0)
+
+    def uncorrect(self, metric: str, value: float) -> float:
+        """Inverse of :meth:`correct`: the table's prediction that corrects to ``value``."""
+        return (value - self.offset.get(metric, 0.0)) / self.correction.get(metric, 1.0)
 
     def _expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
                   precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
@@ -151,7 +163,7 @@ class CostModel:
         else:
             value = minimum_cost(table, self.ops, metric, dict(min_channels or {}), allowed,
                                  default_precisions=[self.default_precision])
-        return value * self.correction.get(metric, 1.0)
+        return self.correct(metric, value)
 
     def of_model(self, model: nn.Module, metric: str, bits: Mapping[str, int] | None = None, raw: bool = True,
                  precision: str | None = None) -> float:
@@ -164,4 +176,4 @@ class CostModel:
         with torch.no_grad():
             value = float(expected_cost(table, ops, metric, precisions=precisions or None,
                                         default_precision=precision or self.default_precision))
-        return value if raw else value * self.correction.get(metric, 1.0)
+        return value if raw else self.correct(metric, value)

@@ -119,31 +119,60 @@ class Teacher:
 
 
 class MeasuredCorrection:
-    """Smoothed measured/predicted ratio per table metric (geometric EMA), applied to the cost model."""
+    """What this chip charges against what the table predicts, per table metric, applied to the cost model as
+    ``measured ~ offset + scale * predicted``.
 
-    def __init__(self, cost_model: CostModel, smoothing: float = 0.5):
-        self.cost_model, self.smoothing = cost_model, smoothing
+    With one measurement (or measurements whose predictions lie close together) it is a ratio (``offset`` 0,
+    ``scale`` a geometric EMA of measured/predicted). Once the measured candidates span predictions at least
+    ``spread`` apart (the search moves from the dense model towards the target, so they do), it is a line fitted by
+    least squares to the last ``window`` measurements: a chip whose per-call overhead the table misses measures
+    nearly flat while the prediction falls, and a ratio would then grow without bound and price pruning that buys
+    nothing. The slope stays within [1/4, 4] x the mean ratio (a noisy fit does not flip the gradient)."""
+
+    def __init__(self, cost_model: CostModel, smoothing: float = 0.5, window: int = 6, spread: float = 1.25):
+        self.cost_model, self.smoothing, self.window, self.spread = cost_model, smoothing, window, spread
         self.history: list[dict[str, float]] = []
 
     def update(self, measured: dict[str, float], predicted: dict[str, float], step: int) -> dict[str, float]:
+        cm = self.cost_model
         for metric, value in measured.items():
             pred = predicted.get(metric)
             if pred is None or not pred > 0 or not value > 0:
                 continue
             ratio = value / pred
-            old = self.cost_model.correction.get(metric)
-            new = ratio if old is None else math.exp((1 - self.smoothing) * math.log(old)
-                                                     + self.smoothing * math.log(ratio))
-            self.cost_model.correction[metric] = new
+            old = cm.correction.get(metric)
+            new = ratio if old is None or cm.offset.get(metric) else math.exp(
+                (1 - self.smoothing) * math.log(old) + self.smoothing * math.log(ratio))
+            cm.correction[metric], cm.offset[metric] = new, 0.0
+            points = [(h["predicted"], h["measured"]) for h in self.history if h["metric"] == metric]
+            points = [*points, (pred, value)][-self.window:]
+            xs = [x for x, _ in points]
+            if len(points) >= 2 and max(xs) >= self.spread * min(xs):
+                mean_ratio = math.exp(sum(math.log(y / x) for x, y in points) / len(points))
+                mx, my = sum(xs) / len(xs), sum(y for _, y in points) / len(points)
+                slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x in xs)
+                slope = min(4 * mean_ratio, max(mean_ratio / 4, slope))
+                cm.correction[metric], cm.offset[metric] = slope, my - slope * mx
             self.history.append({"step": step, "metric": metric, "measured": value, "predicted": pred,
-                                 "ratio": ratio, "correction": new})
-        return dict(self.cost_model.correction)
+                                 "ratio": ratio, "correction": cm.correction[metric], "offset": cm.offset[metric]})
+        return self.effective()
+
+    def effective(self) -> dict[str, float]:
+        """Metric -> corrected/predicted at the last measured candidate (what TensorBoard's correction/* shows)."""
+        out = {}
+        for metric, scale in self.cost_model.correction.items():
+            last = [h["predicted"] for h in self.history if h["metric"] == metric]
+            x = last[-1] if last else 1.0
+            out[metric] = (self.cost_model.offset.get(metric, 0.0) + scale * x) / x
+        return out
 
     def state_dict(self) -> dict:
-        return {"correction": dict(self.cost_model.correction), "history": list(self.history)}
+        return {"correction": dict(self.cost_model.correction), "offset": dict(self.cost_model.offset),
+                "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         self.cost_model.correction.update(state.get("correction", {}))
+        self.cost_model.offset.update(state.get("offset", {}))
         self.history = list(state.get("history", []))
 
 
@@ -264,7 +293,7 @@ class Compression:
         self.minimum = {}
         for con in self.constraints:
             value = self.cost_model.minimum(con.metric, min_channels, allowed)
-            self.minimum[con.metric] = min(value, value / self.cost_model.correction.get(con.metric, 1.0))
+            self.minimum[con.metric] = min(value, self.cost_model.uncorrect(con.metric, value))
         check_feasible(self.constraints, self.minimum)
         self.ctx.write_json("feasibility.json", {"minimum": self.minimum, "uncompressed": self.uncompressed,
                                                  "targets": {con.metric: con.target for con in self.constraints},
@@ -493,7 +522,10 @@ class Compression:
             measured = self.measure_candidate(step) if distributed.is_main() else {}
             if measured:
                 self.ctx.logger.scalars(measured, step)
-            self.cost_model.correction.update(distributed.broadcast_object(dict(self.cost_model.correction)))
+            scale, offset = distributed.broadcast_object((dict(self.cost_model.correction),
+                                                          dict(self.cost_model.offset)))
+            self.cost_model.correction.update(scale)
+            self.cost_model.offset.update(offset)
         return loss, {**logs, **{f"lagrangian/{k}": v for k, v in lag_logs.items()}}
 
     def measure_candidate(self, step: int) -> dict[str, float]:
@@ -543,7 +575,8 @@ class Compression:
 
     def _replicated(self) -> list[Tensor]:
         """What must be identical on every rank besides the trained parameters: multipliers and correction."""
-        values = [m.value for m in self.objective.multipliers.values()] + list(self.cost_model.correction.values())
+        values = [m.value for m in self.objective.multipliers.values()] + list(self.cost_model.correction.values()) \
+            + list(self.cost_model.offset.values())
         return [torch.tensor(values, dtype=torch.float64)]
 
     # ---- 4. harden -------------------------------------------------------------------------
@@ -575,7 +608,7 @@ class Compression:
         # architecture came out different stops the run here instead of training a mismatch
         distributed.broadcast_module(final, what="hardened model")
         trail.update({k: v for k, v in d.trail.items() if k in ("projection", "landing")})
-        trail["correction"] = dict(self.cost_model.correction)
+        trail["correction"] = {"scale": dict(self.cost_model.correction), "offset": dict(self.cost_model.offset)}
         self.trail = trail
         self.final = final.to(self.device)
         self.ctx.write_json("decisions.json", trail)

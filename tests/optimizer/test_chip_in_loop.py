@@ -48,11 +48,31 @@ def test_correction_converges_to_a_chip_twice_as_slow_as_predicted():
         predicted = 0.3 + 0.1 * float(torch.rand(1, generator=rng))
         measured = 2.0 * predicted * (1 + 0.03 * float(torch.randn(1, generator=rng)))  # 3 % timing noise
         correction.update({"latency_ms": measured}, {"latency_ms": predicted}, step)
-    assert cost.correction["latency_ms"] == pytest.approx(2.0, rel=0.05)
+    for predicted in (0.3, 0.35, 0.4):  # what the search pays for a candidate: twice the prediction
+        assert cost.correct("latency_ms", predicted) == pytest.approx(2.0 * predicted, rel=0.05)
     state = correction.state_dict()
     other = MeasuredCorrection(CostModel(model, (1, 1, 28, 28), None))
     other.load_state_dict(state)
-    assert other.cost_model.correction == cost.correction and len(other.history) == 12
+    assert other.cost_model.correction == cost.correction and other.cost_model.offset == cost.offset
+    assert len(other.history) == 12
+
+
+def test_correction_follows_a_chip_whose_overhead_the_table_misses():
+    """A chip that charges 0.1 ms per call the table does not know: measured = 0.1 + 0.5 x predicted. As the search
+    prunes, the prediction falls 4x while the measurement falls 1.7x; a ratio would grow from 0.9 to 1.5 and keep
+    pricing pruning that the chip does not pay for; the fitted line prices both ends."""
+    cost = CostModel(create_model("small_cnn"), (1, 1, 28, 28), None)
+    correction = MeasuredCorrection(cost, smoothing=0.5)
+    for step, predicted in enumerate([0.4, 0.33, 0.27, 0.2, 0.15, 0.1]):
+        correction.update({"latency_ms": 0.1 + 0.5 * predicted}, {"latency_ms": predicted}, step)
+    for predicted in (0.1, 0.25, 0.4):
+        assert cost.correct("latency_ms", predicted) == pytest.approx(0.1 + 0.5 * predicted, rel=0.02)
+    assert cost.uncorrect("latency_ms", cost.correct("latency_ms", 0.3)) == pytest.approx(0.3)
+    assert correction.effective()["latency_ms"] == pytest.approx(1.5, rel=0.02)  # (0.1 + 0.05) / 0.1
+    # one measurement, or several close together: a ratio, no offset
+    single = CostModel(create_model("small_cnn"), (1, 1, 28, 28), None)
+    MeasuredCorrection(single).update({"latency_ms": 0.3}, {"latency_ms": 0.2}, 0)
+    assert single.correct("latency_ms", 0.1) == pytest.approx(0.15) and single.offset["latency_ms"] == 0.0
 
 
 def _channels_latency(decisions) -> dict[str, float]:
