@@ -34,6 +34,7 @@ import math
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pluto.errors import ConfigError
@@ -111,6 +112,64 @@ class _FakeQuantize(torch.autograd.Function):
             clipped = grad - dx
             dz = _sum_to(clipped, z_shape) * -s if s.shape == z_shape else _sum_to(clipped * -s, z_shape)
         return (dx if ctx.needs_input_grad[0] else None), d_step, dz, None, None
+
+
+def step_gradient_sign(step: Tensor) -> Tensor:
+    """``d |step|.clamp_min(eps) / d step``: the sign of the step where ``|step| > eps``, else 0 (as autograd's
+    ``abs`` then ``clamp_min``, whose gradient passes strictly above the bound), in two ops."""
+    return F.hardshrink(step, _EPS).sgn_()
+
+
+class _Lsq(torch.autograd.Function):
+    """:class:`LsqQuantizer`'s whole forward in one node: step ``|step|.clamp_min(eps)`` with LSQ's gradient
+    scale ``g``, zero point ``clamp(round(z))`` (straight-through round), then :class:`_FakeQuantize`.
+
+    Equal to the composite ``grad_scale``/``round_ste``/``clamp`` expression it replaces, in values (up to
+    the last bit of ``step * g + (step - step * g)``, which is ``step``) and gradients (to float rounding),
+    including its edge cases: no step gradient where ``|step| <= eps`` or ``step == 0``, no zero-point
+    gradient where ``round(z)`` lies on ``qmin``/``qmax`` or beyond (``clamp``'s gradient). Its backward
+    launches a handful of kernels instead of the composite's ~30 (a GPU step at small batches is bound by
+    launches). ``view``: the shape the per-channel vectors take against ``x``; ``()`` per tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor | None, qmin: int, qmax: int, g: float,
+                view: tuple[int, ...]) -> Tensor:
+        s = step.abs().clamp_min_(_EPS).view(view)
+        v = x / s
+        q = torch.round(v)
+        r = None
+        if zero_point is not None:
+            r = torch.round(zero_point)
+            z = r.clamp(qmin, qmax).view(view)
+            q.add_(z)
+        inside = q.clamp(qmin + 1, qmax - 1).eq_(q)
+        qz = q.clamp_(qmin, qmax)
+        if zero_point is not None:
+            qz.sub_(z)
+        ds = torch.addcmul(qz, inside, v, value=-1.0, out=v)
+        ctx.save_for_backward(inside, ds, s, step, r)
+        ctx.consts = (qmin, qmax, g)
+        return qz.mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        inside, ds, s, step, r = ctx.saved_tensors
+        qmin, qmax, g = ctx.consts
+        need_x, need_step, need_z = ctx.needs_input_grad[:3]
+        dx = d_step = dz = None
+        if need_x or need_z:
+            dx = grad * inside
+        if need_step:
+            if s.dim() == 0:  # per tensor: one fused multiply-and-sum
+                d = torch.dot(grad.reshape(-1), ds.reshape(-1))
+            else:
+                d = _sum_to(grad * ds, s.shape).reshape(step.shape)
+            d_step = step_gradient_sign(step).mul_(d).mul_(g)
+        if need_z:  # out = (q - z) s: d/dz is 0 in range, -s where clipped; clamp(round(z)) passes strictly inside
+            d = _sum_to(dx - grad, s.shape).reshape(r.shape)
+            dz = r.clamp(qmin + 1, qmax - 1).eq_(r).mul_(s.reshape(r.shape)).mul_(d)
+        return (dx if need_x else None), d_step, dz, None, None, None, None
 
 
 def fake_quantize(x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int) -> Tensor:
@@ -253,14 +312,17 @@ class LsqQuantizer(nn.Module):
         z = torch.round(self.qmin - lo / s).clamp(self.qmin, self.qmax)
         return s, z
 
-    def forward(self, x: Tensor) -> Tensor:
+    def ensure_initialized(self, x: Tensor) -> None:
+        """Initialize from ``x`` (this batch) if nothing did yet; in eval mode that is an error."""
         if not host_flag(self.initialized):
             if not self.training:
                 raise ConfigError("quantizer used in eval mode before calibration; pass calibrate=... to prepare_qat, "
                                   "call pluto.decisions.bits.calibrate(model, data), or run one training step first")
             self.init_from(x if self.per_channel else x.detach().flatten()[: 1 << 20])
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.ensure_initialized(x)
         n = x[0].numel() if not self.per_channel else x.numel() // self.step.numel()
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)
-        s = self._shape(x, grad_scale(self.step, g).abs().clamp_min(_EPS))
-        z = None if self.symmetric else self._shape(x, round_ste(self.zero_point).clamp(self.qmin, self.qmax))
-        return fake_quantize(x, s, z, self.qmin, self.qmax)
+        view = (-1,) + (1,) * (x.dim() - 1 - self.axis) if self.per_channel else ()
+        return _Lsq.apply(x, self.step, None if self.symmetric else self.zero_point, self.qmin, self.qmax, g, view)
