@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pluto.decisions.bits.quantizer import _EPS, LsqQuantizer, fp16_ste, host_value, integer_range, step_gradient_sign
+from pluto.decisions.bits.quantizer import (_EPS, LsqQuantizer, fp16_ste, host_flag, host_value, integer_range,
+                                            step_gradient_sign)
 from pluto.errors import ConfigError
 
 SUPPORTED_BITS = (4, 8, 16, 32)
@@ -226,7 +227,8 @@ class BitWidthChoice(nn.Module):
         """``softmax(alpha / T)`` over ``candidates`` (one-hot once hardened); differentiable."""
         if self.is_hard:
             return F.one_hot(self.chosen, len(self.candidates)).to(self.alpha.dtype)
-        return F.softmax(self.alpha / self.temperature, dim=0)
+        # alpha / 1.0 is alpha, in value and gradient: two kernels (forward and backward) saved per layer call
+        return F.softmax(self.alpha / self.temperature if self.temperature != 1.0 else self.alpha, dim=0)
 
     def precision_probabilities(self) -> dict[str, Tensor]:
         """Probability per precision string of the cost tables ('int4', 'int8', 'fp16', 'fp32')."""
@@ -384,8 +386,10 @@ class BitWidthChoice(nn.Module):
             return self._mix(weight * factor, self.weight_quantizers) / factor
         factor = self._fold_factor(weight) if bn is not None else None
         quantizers = [self.weight_quantizers[str(b)] for b in kinds if b <= 8]
-        for q in quantizers:
-            q.ensure_initialized(weight.detach() * factor if factor is not None else weight.detach())
+        if not all(host_flag(q.initialized) for q in quantizers):
+            folded = weight.detach() * factor if factor is not None else weight.detach()
+            for q in quantizers:
+                q.ensure_initialized(folded)
         mix = None
         if len(kinds) > 1:
             mix = self._step_weights if self._step_weights is not None else self._mixture_weights()
@@ -425,5 +429,6 @@ def stacked_probabilities(choices: list[BitWidthChoice]) -> Tensor:
     width = max(len(c.candidates) for c in choices)
     soft = not any(c.is_hard for c in choices)
     if soft and all(len(c.candidates) == width and c.temperature == choices[0].temperature for c in choices):
-        return F.softmax(torch.stack([c.alpha for c in choices]) / choices[0].temperature, dim=1)
+        logits = torch.stack([c.alpha for c in choices])
+        return F.softmax(logits / choices[0].temperature if choices[0].temperature != 1.0 else logits, dim=1)
     return torch.stack([F.pad(c.probabilities(), (0, width - len(c.candidates))) for c in choices])
