@@ -134,19 +134,19 @@ class _Lsq(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor | None, qmin: int, qmax: int, g: float,
-                view: tuple[int, ...]) -> Tensor:
+                view: tuple[int, ...], bounds: Tensor | None) -> Tensor:
         s = step.abs().clamp_min_(_EPS).view(view)
         v = x / s
         q = torch.round(v)
         r = None
-        if zero_point is not None:
+        if zero_point is None:
+            inside = q.clamp(qmin + 1, qmax - 1).eq_(q)
+            qz = q.clamp_(qmin, qmax)
+        else:  # clamp(round(v) + z, qmin, qmax) - z as clamp(round(v), qmin - z, qmax - z): integers, exact
             r = torch.round(zero_point)
-            z = r.clamp(qmin, qmax).view(view)
-            q.add_(z)
-        inside = q.clamp(qmin + 1, qmax - 1).eq_(q)
-        qz = q.clamp_(qmin, qmax)
-        if zero_point is not None:
-            qz.sub_(z)
+            b = bounds.view(4, 1) - r.clamp(qmin, qmax).view(1, -1)  # rows: qmin, qmax, qmin + 1, qmax - 1
+            inside = q.clamp(b[2].view(view), b[3].view(view)).eq_(q)
+            qz = q.clamp_(b[0].view(view), b[1].view(view))
         ds = torch.addcmul(qz, inside, v, value=-1.0, out=v)
         ctx.save_for_backward(inside, ds, s, step, r)
         ctx.consts = (qmin, qmax, g)
@@ -169,7 +169,7 @@ class _Lsq(torch.autograd.Function):
         if need_z:  # out = (q - z) s: d/dz is 0 in range, -s where clipped; clamp(round(z)) passes strictly inside
             d = _sum_to(dx - grad, s.shape).reshape(r.shape)
             dz = r.clamp(qmin + 1, qmax - 1).eq_(r).mul_(s.reshape(r.shape)).mul_(d)
-        return (dx if need_x else None), d_step, dz, None, None, None, None
+        return (dx if need_x else None), d_step, dz, None, None, None, None, None
 
 
 def fake_quantize(x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int) -> Tensor:
@@ -243,6 +243,7 @@ class LsqQuantizer(nn.Module):
         else:
             self.zero_point = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._bounds: dict = {}  # (device, dtype) -> the integer range as a tensor (see _range)
 
     @property
     def per_channel(self) -> bool:
@@ -325,4 +326,16 @@ class LsqQuantizer(nn.Module):
         n = x[0].numel() if not self.per_channel else x.numel() // self.step.numel()
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)
         view = (-1,) + (1,) * (x.dim() - 1 - self.axis) if self.per_channel else ()
-        return _Lsq.apply(x, self.step, None if self.symmetric else self.zero_point, self.qmin, self.qmax, g, view)
+        if self.symmetric:
+            return _Lsq.apply(x, self.step, None, self.qmin, self.qmax, g, view, None)
+        return _Lsq.apply(x, self.step, self.zero_point, self.qmin, self.qmax, g, view, self._range(x))
+
+    def _range(self, x: Tensor) -> Tensor:
+        """``[qmin, qmax, qmin + 1, qmax - 1]`` on ``x``'s device, made once (not a host -> device copy per call)."""
+        dtype = torch.promote_types(x.dtype, self.step.dtype)  # that of x / step, so the bounds are exact
+        key = (x.device, dtype)
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            q = (self.qmin, self.qmax, self.qmin + 1, self.qmax - 1)
+            bounds = self._bounds[key] = torch.tensor(q, dtype=dtype, device=x.device)
+        return bounds
