@@ -338,7 +338,7 @@ class BitWidthChoice(nn.Module):
 
     def begin_call(self) -> None:
         """Draw this layer call's mixture weights (one Gumbel sample per call, shared by weight and input)."""
-        self._step_weights = self._mixture_weights()
+        self._step_weights = None if self._single_path() else self._mixture_weights()
 
     def end_call(self) -> None:
         if self.output_quantizer is not None:  # kept for quantize_output, which runs after the layer
@@ -358,8 +358,7 @@ class BitWidthChoice(nn.Module):
         """The layer's (BN-folded) output, 8-bit quantized for integer candidates, mixed like the layer call."""
         if self.output_quantizer is None:
             return y
-        weights = self._last_weights if self._last_weights is not None else self._mixture_weights()
-        self._last_weights = None
+        weights, self._last_weights = self._last_weights, None
         integer = [i for i, b in enumerate(self.candidates) if b <= 8]
         if not integer:
             return y
@@ -368,6 +367,7 @@ class BitWidthChoice(nn.Module):
         q = self.output_quantizer(y)
         if len(integer) == len(self.candidates):  # every candidate quantizes the output: weight 1 identically
             return q
+        weights = weights if weights is not None else self._mixture_weights()
         return torch.lerp(y, q, weights[integer].sum().to(y.dtype))
 
     def quantize_input(self, x: Tensor) -> Tensor:
