@@ -63,6 +63,27 @@ def test_ste_mode_forward_is_hard_backward_is_soft():
         torch.testing.assert_close(ste_out.detach(), model(x))
 
 
+def test_consumer_masks_gathered_at_once_equal_each_consumers_own_gather():
+    """One gather for all consumers per forward pass reads, and back-propagates, what a gather per consumer did."""
+    from pluto.decisions.channels.gates import _InputMask, _LayerNormMask
+
+    model, x, graph, gates = _build(SENet())
+    with torch.no_grad():
+        for logit in gates.logits:
+            logit.copy_(torch.randn_like(logit))
+    hooks = [h for m in model.modules() for h in [*m._forward_pre_hooks.values(), *m._forward_hooks.values()]
+             if isinstance(h, (_InputMask, _LayerNormMask))]
+    assert len(hooks) >= 2 and sorted(h.slot for h in hooks) == list(range(len(hooks)))
+    weights = [torch.randn(getattr(gates, h.buffer).numel()) for h in hooks]
+    batched = sum((gates.consumer_mask(h.slot) * w).sum() for h, w in zip(hooks, weights))
+    own = sum((gates.forward_mask()[getattr(gates, h.buffer)] * w).sum() for h, w in zip(hooks, weights))
+    torch.testing.assert_close(batched, own)
+    g_batched = torch.autograd.grad(batched, list(gates.logits), allow_unused=True)
+    g_own = torch.autograd.grad(own, list(gates.logits), allow_unused=True)
+    for a, b in zip(g_batched, g_own):
+        torch.testing.assert_close(a, b)
+
+
 def test_hard_keeps_at_least_one_channel_per_group():
     model, x, graph, gates = _build()
     gates.set_keep(torch.zeros(graph.num_channels, dtype=torch.bool))

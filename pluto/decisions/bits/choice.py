@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pluto.decisions.bits.quantizer import LsqQuantizer, fp16_ste, host_value
+from pluto.decisions.bits.quantizer import (_EPS, LsqQuantizer, fp16_ste, host_flag, host_value, integer_range,
+                                            step_gradient_sign)
 from pluto.errors import ConfigError
 
 SUPPORTED_BITS = (4, 8, 16, 32)
@@ -49,6 +50,99 @@ def bn_fold_factor(bn: nn.Module) -> Tensor:
     """``gamma / sqrt(running_var + eps)`` per output channel: what BN multiplies the conv output by at inference."""
     gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
     return gamma / torch.sqrt(bn.running_var + bn.eps)
+
+
+class _WeightCandidates(torch.autograd.Function):
+    """A layer's quantized weight in one autograd node: ``mix(Q_k(w * f) for k in candidates) / f``.
+
+    ``Q_k``: LSQ per output channel (symmetric) for an integer candidate (step ``|step_k|.clamp_min(eps)``,
+    gradient scale ``g_k``), values rounded to fp16 for 16, ``w * f`` itself for 32; ``f``: the BN folding
+    factor (None: no BN). The integer candidates are fake-quantized together, as one batch of ``(K, *w.shape)``
+    (steps stacked, per-candidate ranges as tensors), and mixed like :meth:`BitWidthChoice._mix` (one
+    candidate: itself; two: ``lerp(Q_1, Q_0, mix_0)``; more: ``sum_k mix_k Q_k``). The backward reads the
+    saved masks and step gradients: about a dozen kernels for the weight, the steps and the mixture weights,
+    where the composite graph (folding, two quantizers, their step/zero-point bookkeeping, lerp) ran ~80.
+
+    Equal to that composite in values (bit for bit, up to the last bit of the old ``grad_scale`` identity) and
+    gradients (to float rounding: the weight's gradient is ``grad * sum_k c_k inside_k`` without the
+    ``/ f * f`` round trip, the second of two candidates' step gradient uses ``mix_1`` for ``1 - mix_0``).
+    ``consts``: ``(lo, hi, lo1, hi1, g)``, the integer candidates' ``qmin``, ``qmax``, ``qmin + 1``,
+    ``qmax - 1`` shaped ``(K_int, 1, ...)`` and grad scales ``(K_int, 1)``; the integer candidates come first
+    (candidates are sorted and integers have the fewest bits), their raw steps are ``steps``.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, factor: Tensor | None, mix: Tensor | None, kinds: tuple[int, ...],
+                consts: tuple[Tensor, ...], *steps: Tensor) -> Tensor:
+        lo, hi, lo1, hi1, g = consts
+        wf = w * factor if factor is not None else w
+        k_int = len(steps)
+        raw = torch.stack(steps) if k_int > 1 else steps[0].unsqueeze(0)
+        s = raw.abs().clamp_min_(_EPS).view(k_int, -1, *([1] * (w.dim() - 1)))
+        single = len(kinds) == 1  # one candidate: no batch dimension, the result is the layer's weight
+        if single:
+            s, lo, hi, lo1, hi1 = s[0], lo[0], hi[0], lo1[0], hi1[0]
+        v = wf / s if single else wf.unsqueeze(0) / s
+        q = torch.round(v)
+        inside = q.clamp(lo1, hi1).eq_(q)
+        q.clamp_(lo, hi)
+        ds = torch.addcmul(q, inside, v, value=-1.0, out=v)
+        quantized = q.mul_(s)
+        ctx.kinds = kinds
+        if single:
+            ctx.save_for_backward(inside, ds, None, None, factor, None, raw, g)
+            return quantized.div_(factor) if factor is not None else quantized
+        rows = [quantized[i] for i in range(k_int)] + [_float_row(wf, b) for b in kinds[k_int:]]
+        if len(rows) == 2:
+            out = torch.lerp(rows[1], rows[0], mix[0].to(w.dtype))
+        else:
+            out = rows[0] * mix[0]
+            for i in range(1, len(rows)):
+                out = out + rows[i] * mix[i]
+        ctx.save_for_backward(inside, ds, quantized, wf if len(kinds) > k_int else None, factor, mix, raw, g)
+        return out.div_(factor) if factor is not None else out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        inside, ds, quantized, wf, factor, mix, raw, g = ctx.saved_tensors
+        kinds = ctx.kinds
+        k, k_int = len(kinds), raw.shape[0]
+        need_w, _, need_mix = ctx.needs_input_grad[:3]
+        need_steps = any(ctx.needs_input_grad[5:])
+        gf = grad / factor if factor is not None else grad
+        dw = d_mix = d_steps = None
+        if need_w:  # d out / d w = sum_k c_k inside_k (fp candidates pass everything: inside = 1)
+            if k == 1:
+                mixed = inside
+            elif k == 2 and k_int == 2:
+                mixed = torch.lerp(inside[1], inside[0], mix[0].to(grad.dtype))
+            else:
+                c = torch.stack([mix[0], 1 - mix[0]]) if k == 2 else mix
+                mixed = (inside * c[:k_int].reshape(k_int, *([1] * grad.dim()))).sum(0)
+                if k > k_int:
+                    mixed = mixed + c[k_int:].sum()
+            dw = grad * mixed
+        if need_mix and k > 1:
+            rows = [quantized[i] for i in range(k_int)] + [_float_row(wf, b) for b in kinds[k_int:]]
+            flat = gf.reshape(-1)
+            if k == 2:  # lerp(Q_1, Q_0, m_0): only m_0 is read
+                d_mix = F.pad(torch.dot(flat, (rows[0] - rows[1]).reshape(-1)).reshape(1), (0, 1))
+            else:
+                d_mix = torch.stack([torch.dot(flat, r.reshape(-1)) for r in rows])
+        if need_steps:
+            if k == 1:
+                d_steps = (gf * ds).sum(dim=tuple(range(1, grad.dim()))).unsqueeze(0)
+            else:
+                d_steps = (gf.unsqueeze(0) * ds).sum(dim=tuple(range(2, grad.dim() + 1)))
+            d_steps.mul_(step_gradient_sign(raw))
+            d_steps.mul_(g if k == 1 else mix[:k_int].reshape(k_int, 1) * g)
+        steps = tuple(d_steps[i] if d_steps is not None else None for i in range(k_int))
+        return (dw, None, d_mix, None, None, *steps)
+
+
+def _float_row(wf: Tensor, bits: int) -> Tensor:
+    """A float candidate's value of the folded weight: fp16-rounded (16) or itself (32)."""
+    return wf.to(torch.float16).to(wf.dtype) if bits == 16 else wf
 
 
 class BitWidthChoice(nn.Module):
@@ -95,6 +189,7 @@ class BitWidthChoice(nn.Module):
         self._last_weights: Tensor | None = None
         self._bn = [bn]  # a list hides it from nn.Module registration
         self._step_weights: Tensor | None = None
+        self._constants: dict = {}  # (kinds, device, dtype, ...) -> tensors of _weight_constants
         self.mode = mode
         self.temperature = temperature
 
@@ -132,7 +227,8 @@ class BitWidthChoice(nn.Module):
         """``softmax(alpha / T)`` over ``candidates`` (one-hot once hardened); differentiable."""
         if self.is_hard:
             return F.one_hot(self.chosen, len(self.candidates)).to(self.alpha.dtype)
-        return F.softmax(self.alpha / self.temperature, dim=0)
+        # alpha / 1.0 is alpha, in value and gradient: two kernels (forward and backward) saved per layer call
+        return F.softmax(self.alpha / self.temperature if self.temperature != 1.0 else self.alpha, dim=0)
 
     def precision_probabilities(self) -> dict[str, Tensor]:
         """Probability per precision string of the cost tables ('int4', 'int8', 'fp16', 'fp32')."""
@@ -242,7 +338,7 @@ class BitWidthChoice(nn.Module):
 
     def begin_call(self) -> None:
         """Draw this layer call's mixture weights (one Gumbel sample per call, shared by weight and input)."""
-        self._step_weights = self._mixture_weights()
+        self._step_weights = None if self._single_path() else self._mixture_weights()
 
     def end_call(self) -> None:
         if self.output_quantizer is not None:  # kept for quantize_output, which runs after the layer
@@ -262,8 +358,7 @@ class BitWidthChoice(nn.Module):
         """The layer's (BN-folded) output, 8-bit quantized for integer candidates, mixed like the layer call."""
         if self.output_quantizer is None:
             return y
-        weights = self._last_weights if self._last_weights is not None else self._mixture_weights()
-        self._last_weights = None
+        weights, self._last_weights = self._last_weights, None
         integer = [i for i, b in enumerate(self.candidates) if b <= 8]
         if not integer:
             return y
@@ -272,6 +367,7 @@ class BitWidthChoice(nn.Module):
         q = self.output_quantizer(y)
         if len(integer) == len(self.candidates):  # every candidate quantizes the output: weight 1 identically
             return q
+        weights = weights if weights is not None else self._mixture_weights()
         return torch.lerp(y, q, weights[integer].sum().to(y.dtype))
 
     def quantize_input(self, x: Tensor) -> Tensor:
@@ -281,11 +377,47 @@ class BitWidthChoice(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         """Parametrization of the layer weight: quantized (with BN folded in, then divided back out)."""
         bn = self.bn
-        if bn is None or self.candidates == (32,):
-            return self._mix(weight, self.weight_quantizers)
-        factor = bn_fold_factor(bn).detach().reshape(-1, *([1] * (weight.dim() - 1)))
-        factor = torch.where(factor.abs() < 1e-12, torch.full_like(factor, 1e-12), factor)
-        return self._mix(weight * factor, self.weight_quantizers) / factor
+        single = self._single_path()
+        kinds = (self.chosen_bits,) if single else self.candidates
+        if kinds[0] > 8:  # no integer candidate runs: fp16/fp32 only, a few cheap ops
+            if bn is None or self.candidates == (32,):
+                return self._mix(weight, self.weight_quantizers)
+            factor = self._fold_factor(weight)
+            return self._mix(weight * factor, self.weight_quantizers) / factor
+        factor = self._fold_factor(weight) if bn is not None else None
+        quantizers = [self.weight_quantizers[str(b)] for b in kinds if b <= 8]
+        if not all(host_flag(q.initialized) for q in quantizers):
+            folded = weight.detach() * factor if factor is not None else weight.detach()
+            for q in quantizers:
+                q.ensure_initialized(folded)
+        mix = None
+        if len(kinds) > 1:
+            mix = self._step_weights if self._step_weights is not None else self._mixture_weights()
+        consts = self._weight_constants(kinds, weight)
+        return _WeightCandidates.apply(weight, factor, mix, kinds, consts, *(q.step for q in quantizers))
+
+    def _fold_factor(self, weight: Tensor) -> Tensor:
+        """The BN folding factor shaped against ``weight`` (detached; tiny values replaced by 1e-12)."""
+        with torch.no_grad():
+            factor = bn_fold_factor(self.bn).reshape(-1, *([1] * (weight.dim() - 1)))
+            return factor.masked_fill_(factor.abs() < 1e-12, 1e-12)
+
+    def _weight_constants(self, kinds: tuple[int, ...], weight: Tensor) -> tuple[Tensor, ...]:
+        """Integer ranges and LSQ grad scales of the integer candidates in ``kinds``, as tensors on ``weight``'s
+        device, built once per layout (not every step: each would be a host -> device copy)."""
+        per_channel = weight.numel() // max(1, weight.shape[0])
+        key = (kinds, weight.device, weight.dtype, weight.dim(), per_channel)
+        hit = self._constants.get(key)
+        if hit is None:
+            ints = [b for b in kinds if b <= 8]
+            ranges = [integer_range(b, signed=True) for b in ints]
+            shape = (len(ints), *([1] * weight.dim()))
+            bounds = [torch.tensor([r[i] + d for r in ranges], dtype=weight.dtype, device=weight.device).reshape(shape)
+                      for i, d in ((0, 0), (1, 0), (0, 1), (1, -1))]
+            g = torch.tensor([1.0 / math.sqrt(max(1, per_channel) * r[1]) for r in ranges], dtype=weight.dtype,
+                             device=weight.device).reshape(-1, 1)
+            hit = self._constants[key] = (*bounds, g)
+        return hit
 
 
 def stacked_probabilities(choices: list[BitWidthChoice]) -> Tensor:
@@ -297,5 +429,6 @@ def stacked_probabilities(choices: list[BitWidthChoice]) -> Tensor:
     width = max(len(c.candidates) for c in choices)
     soft = not any(c.is_hard for c in choices)
     if soft and all(len(c.candidates) == width and c.temperature == choices[0].temperature for c in choices):
-        return F.softmax(torch.stack([c.alpha for c in choices]) / choices[0].temperature, dim=1)
+        logits = torch.stack([c.alpha for c in choices])
+        return F.softmax(logits / choices[0].temperature if choices[0].temperature != 1.0 else logits, dim=1)
     return torch.stack([F.pad(c.probabilities(), (0, width - len(c.candidates))) for c in choices])

@@ -34,6 +34,7 @@ import math
 import weakref
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pluto.errors import ConfigError
@@ -113,6 +114,64 @@ class _FakeQuantize(torch.autograd.Function):
         return (dx if ctx.needs_input_grad[0] else None), d_step, dz, None, None
 
 
+def step_gradient_sign(step: Tensor) -> Tensor:
+    """``d |step|.clamp_min(eps) / d step``: the sign of the step where ``|step| > eps``, else 0 (as autograd's
+    ``abs`` then ``clamp_min``, whose gradient passes strictly above the bound), in two ops."""
+    return F.hardshrink(step, _EPS).sgn_()
+
+
+class _Lsq(torch.autograd.Function):
+    """:class:`LsqQuantizer`'s whole forward in one node: step ``|step|.clamp_min(eps)`` with LSQ's gradient
+    scale ``g``, zero point ``clamp(round(z))`` (straight-through round), then :class:`_FakeQuantize`.
+
+    Equal to the composite ``grad_scale``/``round_ste``/``clamp`` expression it replaces, in values (up to
+    the last bit of ``step * g + (step - step * g)``, which is ``step``) and gradients (to float rounding),
+    including its edge cases: no step gradient where ``|step| <= eps`` or ``step == 0``, no zero-point
+    gradient where ``round(z)`` lies on ``qmin``/``qmax`` or beyond (``clamp``'s gradient). Its backward
+    launches a handful of kernels instead of the composite's ~30 (a GPU step at small batches is bound by
+    launches). ``view``: the shape the per-channel vectors take against ``x``; ``()`` per tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor | None, qmin: int, qmax: int, g: float,
+                view: tuple[int, ...], bounds: Tensor | None) -> Tensor:
+        s = step.abs().clamp_min_(_EPS).view(view)
+        v = x / s
+        q = torch.round(v)
+        r = None
+        if zero_point is None:
+            inside = q.clamp(qmin + 1, qmax - 1).eq_(q)
+            qz = q.clamp_(qmin, qmax)
+        else:  # clamp(round(v) + z, qmin, qmax) - z as clamp(round(v), qmin - z, qmax - z): integers, exact
+            r = torch.round(zero_point)
+            b = bounds.view(4, 1) - r.clamp(qmin, qmax).view(1, -1)  # rows: qmin, qmax, qmin + 1, qmax - 1
+            inside = q.clamp(b[2].view(view), b[3].view(view)).eq_(q)
+            qz = q.clamp_(b[0].view(view), b[1].view(view))
+        ds = torch.addcmul(qz, inside, v, value=-1.0, out=v)
+        ctx.save_for_backward(inside, ds, s, step, r)
+        ctx.consts = (qmin, qmax, g)
+        return qz.mul_(s)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        inside, ds, s, step, r = ctx.saved_tensors
+        qmin, qmax, g = ctx.consts
+        need_x, need_step, need_z = ctx.needs_input_grad[:3]
+        dx = d_step = dz = None
+        if need_x or need_z:
+            dx = grad * inside
+        if need_step:
+            if s.dim() == 0:  # per tensor: one fused multiply-and-sum
+                d = torch.dot(grad.reshape(-1), ds.reshape(-1))
+            else:
+                d = _sum_to(grad * ds, s.shape).reshape(step.shape)
+            d_step = step_gradient_sign(step).mul_(d).mul_(g)
+        if need_z:  # out = (q - z) s: d/dz is 0 in range, -s where clipped; clamp(round(z)) passes strictly inside
+            d = _sum_to(dx - grad, s.shape).reshape(r.shape)
+            dz = r.clamp(qmin + 1, qmax - 1).eq_(r).mul_(s.reshape(r.shape)).mul_(d)
+        return (dx if need_x else None), d_step, dz, None, None, None, None, None
+
+
 def fake_quantize(x: Tensor, s: Tensor, z: Tensor | None, qmin: int, qmax: int) -> Tensor:
     """``(clamp(round(x / s) + z, qmin, qmax) - z) * s``: the value of ONNX QuantizeLinear -> DequantizeLinear.
 
@@ -184,6 +243,7 @@ class LsqQuantizer(nn.Module):
         else:
             self.zero_point = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
+        self._bounds: dict = {}  # (device, dtype) -> the integer range as a tensor (see _range)
 
     @property
     def per_channel(self) -> bool:
@@ -253,14 +313,29 @@ class LsqQuantizer(nn.Module):
         z = torch.round(self.qmin - lo / s).clamp(self.qmin, self.qmax)
         return s, z
 
-    def forward(self, x: Tensor) -> Tensor:
+    def ensure_initialized(self, x: Tensor) -> None:
+        """Initialize from ``x`` (this batch) if nothing did yet; in eval mode that is an error."""
         if not host_flag(self.initialized):
             if not self.training:
                 raise ConfigError("quantizer used in eval mode before calibration; pass calibrate=... to prepare_qat, "
                                   "call pluto.decisions.bits.calibrate(model, data), or run one training step first")
             self.init_from(x if self.per_channel else x.detach().flatten()[: 1 << 20])
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.ensure_initialized(x)
         n = x[0].numel() if not self.per_channel else x.numel() // self.step.numel()
         g = 1.0 / math.sqrt(max(1, n) * self.qmax)
-        s = self._shape(x, grad_scale(self.step, g).abs().clamp_min(_EPS))
-        z = None if self.symmetric else self._shape(x, round_ste(self.zero_point).clamp(self.qmin, self.qmax))
-        return fake_quantize(x, s, z, self.qmin, self.qmax)
+        view = (-1,) + (1,) * (x.dim() - 1 - self.axis) if self.per_channel else ()
+        if self.symmetric:
+            return _Lsq.apply(x, self.step, None, self.qmin, self.qmax, g, view, None)
+        return _Lsq.apply(x, self.step, self.zero_point, self.qmin, self.qmax, g, view, self._range(x))
+
+    def _range(self, x: Tensor) -> Tensor:
+        """``[qmin, qmax, qmin + 1, qmax - 1]`` on ``x``'s device, made once (not a host -> device copy per call)."""
+        dtype = torch.promote_types(x.dtype, self.step.dtype)  # that of x / step, so the bounds are exact
+        key = (x.device, dtype)
+        bounds = self._bounds.get(key)
+        if bounds is None:
+            q = (self.qmin, self.qmax, self.qmin + 1, self.qmax - 1)
+            bounds = self._bounds[key] = torch.tensor(q, dtype=dtype, device=x.device)
+        return bounds

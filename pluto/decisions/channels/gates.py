@@ -38,15 +38,15 @@ MODES = ("soft", "ste", "hard")
 class _InputMask:
     """Forward pre-hook: multiply a consumer's input channels by their gate values."""
 
-    def __init__(self, gates: "ChannelGates", buffer: str, channel_dim: int) -> None:
+    def __init__(self, gates: "ChannelGates", buffer: str, channel_dim: int, slot: int) -> None:
         self.gates = gates
         self.buffer = buffer
         self.channel_dim = channel_dim  # 1 for conv (N, C, ...), -1 for linear (..., F)
+        self.slot = slot  # this consumer's place in ChannelGates.consumer_mask
 
     def __call__(self, module: nn.Module, args: tuple) -> tuple:
         x = args[0]
-        index = getattr(self.gates, self.buffer)
-        mask = self.gates.forward_mask()[index].to(device=x.device, dtype=x.dtype)
+        mask = self.gates.consumer_mask(self.slot).to(device=x.device, dtype=x.dtype)
         if self.channel_dim == 1:
             mask = mask.view(1, -1, *([1] * (x.dim() - 2)))
         return (x * mask,) + tuple(args[1:])
@@ -56,14 +56,15 @@ class _LayerNormMask:
     """Forward hook: recompute a LayerNorm's statistics over the kept channels only (weighted by the mask),
     which is what the pruned LayerNorm computes."""
 
-    def __init__(self, gates: "ChannelGates", buffer: str, channel_dim: int) -> None:
+    def __init__(self, gates: "ChannelGates", buffer: str, channel_dim: int, slot: int) -> None:
         self.gates = gates
         self.buffer = buffer
         self.channel_dim = channel_dim
+        self.slot = slot
 
     def __call__(self, module: nn.LayerNorm, args: tuple, output: Tensor) -> Tensor:
         x = args[0].movedim(self.channel_dim, -1)
-        mask = self.gates.forward_mask()[getattr(self.gates, self.buffer)].to(device=x.device, dtype=x.dtype)
+        mask = self.gates.consumer_mask(self.slot).to(device=x.device, dtype=x.dtype)
         count = mask.sum().clamp_min(1e-6)
         mean = (x * mask).sum(-1, keepdim=True) / count
         var = ((x - mean).pow(2) * mask).sum(-1, keepdim=True) / count
@@ -83,12 +84,12 @@ class _ForwardScope:
         self.gates = gates
 
     def __call__(self, module: nn.Module, *args) -> None:
-        self.gates._mask, self.gates._in_forward = None, False
+        self.gates._mask, self.gates._masks, self.gates._in_forward = None, None, False
 
 
 class _EnterForward(_ForwardScope):
     def __call__(self, module: nn.Module, *args) -> None:
-        self.gates._mask, self.gates._in_forward = None, True
+        self.gates._mask, self.gates._masks, self.gates._in_forward = None, None, True
 
 
 class ChannelGates(nn.Module):
@@ -109,6 +110,8 @@ class ChannelGates(nn.Module):
         self.mode = "soft"
         self._handles: list = []
         self._mask: Tensor | None = None  # this forward pass's extended mask (see _ForwardScope)
+        self._masks: tuple[Tensor, ...] | None = None  # and every consumer's slice of it (consumer_mask)
+        self._consumer_sizes: list[int] = []
         self._in_forward = False
         # index layouts, built once so a step reads the decisions in a few batched ops (see plan.segments)
         n = graph.num_channels
@@ -170,6 +173,17 @@ class ChannelGates(nn.Module):
                 self._mask = mask
             return mask
         return self._mask
+
+    def consumer_mask(self, slot: int) -> Tensor:
+        """The input-channel mask of consumer ``slot`` (a gated conv/linear/LayerNorm). Every consumer's mask is
+        gathered from :meth:`forward_mask` in one op per forward pass and split into views, so the backward
+        scatters them back in one op too (instead of one gather, one scatter and one add per consumer)."""
+        masks = self._masks
+        if masks is None:
+            masks = self.forward_mask()[self._consumer_index].split(self._consumer_sizes)
+            if self._in_forward:
+                self._masks = masks
+        return masks[slot]
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -268,17 +282,23 @@ class ChannelGates(nn.Module):
         scope = _ForwardScope(self)
         self._handles.append(model.register_forward_pre_hook(_EnterForward(self)))
         self._handles.append(model.register_forward_hook(scope, always_call=True))
+        indices = []
         for k, layer in enumerate(self.graph.layers.values()):
             if layer.kind not in ("conv", "linear", "ln") or not bool((layer.in_index >= 0).any()):
                 continue
             module = model.get_submodule(layer.name)
             buffer = f"_index_{k}"
             self.register_buffer(buffer, torch.where(layer.in_index < 0, n, layer.in_index), persistent=False)
+            slot = len(indices)
+            indices.append(getattr(self, buffer))
             if layer.kind == "ln":
-                self._handles.append(module.register_forward_hook(_LayerNormMask(self, buffer, layer.dim)))
+                self._handles.append(module.register_forward_hook(_LayerNormMask(self, buffer, layer.dim, slot)))
             else:
-                hook = _InputMask(self, buffer, 1 if layer.kind == "conv" else -1)
+                hook = _InputMask(self, buffer, 1 if layer.kind == "conv" else -1, slot)
                 self._handles.append(module.register_forward_pre_hook(hook))
+        self._consumer_sizes = [i.numel() for i in indices]
+        self.register_buffer("_consumer_index", torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long),
+                             persistent=False)
 
     @torch.no_grad()
     def silence(self, model: nn.Module, channels: Tensor) -> int:

@@ -1,0 +1,136 @@
+"""The fused QAT nodes (``LsqQuantizer``'s one-node forward, ``BitWidthChoice``'s batched weight candidates) compute
+what the composite autograd expressions they replaced computed: the same values and the same gradients w.r.t. the
+input, the weight, the steps, the zero points and the bit logits, edge cases included (a step at or under eps, a
+negative step, a zero point on the range's edge, a BN channel with gamma = 0). The references below are frozen
+copies of that composite math (``grad_scale``/``round_ste``/``clamp``, the lerp / weighted-sum mixture, simulated
+BN folding)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pluto.decisions.bits import LsqQuantizer, fp16_ste, grad_scale, round_ste
+from pluto.decisions.bits.choice import BitWidthChoice, bn_fold_factor
+
+
+def _old_lsq(q: LsqQuantizer, x: torch.Tensor) -> torch.Tensor:
+    n = x[0].numel() if not q.per_channel else x.numel() // q.step.numel()
+    g = 1.0 / math.sqrt(max(1, n) * q.qmax)
+    s = q._shape(x, grad_scale(q.step, g).abs().clamp_min(1e-8))
+    z = 0 if q.symmetric else q._shape(x, round_ste(q.zero_point).clamp(q.qmin, q.qmax))
+    return (torch.clamp(round_ste(x / s) + z, q.qmin, q.qmax) - z) * s
+
+
+def _old_weight(choice: BitWidthChoice, weight: torch.Tensor) -> torch.Tensor:
+    def quantize(value, bits):
+        if bits == 32:
+            return value
+        if bits == 16:
+            return fp16_ste(value)
+        return _old_lsq(choice.weight_quantizers[str(bits)], value)
+
+    def mix(value):
+        if choice._single_path():
+            return quantize(value, choice.chosen_bits)
+        if len(choice.candidates) == 1:
+            return quantize(value, choice.candidates[0])
+        weights = choice._step_weights if choice._step_weights is not None else choice._mixture_weights()
+        terms = [(quantize(value, b), weights[i]) for i, b in enumerate(choice.candidates)]
+        if len(terms) == 2:
+            return torch.lerp(terms[1][0], terms[0][0], terms[0][1])
+        out = terms[0][0] * terms[0][1]
+        for term, w in terms[1:]:
+            out = out + term * w
+        return out
+
+    if choice.bn is None or choice.candidates == (32,):
+        return mix(weight)
+    factor = bn_fold_factor(choice.bn).detach().reshape(-1, *([1] * (weight.dim() - 1)))
+    factor = torch.where(factor.abs() < 1e-12, torch.full_like(factor, 1e-12), factor)
+    return mix(weight * factor) / factor
+
+
+def _grads(out, inputs, grad_out):
+    grads = torch.autograd.grad(out, inputs, grad_out, retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+
+
+def _assert_same(new, old, inputs, grad_out):
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=1e-7)
+    for g_new, g_old in zip(_grads(new, inputs, grad_out), _grads(old, inputs, grad_out)):
+        torch.testing.assert_close(g_new, g_old, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits,signed,symmetric,channels,axis", [
+    (8, False, False, 1, 0), (4, False, False, 1, 0), (8, True, False, 1, 0),
+    (4, True, True, 6, 0), (8, True, True, 6, 0), (8, False, False, 6, 1)])
+def test_lsq_node_equals_composite(bits, signed, symmetric, channels, axis):
+    torch.manual_seed(0)
+    q = LsqQuantizer(bits, signed, symmetric, channels=channels, axis=axis)
+    x = (torch.randn(6, 6, 5, 5) * 2).requires_grad_()
+    q.init_from(x.detach())
+    with torch.no_grad():
+        if channels > 1:  # a negative step, one under eps, one at exactly eps
+            q.step[1] *= -1
+            q.step[2] = 1e-9
+            q.step[3] = 1e-8
+        if not symmetric:  # zero points on and beyond the range's edges, and inside
+            edge = torch.tensor([q.qmin, q.qmax, q.qmin - 3.0, q.qmin + 2.4, q.qmax + 0.4, 1.6])
+            q.zero_point.copy_(edge[: q.zero_point.numel()])
+    inputs = [x, q.step] + ([] if symmetric else [q.zero_point])
+    grad_out = torch.randn(6, 6, 5, 5)
+    _assert_same(q(x), _old_lsq(q, x), inputs, grad_out)
+    if not symmetric and channels == 1:  # per tensor, zero point strictly inside the range
+        with torch.no_grad():
+            q.zero_point.fill_(3.3)
+        _assert_same(q(x), _old_lsq(q, x), inputs, grad_out)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(channels) + 0.5)
+        bn.weight[0] = 0.0  # folds to the 1e-12 guard
+        bn.weight[1] *= -1
+        bn.running_var.copy_(torch.rand(channels) + 0.1)
+    return bn
+
+
+@pytest.mark.parametrize("candidates", [(4, 8), (4, 8, 32), (8, 16), (4, 8, 16, 32), (8,), (4, 16)])
+@pytest.mark.parametrize("mode", ["soft", "gumbel", "hard"])
+@pytest.mark.parametrize("fold", [True, False])
+def test_weight_candidates_node_equals_composite(candidates, mode, fold):
+    torch.manual_seed(1)
+    weight = (torch.randn(8, 4, 3, 3) * 0.3).requires_grad_()
+    choice = BitWidthChoice(8, candidates, mode=mode, temperature=0.7, bn=_bn(8) if fold else None)
+    choice.init_weight_steps(weight.detach())
+    with torch.no_grad():
+        choice.alpha.copy_(torch.randn(len(candidates)))
+        for q in choice.weight_quantizers.values():
+            q.step.mul_(torch.rand(8) + 0.5)
+            q.step[2] *= -1
+            q.step[3] = 1e-9
+    choice.train()
+    choice.begin_call()  # gumbel: one sample shared by both computations
+    inputs = [weight, choice.alpha] + [q.step for q in choice.weight_quantizers.values()]
+    grad_out = torch.randn_like(weight)
+    _assert_same(choice(weight), _old_weight(choice, weight), inputs, grad_out)
+    choice.end_call()
+    if len(candidates) > 1:  # hardened at each candidate
+        for bits in candidates:
+            choice.harden(bits)
+            _assert_same(choice(weight), _old_weight(choice, weight), inputs, grad_out)
+
+
+def test_weight_candidates_node_on_a_linear_layer_and_in_eval():
+    torch.manual_seed(2)
+    weight = torch.randn(5, 7, requires_grad=True)
+    choice = BitWidthChoice(5, (4, 8), bn=nn.BatchNorm1d(5))
+    choice.init_weight_steps(weight.detach())
+    inputs = [weight, choice.alpha] + [q.step for q in choice.weight_quantizers.values()]
+    for training in (True, False):
+        choice.train(training)
+        _assert_same(choice(weight), _old_weight(choice, weight), inputs, torch.randn(5, 7))
