@@ -300,7 +300,8 @@ class Compression:
                                                  "relative": relative, "measured_on": self.info["measured_on"]})
         self._init_weights(c.init_from)
         if isinstance(self.model, Supernet):
-            self.model.set_mode(c.supernet_warmup_mode)
+            # sandwich: paths run through Supernet.on_path; any other forward samples one path (SPOS)
+            self.model.set_mode("soft" if c.supernet_warmup_mode == "soft" else "sample")
         self.model.to(self.device)
         if c.distill and c.teacher not in ("self", None, "none"):
             self.teacher.build()
@@ -402,8 +403,11 @@ class Compression:
         return loss, {"loss/task": loss.detach()}
 
     def _phase(self, phase: str, net: nn.Module, epochs: int, lr: float, step_fn, extra_opt=None, extra_state=None,
-               weight_params=None, replicated=None) -> None:
-        """Train ``net`` for one phase, resuming inside it if the checkpoint says so."""
+               weight_params=None, replicated=None, scored=None) -> None:
+        """Train ``net`` for one phase, resuming inside it if the checkpoint says so.
+
+        ``scored``: the network each epoch's test metric is of, when it is not ``net`` itself (a function
+        returning it, e.g. a supernet's biggest child with its own BatchNorm statistics)."""
         state, ctx, t = self.state, self.ctx, self.t
         if phase in state.phases_done or epochs <= 0:
             if phase not in state.phases_done:
@@ -429,7 +433,7 @@ class Compression:
                       **({"extra": extra_state.state_dict()} if extra_state is not None else {})})
 
         def end_of_epoch(epoch: int) -> None:
-            metrics = self.task.evaluate(net, self.test_loader, self.device)
+            metrics = self.task.evaluate(scored() if scored is not None else net, self.test_loader, self.device)
             value = metrics[self.task.metric]
             ctx.logger.scalars({f"{phase}/test_{self.task.metric}": value}, state.global_step)
             print(f"{phase} epoch {epoch}/{epochs}: test {self.task.metric} {value:.2f}")
@@ -458,12 +462,37 @@ class Compression:
 
     # ---- 2. warmup -------------------------------------------------------------------------
     def warmup_step(self, x: Tensor, y: Tensor):
-        return self.task_loss(self.model(x), x, y)
+        model = self.model
+        if isinstance(model, Supernet) and self.c.supernet_warmup_mode == "sandwich":
+            return self.sandwich_loss(model, x, y)
+        return self.task_loss(model(x), x, y)
+
+    def sandwich_loss(self, supernet: Supernet, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The sandwich rule (BigNAS, OFA): the biggest child, the smallest and ``compress.sandwich_random`` random
+        children, each a plain forward with the shared weights, their losses summed (the gradients every one of
+        them would take alone, accumulated). Every step trains the biggest child, the dense reference and ``self``
+        teacher, as a plain network is trained, and the smallest bounds what the search may land on; one random
+        path per step (SPOS) leaves each of a short warm-up's children too few steps to learn anything."""
+        paths = [supernet.largest_architecture(), supernet.smallest_architecture()]
+        paths += [supernet.random_architecture() for _ in range(int(self.c.sandwich_random))]
+        total, logs = None, {}
+        for i, path in enumerate(paths):
+            with supernet.on_path(path):
+                loss, path_logs = self.task_loss(supernet(x), x, y)
+            total = loss if total is None else total + loss
+            if i == 0:
+                logs = {f"{k}_biggest": v for k, v in path_logs.items()}
+        return total, logs
 
     def warmup(self) -> None:
         model = self.model
+        supernet = isinstance(model, Supernet)
+        # a supernet's epochs report its dense reference: a sampled path per batch, with statistics that every
+        # candidate collected behind other paths, scores a different random network per batch (chance, early on)
         self._phase("warmup", model, self.c.epochs.warmup, self.t.lr, self.warmup_step,
-                    weight_params=model.weight_parameters() if isinstance(model, Supernet) else None)
+                    weight_params=model.weight_parameters() if supernet else None,
+                    scored=(lambda: _uncompressed(model, self.calibration.to(self.device)).to(self.device))
+                    if supernet else None)
         self._load_phase(model, "warmup.pt")
         reference = model
         if isinstance(model, Supernet):  # the dense reference of a supernet is its biggest child (see _uncompressed)
