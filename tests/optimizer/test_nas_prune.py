@@ -163,3 +163,21 @@ def test_nas_prune_quantize_distill_in_one_run(tmp_path):
     assert (tmp_path / "model_int8.onnx").exists() and "onnx_int8_accuracy" in metrics
     layers = (tmp_path / "layers.csv").read_text().splitlines()
     assert all(row.split(",")[6] for row in layers[1:])  # cout_before: the chosen ops at the space's full widths
+
+
+def test_sandwich_warmup_reports_the_dense_reference_each_epoch_and_leaves_alpha_alone(tmp_path):
+    cfg = compose(["recipe=smoke_compress", "logger=none", "trainer.threads=1", "hw.table=null",
+                   "model=supernet_mbconv", "model.space=tiny_28", "compress.prune=false", "compress.quantize=false",
+                   "compress.distill=false", "compress.supernet_warmup_mode=sandwich", "compress.epochs.warmup=1",
+                   "compress.epochs.search=0", "compress.epochs.finetune=0", "constraints.macs=null"])
+    run(cfg, run_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (epoch,) = [r["warmup/test_accuracy"] for r in rows if "warmup/test_accuracy" in r]
+    # the epoch's figure is the supernet's biggest child with its own BN statistics, as the dense reference is
+    # (a sampled path per batch scored a different random network every batch)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert epoch == pytest.approx(report["dense_reference"]["accuracy"])
+    assert any("loss/task_biggest" in r for r in rows)
+    warm = torch.load(tmp_path / "warmup.pt", weights_only=True)["model"]
+    alphas = [v for k, v in warm.items() if k.endswith(".alpha")]
+    assert alphas and all(float(a.abs().max()) == 0 for a in alphas)  # the sandwich's paths leave the logits alone
