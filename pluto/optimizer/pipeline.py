@@ -612,6 +612,7 @@ class Compression:
     def harden(self) -> None:
         d = self.decisions
         d.model.cpu()  # hardening is cheap and runs where the tables and the graph's indices live
+        searched = d.gates.hard_flat().clone() if d.gates is not None else None  # what the search's forward kept
         fix_decisions(d, self.cost_model, self.constraints, round_to=self.align)
         if self.measurer is not None and self.c.land and distributed.is_main():
             band = tuple(float(b) for b in self.c.land_band)
@@ -620,15 +621,11 @@ class Compression:
                 model, _ = build_concrete(d, self.example, self.calibration[:64])
                 return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
 
-            before = d.gates.hard_flat().clone() if d.gates is not None else None
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
                                                 int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]
-            if before is not None:  # channels the landing switched back on start silent (function-preserving)
-                grown = d.gates.hard_flat() & ~before
-                if bool(grown.any()):
-                    landing["regrown_channels"] = int(grown.sum())
-                    landing["regrown_consumer_slices_zeroed"] = d.gates.silence(d.model, grown)
+            if searched is not None:
+                landing.update(silence_untrained(d, searched))
             status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
             print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
         distributed.broadcast_module(d.model, what="hard decisions")  # rank 0's landed gates, bits and ops
@@ -698,6 +695,23 @@ def _uncompressed(model: nn.Module, images: Tensor | None = None) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def silence_untrained(d: Decisions, searched: Tensor) -> dict[str, int]:
+    """Zero what consumers read from the channels the hard decisions keep but the search's forward did not
+    (``searched``: its hard keep decision before projection and landing), function-preserving (see
+    :meth:`~pluto.decisions.channels.ChannelGates.silence`); returns the counts for the trail.
+
+    Channels the search kept, that the projection onto the predicted budget removed and the measured landing
+    grew back, are trained channels of the network the search trained: they come back with their weights. (Silencing
+    them too, as when the silenced set was 'grown since the projection', turned a landing from a projection to the
+    width floor back to full widths into the floor network with dead channels: 29 % after a fine-tune epoch where
+    the same architecture restored scored 60 %+.)"""
+    grown = d.gates.hard_flat() & ~searched.to(torch.bool)
+    out = {"regrown_channels": int(grown.sum()), "regrown_consumer_slices_zeroed": 0}
+    if bool(grown.any()):
+        out["regrown_consumer_slices_zeroed"] = d.gates.silence(d.model, grown)
+    return out
+
+
 class _SearchState:
     """What the search checkpoints besides weights: the multipliers and the measured correction."""
 
@@ -748,4 +762,4 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     return Compression(model, train_set, test_loader, spec, cfg, ctx, device, task).run()
 
 
-__all__ = ["Compression", "STAGES", "Teacher", "MeasuredCorrection", "compress_run", "load_table"]
+__all__ = ["Compression", "STAGES", "Teacher", "MeasuredCorrection", "compress_run", "load_table", "silence_untrained"]
