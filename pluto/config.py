@@ -142,7 +142,10 @@ class JointCompressConfig:
                           doc="where bit decisions start: reference (the cheapest uncompressed deployment) | "
                               "uniform | a candidate bit-width")
     bits_init_p: float = _opt(0.9, 0, 1, lo_open=True, hi_open=True, doc="probability of the starting bit-width")
-    supernet_warmup_mode: str = _opt("sample", choices=("sample", "soft"))
+    supernet_warmup_mode: str = _opt("sample", choices=("sample", "soft", "sandwich"),
+                                     doc="NAS warm-up: sample (one random path per step, SPOS) | soft (the mixture) | "
+                                         "sandwich (biggest + smallest + sandwich_random random children per step)")
+    sandwich_random: int = _opt(2, 0, 100, doc="random children per sandwich warm-up step, besides the extremes")
     supernet_search_mode: str = _opt("soft", choices=("soft", "gumbel", "sample"))
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     lagrangian: LagrangianSection = field(default_factory=LagrangianSection)

@@ -63,11 +63,49 @@ def _unique_node_names(path: Path) -> None:
 
 
 def float_export_model(model: nn.Module) -> nn.Module:
-    """The float model an fp32 export runs: quantizers removed (if any), BN folded, eval mode."""
+    """The float model an fp32 export runs: quantizers removed (if any), weights within the range their quantizer
+    learned (:func:`clip_to_quantizer_range`), BN folded, eval mode."""
     model = copy.deepcopy(model)
     if bit_choices(model):
+        clip_to_quantizer_range(model)
         model, _ = strip_quantization(model)
     return fold_bn(model.eval(), inplace=True)
+
+
+@torch.no_grad()
+def clip_to_quantizer_range(qmodel: nn.Module) -> int:
+    """Clamp every integer-quantized layer's float weight (BN-folded, as it is quantized) into its quantizer's range
+    ``[(qmin - z) s, (qmax - z) s]``, in place; returns how many weights moved.
+
+    Why: the quantization-aware network computes with clipped weights, and a clipped weight gets no gradient
+    (LSQ's straight-through estimator), so it keeps whatever value it had when QAT began, often far outside the
+    range the learned step ends at. The float twin must hold the weights the network learned with, minus
+    the rounding: with the stale values an fp32 export of a fine-tuned QAT model scored 55 % where the model
+    scored 76 % (Fashion-MNIST MBConv child, 2026-12)."""
+    from pluto.decisions.bits.choice import bn_fold_factor
+
+    moved = 0
+    for name, choice in bit_choices(qmodel).items():
+        bits = choice.chosen_bits
+        if bits > 8 or str(bits) not in choice.weight_quantizers:
+            continue
+        weight = qmodel.get_submodule(name).parametrizations.weight.original
+        quantizer = choice.weight_quantizers[str(bits)]
+        shape = [1] * weight.dim()
+        shape[quantizer.axis if quantizer.per_channel else 0] = -1
+        step, zero = (t.to(weight).reshape(shape if quantizer.per_channel else ())
+                      for t in quantizer.scale_and_zero_point())
+        out_channels = [1] * weight.dim()
+        out_channels[0] = -1  # BN scales the output channels
+        factor = bn_fold_factor(choice.bn).to(weight).reshape(out_channels) if choice.bn is not None \
+            else torch.ones((), dtype=weight.dtype)
+        factor = torch.where(factor.abs() < 1e-12, torch.full_like(factor, 1e-12), factor)
+        folded = weight * factor
+        clipped = torch.maximum(torch.minimum(folded, (quantizer.qmax - zero) * step), (quantizer.qmin - zero) * step)
+        outside = clipped != folded
+        moved += int(outside.sum())
+        weight.copy_(torch.where(outside, clipped / factor, weight))  # in-range weights keep their exact values
+    return moved
 
 
 def export_onnx(qmodel: nn.Module, example_input: Tensor, path: str | os.PathLike, int8: bool = True,

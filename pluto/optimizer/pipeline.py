@@ -300,7 +300,8 @@ class Compression:
                                                  "relative": relative, "measured_on": self.info["measured_on"]})
         self._init_weights(c.init_from)
         if isinstance(self.model, Supernet):
-            self.model.set_mode(c.supernet_warmup_mode)
+            # sandwich: paths run through Supernet.on_path; any other forward samples one path (SPOS)
+            self.model.set_mode("soft" if c.supernet_warmup_mode == "soft" else "sample")
         self.model.to(self.device)
         if c.distill and c.teacher not in ("self", None, "none"):
             self.teacher.build()
@@ -402,8 +403,11 @@ class Compression:
         return loss, {"loss/task": loss.detach()}
 
     def _phase(self, phase: str, net: nn.Module, epochs: int, lr: float, step_fn, extra_opt=None, extra_state=None,
-               weight_params=None, replicated=None) -> None:
-        """Train ``net`` for one phase, resuming inside it if the checkpoint says so."""
+               weight_params=None, replicated=None, scored=None) -> None:
+        """Train ``net`` for one phase, resuming inside it if the checkpoint says so.
+
+        ``scored``: the network each epoch's test metric is of, when it is not ``net`` itself (a function
+        returning it, e.g. a supernet's biggest child with its own BatchNorm statistics)."""
         state, ctx, t = self.state, self.ctx, self.t
         if phase in state.phases_done or epochs <= 0:
             if phase not in state.phases_done:
@@ -429,7 +433,7 @@ class Compression:
                       **({"extra": extra_state.state_dict()} if extra_state is not None else {})})
 
         def end_of_epoch(epoch: int) -> None:
-            metrics = self.task.evaluate(net, self.test_loader, self.device)
+            metrics = self.task.evaluate(scored() if scored is not None else net, self.test_loader, self.device)
             value = metrics[self.task.metric]
             ctx.logger.scalars({f"{phase}/test_{self.task.metric}": value}, state.global_step)
             print(f"{phase} epoch {epoch}/{epochs}: test {self.task.metric} {value:.2f}")
@@ -458,12 +462,37 @@ class Compression:
 
     # ---- 2. warmup -------------------------------------------------------------------------
     def warmup_step(self, x: Tensor, y: Tensor):
-        return self.task_loss(self.model(x), x, y)
+        model = self.model
+        if isinstance(model, Supernet) and self.c.supernet_warmup_mode == "sandwich":
+            return self.sandwich_loss(model, x, y)
+        return self.task_loss(model(x), x, y)
+
+    def sandwich_loss(self, supernet: Supernet, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The sandwich rule (BigNAS, OFA): the biggest child, the smallest and ``compress.sandwich_random`` random
+        children, each a plain forward with the shared weights, their losses summed (the gradients every one of
+        them would take alone, accumulated). Every step trains the biggest child, the dense reference and ``self``
+        teacher, as a plain network is trained, and the smallest bounds what the search may land on; one random
+        path per step (SPOS) leaves each of a short warm-up's children too few steps to learn anything."""
+        paths = [supernet.largest_architecture(), supernet.smallest_architecture()]
+        paths += [supernet.random_architecture() for _ in range(int(self.c.sandwich_random))]
+        total, logs = None, {}
+        for i, path in enumerate(paths):
+            with supernet.on_path(path):
+                loss, path_logs = self.task_loss(supernet(x), x, y)
+            total = loss if total is None else total + loss
+            if i == 0:
+                logs = {f"{k}_biggest": v for k, v in path_logs.items()}
+        return total, logs
 
     def warmup(self) -> None:
         model = self.model
+        supernet = isinstance(model, Supernet)
+        # a supernet's epochs report its dense reference: a sampled path per batch, with statistics that every
+        # candidate collected behind other paths, scores a different random network per batch (chance, early on)
         self._phase("warmup", model, self.c.epochs.warmup, self.t.lr, self.warmup_step,
-                    weight_params=model.weight_parameters() if isinstance(model, Supernet) else None)
+                    weight_params=model.weight_parameters() if supernet else None,
+                    scored=(lambda: _uncompressed(model, self.calibration.to(self.device)).to(self.device))
+                    if supernet else None)
         self._load_phase(model, "warmup.pt")
         reference = model
         if isinstance(model, Supernet):  # the dense reference of a supernet is its biggest child (see _uncompressed)
@@ -583,6 +612,7 @@ class Compression:
     def harden(self) -> None:
         d = self.decisions
         d.model.cpu()  # hardening is cheap and runs where the tables and the graph's indices live
+        searched = d.gates.hard_flat().clone() if d.gates is not None else None  # what the search's forward kept
         fix_decisions(d, self.cost_model, self.constraints, round_to=self.align)
         if self.measurer is not None and self.c.land and distributed.is_main():
             band = tuple(float(b) for b in self.c.land_band)
@@ -591,15 +621,11 @@ class Compression:
                 model, _ = build_concrete(d, self.example, self.calibration[:64])
                 return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
 
-            before = d.gates.hard_flat().clone() if d.gates is not None else None
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
                                                 int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]
-            if before is not None:  # channels the landing switched back on start silent (function-preserving)
-                grown = d.gates.hard_flat() & ~before
-                if bool(grown.any()):
-                    landing["regrown_channels"] = int(grown.sum())
-                    landing["regrown_consumer_slices_zeroed"] = d.gates.silence(d.model, grown)
+            if searched is not None:
+                landing.update(silence_untrained(d, searched))
             status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
             print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
         distributed.broadcast_module(d.model, what="hard decisions")  # rank 0's landed gates, bits and ops
@@ -669,6 +695,23 @@ def _uncompressed(model: nn.Module, images: Tensor | None = None) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def silence_untrained(d: Decisions, searched: Tensor) -> dict[str, int]:
+    """Zero what consumers read from the channels the hard decisions keep but the search's forward did not
+    (``searched``: its hard keep decision before projection and landing), function-preserving (see
+    :meth:`~pluto.decisions.channels.ChannelGates.silence`); returns the counts for the trail.
+
+    Channels the search kept, that the projection onto the predicted budget removed and the measured landing
+    grew back, are trained channels of the network the search trained: they come back with their weights. (Silencing
+    them too, as when the silenced set was 'grown since the projection', turned a landing from a projection to the
+    width floor back to full widths into the floor network with dead channels: 29 % after a fine-tune epoch where
+    the same architecture restored scored 60 %+.)"""
+    grown = d.gates.hard_flat() & ~searched.to(torch.bool)
+    out = {"regrown_channels": int(grown.sum()), "regrown_consumer_slices_zeroed": 0}
+    if bool(grown.any()):
+        out["regrown_consumer_slices_zeroed"] = d.gates.silence(d.model, grown)
+    return out
+
+
 class _SearchState:
     """What the search checkpoints besides weights: the multipliers and the measured correction."""
 
@@ -719,4 +762,4 @@ def compress_run(model: nn.Module, train_set: Dataset, test_loader: DataLoader, 
     return Compression(model, train_set, test_loader, spec, cfg, ctx, device, task).run()
 
 
-__all__ = ["Compression", "STAGES", "Teacher", "MeasuredCorrection", "compress_run", "load_table"]
+__all__ = ["Compression", "STAGES", "Teacher", "MeasuredCorrection", "compress_run", "load_table", "silence_untrained"]

@@ -142,3 +142,38 @@ def test_random_architecture_is_valid_and_seeded():
     assert a == net.random_architecture(torch.Generator().manual_seed(1))
     assert all(choice in net.choice_blocks()[name].names for name, choice in a.items())
     assert len({tuple(net.random_architecture().values()) for _ in range(5)}) > 1
+
+
+def test_on_path_runs_the_named_child_and_leaves_alpha_and_modes_alone():
+    from pluto.decisions.ops import derive
+
+    net = Supernet("tiny_28").eval()
+    with torch.no_grad():
+        for block in net.choice_blocks().values():
+            block.alpha.normal_()
+    alphas = [b.alpha.detach().clone() for b in net.choice_blocks().values()]
+    net.set_mode("sample")
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for path in (net.largest_architecture(), net.smallest_architecture(),
+                 net.random_architecture(torch.Generator().manual_seed(3))):
+        with torch.no_grad(), net.on_path(path):
+            out = net(x)
+            assert torch.equal(out, net(x))  # no sampling inside: the same child every call
+        assert torch.allclose(out, derive(net, path).eval()(x), atol=1e-6)
+    assert all(torch.equal(b.alpha, a) for b, a in zip(net.choice_blocks().values(), alphas))
+    assert {b.mode for b in net.choice_blocks().values()} == {"sample"}
+    assert all(b.active is None for b in net.choice_blocks().values())
+    with pytest.raises(ConfigError, match="missing"):
+        with net.on_path({"stages.0.0": "mb_k3_e3"}):
+            pass
+    with pytest.raises(ConfigError, match="not a candidate"):
+        with net.on_path({**net.largest_architecture(), "stages.0.0": "skip"}):
+            pass
+
+
+def test_smallest_architecture_skips_where_it_can_and_else_takes_the_fewest_weights():
+    net = Supernet("tiny_28")
+    smallest = net.smallest_architecture()
+    for name, block in net.choice_blocks().items():
+        expected = "skip" if "skip" in block.names else "mb_k3_e3"
+        assert smallest[name] == expected

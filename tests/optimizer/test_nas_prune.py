@@ -163,3 +163,47 @@ def test_nas_prune_quantize_distill_in_one_run(tmp_path):
     assert (tmp_path / "model_int8.onnx").exists() and "onnx_int8_accuracy" in metrics
     layers = (tmp_path / "layers.csv").read_text().splitlines()
     assert all(row.split(",")[6] for row in layers[1:])  # cout_before: the chosen ops at the space's full widths
+
+
+def test_sandwich_warmup_reports_the_dense_reference_each_epoch_and_leaves_alpha_alone(tmp_path):
+    cfg = compose(["recipe=smoke_compress", "logger=none", "trainer.threads=1", "hw.table=null",
+                   "model=supernet_mbconv", "model.space=tiny_28", "compress.prune=false", "compress.quantize=false",
+                   "compress.distill=false", "compress.supernet_warmup_mode=sandwich", "compress.epochs.warmup=1",
+                   "compress.epochs.search=0", "compress.epochs.finetune=0", "constraints.macs=null"])
+    run(cfg, run_dir=tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (epoch,) = [r["warmup/test_accuracy"] for r in rows if "warmup/test_accuracy" in r]
+    # the epoch's figure is the supernet's biggest child with its own BN statistics, as the dense reference is
+    # (a sampled path per batch scored a different random network every batch)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert epoch == pytest.approx(report["dense_reference"]["accuracy"])
+    assert any("loss/task_biggest" in r for r in rows)
+    warm = torch.load(tmp_path / "warmup.pt", weights_only=True)["model"]
+    alphas = [v for k, v in warm.items() if k.endswith(".alpha")]
+    assert alphas and all(float(a.abs().max()) == 0 for a in alphas)  # the sandwich's paths leave the logits alone
+
+
+def test_landing_silences_only_channels_the_search_did_not_train():
+    from pluto.optimizer.pipeline import silence_untrained
+
+    torch.manual_seed(0)
+    net = Supernet("tiny_28")
+    d = attach(net, X, True, False, (8,))
+    n = d.gates.graph.num_channels
+    searched = torch.ones(n, dtype=torch.bool)
+    searched[::3] = False  # the search's forward ran without every third channel
+    d.gates.set_keep(torch.zeros(n, dtype=torch.bool) | ~searched.roll(1))  # a projection took others away too ...
+    d.gates.set_keep(torch.ones(n, dtype=torch.bool))  # ... and the landing grew every channel back
+    weights = {name: m.weight.detach().clone() for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    trail = silence_untrained(d, searched)
+    assert trail["regrown_channels"] == int((~searched).sum())  # the trained ones come back as they were
+    assert trail["regrown_consumer_slices_zeroed"] > 0
+    for name, layer in d.gates.graph.layers.items():
+        if layer.kind != "conv" or not bool((layer.in_index >= 0).any()) or name not in weights:
+            continue
+        w, w0 = dict(net.named_modules())[name].weight.detach(), weights[name]
+        reads = layer.in_index.clamp_min(0)
+        trained = (layer.in_index >= 0) & searched[reads]
+        if w.shape[1] == len(layer.in_index):  # a dense conv: its input slices of trained channels are untouched
+            assert torch.equal(w[:, trained], w0[:, trained])
+            assert not w[:, (layer.in_index >= 0) & ~searched[reads]].any()

@@ -15,6 +15,10 @@ How the block mixes its candidates is its ``mode``:
 - ``"hard"``: only ``argmax alpha`` runs, no architecture gradient; this is what
   :func:`pluto.decisions.ops.derive` reproduces exactly.
 
+Inside :meth:`Supernet.on_path <pluto.decisions.ops.supernet.Supernet.on_path>` every block runs
+the candidate given to it alone, whatever its mode, and ``alpha`` is neither read nor changed: how
+a warm-up trains chosen children (the sandwich rule) without moving the search's starting point.
+
 Inside :meth:`Supernet.all_paths <pluto.decisions.ops.supernet.Supernet.all_paths>` every block
 instead returns the plain sum of all its candidates, a forward ``torch.fx`` can trace: the union
 of every architecture's data flow, which the channel dependency graph is built from.
@@ -55,6 +59,7 @@ class OpChoice(nn.Module):
         self.mode = mode
         self.temperature = temperature
         self.all_paths = False  # set by Supernet.all_paths (tracing the channel dependency graph)
+        self.active: int | None = None  # set by Supernet.on_path: run this candidate alone, whatever the mode
 
     @property
     def mode(self) -> str:
@@ -118,6 +123,8 @@ class OpChoice(nn.Module):
             for op in self.candidates[1:]:
                 out = out + op(x)
             return out
+        if self.active is not None:
+            return self.candidates[self.active](x)
         if self._mode == "hard":
             return self.candidates[self.chosen_index()](x)
         if self._mode == "sample":

@@ -127,6 +127,34 @@ class Supernet(nn.Module):
             out[name] = block.names[sizes.index(max(sizes))]
         return out
 
+    def smallest_architecture(self) -> dict[str, str]:
+        """Choice-block name -> its candidate with the fewest weights (``skip`` has none; ties: the first), the
+        space's smallest child: the lower slice of the sandwich rule."""
+        out = {}
+        for name, block in self.choice_blocks().items():
+            sizes = [sum(p.numel() for p in op.parameters()) for op in block.candidates]
+            out[name] = block.names[sizes.index(min(sizes))]
+        return out
+
+    @contextmanager
+    def on_path(self, choices: Mapping[str, str]) -> Iterator["Supernet"]:
+        """Within this context every choice block runs the candidate ``choices`` names for it, alone (a child of
+        the space, trained in place with the supernet's weights); ``alpha`` and the modes stay as they are."""
+        blocks = self.choice_blocks()
+        if set(choices) != set(blocks):
+            raise ConfigError(f"a path names one candidate per choice block; missing {sorted(set(blocks) - set(choices))}, "
+                              f"unknown {sorted(set(choices) - set(blocks))}")
+        for name, block in blocks.items():
+            if choices[name] not in block.names:
+                raise ConfigError(f"{choices[name]!r} is not a candidate of {name}; candidates: {', '.join(block.names)}")
+        try:
+            for name, block in blocks.items():
+                block.active = block.names.index(choices[name])
+            yield self
+        finally:
+            for block in blocks.values():
+                block.active = None
+
     @contextmanager
     def in_mode(self, mode: str) -> Iterator["Supernet"]:
         """Every choice block in ``mode`` within this context, each back in its own mode afterwards
