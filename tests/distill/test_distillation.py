@@ -139,3 +139,30 @@ def test_teacher_precision_and_layout_keep_the_logits():
     assert teacher_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
     with pytest.raises(ConfigError, match="teacher precision"):
         teacher_dtype("int8", torch.device("cpu"))
+
+
+def test_teacher_folds_batchnorm_without_touching_the_student():
+    """The teacher runs with its BNs folded into the convs: same eval logits, module names kept (hint taps), and the
+    model it was copied from keeps its BatchNorms."""
+    from pluto.data import DataSpec
+    from pluto.optimizer.pipeline import Teacher
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10)
+    model.train()
+    with torch.no_grad():  # non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(16, 1, 28, 28) * 2 + 0.5)
+    model.eval()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        reference = model(x)
+    teacher = Teacher("self", DataSpec(num_classes=10, in_channels=1, input_size=28), torch.device("cpu"), "fp32")
+    teacher.build(model)
+    torch.testing.assert_close(teacher(x), reference, rtol=1e-4, atol=1e-4)
+    bns = [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns, "resnet18 has BatchNorms"
+    folded = dict(teacher.model.named_modules())
+    assert all(isinstance(folded[n], nn.Identity) for n in bns)  # names kept, BN gone
+    assert all(isinstance(dict(model.named_modules())[n], nn.BatchNorm2d) for n in bns)  # the student keeps them
+    assert not any(p.requires_grad for p in teacher.model.parameters())
