@@ -51,14 +51,15 @@ VARIANTS = (
 
 
 def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | None, bits: tuple[int, ...],
-               device: torch.device, workdir: Path, prune: bool, quantize: bool, kd: bool, cost: bool):
+               device: torch.device, workdir: Path, prune: bool, quantize: bool, kd: bool, cost: bool,
+               compile_mode: str = "none"):
     """One training step of the given variant: the pipeline's own ``Compression.search_step`` (plain: its
     ``warmup_step``), with the weight and decision optimizers the pipeline's search phase builds."""
     metric = "latency_ms" if table else "macs"
     overrides = ["data=synthetic", f"data.in_channels={x.shape[1]}", f"data.input_size={x.shape[-1]}", "logger=none",
                  f"hw.table={table or 'null'}", "hw.measure=off", f"compress.prune={prune}",
                  f"compress.quantize={quantize}", f"compress.distill={kd}", f"compress.bits=[{','.join(map(str, bits))}]",
-                 "constraints=none"]
+                 "constraints=none", f"trainer.compile={compile_mode}"]
     if table and 8 not in bits:  # a table without int8 (the H100's fp16/fp32): deploy at fp32 by default
         overrides.append("hw.precision=fp32")
     cfg = compose(overrides)
@@ -145,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-only", action="store_true", help="print the probe's counts, time nothing")
     p.add_argument("--probe-detail", type=int, default=0, help="also print each variant's N most frequent ops "
                                                                 "and every sync with the line that caused it")
+    p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"),
+                   help="trainer.compile for every variant (the pipeline's torch.compile of the step's model)")
+    p.add_argument("--variants", default="all", help="comma-separated subset of plain,gates,qat,kd,joint (plain "
+                                                      "always runs: the ratios are to it); all: every variant")
     p.add_argument("--csv", default=None, help="also write the table here")
     args = p.parse_args(argv)
 
@@ -166,8 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     tmp = tempfile.TemporaryDirectory()
+    keys = ("plain", "gates", "qat", "kd", "joint")
+    wanted = set(keys) if args.variants == "all" else {"plain", *args.variants.split(",")}
+    if wanted - set(keys):
+        raise SystemExit(f"--variants: unknown {', '.join(sorted(wanted - set(keys)))}; choose from {', '.join(keys)}")
     steps = {name: build_step(model, x.to(device), y.to(device), table_path, bits, device,
-                              Path(tmp.name) / str(i), **flags) for i, (name, flags) in enumerate(VARIANTS)}
+                              Path(tmp.name) / str(i), compile_mode=args.compile, **flags)
+             for i, (key, (name, flags)) in enumerate(zip(keys, VARIANTS)) if key in wanted}
     for step in steps.values():  # warm every variant before timing any (caches, allocator, cuDNN autotune)
         for _ in range(args.warmup):
             step()
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = pd.DataFrame(rows)
     dev_name = torch.cuda.get_device_name(0) if device.type == "cuda" else f"cpu ({args.threads} threads)"
     print(f"model {args.model}, batch {args.batch_size}x{args.in_channels}x{args.input_size}x{args.input_size}, "
-          f"bits {bits}, table {table_name}, device {dev_name}; median of {args.repeats} x {args.steps} steps; "
+          f"bits {bits}, table {table_name}, device {dev_name}, compile {args.compile}; median of {args.repeats} x {args.steps} steps; "
           f"counts per step over {args.probe_steps} probed steps")
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(frame.to_string(index=False))

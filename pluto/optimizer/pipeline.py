@@ -52,6 +52,7 @@ from pluto.decisions.bits.folding import fold_bn
 from pluto.decisions.ops.choice import TemperatureSchedule
 from pluto.decisions.ops.supernet import Supernet
 from pluto.engine import distributed
+from pluto.engine.compile import compile_fn
 from pluto.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from pluto.engine.loop import TrainState, batches_per_epoch, train_epochs
 from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler
@@ -188,6 +189,7 @@ class Compression:
         self.model, self.train_set, self.test_loader, self.spec = model, train_set, test_loader, spec
         self.cfg, self.ctx, self.device = cfg, ctx, device
         self.c, self.t = cfg.compress, cfg.trainer
+        self._compiled: dict[str, Any] = {}  # torch.compile-d step forwards per phase (trainer.compile)
         self.task = task or Classification(label_smoothing=self.t.label_smoothing, kd_temperature=self.c.kd.temperature,
                                            kd_alpha=self.c.kd.alpha)
         self.input_shape = spec.input_shape
@@ -469,7 +471,17 @@ class Compression:
         model = self.model
         if isinstance(model, Supernet) and self.c.supernet_warmup_mode == "sandwich":
             return self.sandwich_loss(model, x, y)
-        return self.task_loss(model(x), x, y)
+        return self.compiled("warmup", model, lambda x, y: self.task_loss(model(x), x, y))(x, y)
+
+    def compiled(self, key: str, model: nn.Module, fn):
+        """``fn`` (a step's forward, running ``model``), through ``torch.compile`` when ``trainer.compile`` asks for
+        it: compiled once per phase and model (see :mod:`pluto.engine.compile`)."""
+        if self.t.compile == "none":
+            return fn
+        entry = self._compiled.get(key)
+        if entry is None or entry.model is not model:
+            entry = self._compiled[key] = compile_fn(fn, model, self.t.compile)
+        return entry
 
     def sandwich_loss(self, supernet: Supernet, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The sandwich rule (BigNAS, OFA): the biggest child, the smallest and ``compress.sandwich_random`` random
@@ -536,14 +548,12 @@ class Compression:
         d, state = self.decisions, self.state
         if d.supernet is not None:
             d.supernet.set_temperature(self.anneal(state.epoch * self.per_epoch + state.batch))
-        task, logs = self.task_loss(d.model(x), x, y)
-        expected: dict[str, Tensor] = {}
-        if self.constraints:
-            # priced where the decisions live (the cost model's plan keeps its grids on the training device):
-            # no copy to the host and back, and the multipliers move there too; nothing here waits for the device
-            channels, precisions = d.channels(), d.precisions()
-            expected = {con.metric: self.cost_model.expected(con.metric, channels, precisions)
-                        for con in self.constraints}
+        # a supernet's temperature changes every step: compiled, it would recompile every step
+        forward = self.search_forward if d.supernet is not None else \
+            self.compiled("search", d.model, self.search_forward)
+        task, logs, raw = forward(x, y)
+        # the measured correction changes per measurement: applied here, outside a compiled forward
+        expected = {m: self.cost_model.correct(m, v) for m, v in raw.items()}
         costs = {m: v.to(task.device, task.dtype) for m, v in expected.items()}
         loss, lag_logs = self.objective(task, costs)
         self.objective.dual_step({k: v.detach() for k, v in expected.items()})
@@ -560,6 +570,19 @@ class Compression:
             self.cost_model.correction.update(scale)
             self.cost_model.offset.update(offset)
         return loss, {**logs, **{f"lagrangian/{k}": v for k, v in lag_logs.items()}}
+
+    def search_forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """The search step's forward: task (+ KD) loss, its logs and each constraint's expected cost as the table
+        prices it (before the measured correction) for the current soft decisions."""
+        d = self.decisions
+        task, logs = self.task_loss(d.model(x), x, y)
+        if not self.constraints:
+            return task, logs, {}
+        # priced where the decisions live (the cost model's plan keeps its grids on the training device):
+        # no copy to the host and back, and the multipliers move there too; nothing here waits for the device
+        channels, precisions = d.channels(), d.precisions()
+        return task, logs, {con.metric: self.cost_model.expected(con.metric, channels, precisions, raw=True)
+                            for con in self.constraints}
 
     def measure_candidate(self, step: int) -> dict[str, float]:
         """Harden the current decisions on a copy, measure them on the chip (rank 0), update the correction (all
@@ -645,7 +668,8 @@ class Compression:
 
     # ---- 5. finetune -----------------------------------------------------------------------
     def finetune_step(self, x: Tensor, y: Tensor):
-        return self.task_loss(self.final(x), x, y)
+        final = self.final
+        return self.compiled("finetune", final, lambda x, y: self.task_loss(final(x), x, y))(x, y)
 
     def finetune(self) -> None:
         self._phase("finetune", self.final, self.c.epochs.finetune, self.t.lr * self.c.finetune_lr_scale,

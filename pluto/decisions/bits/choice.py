@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pluto.decisions.bits.quantizer import (_EPS, LsqQuantizer, fp16_ste, host_flag, host_value, integer_range,
+from pluto.decisions.bits.quantizer import (_EPS, LsqQuantizer, fp16_ste, host_attr, integer_range,
                                             step_gradient_sign)
 from pluto.errors import ConfigError
 
@@ -161,6 +161,8 @@ class BitWidthChoice(nn.Module):
             integer candidate runs (see :meth:`quantize_output`).
     """
 
+    host_buffers = ("chosen",)  # read on the host by Python control flow: see host_attr
+
     def __init__(self, out_channels: int, candidates: tuple[int, ...] = (4, 8), mode: str = "soft",
                  temperature: float = 1.0, bn: nn.Module | None = None, min_activation_bits: int = 8,
                  quantize_output: bool = False):
@@ -260,12 +262,12 @@ class BitWidthChoice(nn.Module):
     # --- hard choice -----------------------------------------------------------------------
     @property
     def is_hard(self) -> bool:
-        return host_value(self.chosen) >= 0  # read from the device once per change, not once per layer call
+        return host_attr(self, "chosen") >= 0  # read from the device once per change, not once per layer call
 
     @property
     def chosen_bits(self) -> int:
         """The bit-width in use: the hardened one, else the most probable (ties -> fewest bits)."""
-        index = host_value(self.chosen) if self.is_hard else int(torch.argmax(self.alpha.detach()))
+        index = host_attr(self, "chosen") if self.is_hard else int(torch.argmax(self.alpha.detach()))
         return self.candidates[index]
 
     def harden(self, bits: int | None = None) -> int:
@@ -386,7 +388,7 @@ class BitWidthChoice(nn.Module):
             return self._mix(weight * factor, self.weight_quantizers) / factor
         factor = self._fold_factor(weight) if bn is not None else None
         quantizers = [self.weight_quantizers[str(b)] for b in kinds if b <= 8]
-        if not all(host_flag(q.initialized) for q in quantizers):
+        if not all(host_attr(q, "initialized") for q in quantizers):
             folded = weight.detach() * factor if factor is not None else weight.detach()
             for q in quantizers:
                 q.ensure_initialized(folded)

@@ -213,6 +213,34 @@ def host_value(t: Tensor):
     return value
 
 
+_MIRROR = "_host_mirror"
+
+
+def host_attr(module: nn.Module, name: str):
+    """The Python value of ``module``'s 0-dim buffer ``name`` (see :func:`host_value`), compile-friendly.
+
+    Eagerly it reads the buffer (cached per version) and keeps the value in a plain dict on the module; under
+    ``torch.compile`` it returns that dict's value, which dynamo guards on (a change recompiles) instead of
+    breaking the graph at a device read. :func:`refresh_host_mirrors` runs before every compiled call
+    (:func:`pluto.engine.compile.compile_model`), so in-place writes to the buffer between calls are seen."""
+    if torch.compiler.is_compiling():
+        return getattr(module, _MIRROR)[name]
+    value = host_value(getattr(module, name))
+    mirror = module.__dict__.get(_MIRROR)
+    if mirror is None:
+        mirror = module.__dict__[_MIRROR] = {}
+    mirror[name] = value
+    return value
+
+
+def refresh_host_mirrors(model: nn.Module) -> None:
+    """(Re-)read every buffer a module of ``model`` lists in ``host_buffers`` into its mirror (cheap: cached per
+    buffer version)."""
+    for module in model.modules():
+        for name in getattr(module, "host_buffers", ()):
+            host_attr(module, name)
+
+
 def integer_range(bits: int, signed: bool) -> tuple[int, int]:
     """``(qmin, qmax)`` of a ``bits``-bit integer: signed two's complement or unsigned."""
     if signed:
@@ -228,6 +256,8 @@ class LsqQuantizer(nn.Module):
     until :meth:`init_from` has run (or the first training forward initializes it from that
     batch) ``initialized`` is False.
     """
+
+    host_buffers = ("initialized",)  # read on the host by Python control flow: see host_attr
 
     def __init__(self, bits: int, signed: bool, symmetric: bool, channels: int = 1, axis: int = 0):
         super().__init__()
@@ -315,7 +345,7 @@ class LsqQuantizer(nn.Module):
 
     def ensure_initialized(self, x: Tensor) -> None:
         """Initialize from ``x`` (this batch) if nothing did yet; in eval mode that is an error."""
-        if not host_flag(self.initialized):
+        if not host_attr(self, "initialized"):
             if not self.training:
                 raise ConfigError("quantizer used in eval mode before calibration; pass calibrate=... to prepare_qat, "
                                   "call pluto.decisions.bits.calibrate(model, data), or run one training step first")

@@ -1,0 +1,64 @@
+"""``torch.compile`` for the forward part of a training step (``trainer.compile``).
+
+A joint search step runs, per quantized layer, a few dozen small element-wise kernels (fake-quant mixtures,
+gates), a teacher forward and the table's expected cost; eager PyTorch launches them one by one, and on a GPU at
+batch 128 that, not arithmetic, is the step's cost. Inductor fuses them (``default``), and ``reduce-overhead``
+also replays the step's kernels as a CUDA graph. The pipeline compiles the step's whole forward (student, teacher,
+KD loss, expected cost: one graph, no break — ``tests/engine/test_compile.py`` checks it), not the optimizers or
+the dual step.
+
+The decision modules keep the few flags Python control flow reads (a quantizer's ``initialized``, a bit choice's
+``chosen``) mirrored on the host (:func:`pluto.decisions.bits.quantizer.host_attr`); the mirrors are re-read before
+every compiled call, and a changed flag (hardening, a loaded checkpoint) recompiles instead of running stale code.
+Values that change every step or every measurement (a supernet's annealed temperature, the measured correction)
+stay outside the compiled function: the pipeline runs supernets eagerly and applies the correction after the call.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from pluto.decisions.bits.quantizer import refresh_host_mirrors
+from pluto.errors import ConfigError
+
+MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+
+def compile_fn(fn: Callable[..., Any], model: nn.Module, mode: str = "none",
+               backend: str = "inductor") -> Callable[..., Any]:
+    """``fn`` itself (``none``) or its ``torch.compile``-d version in ``mode``; ``fn`` runs ``model`` (whose host
+    mirrors are re-read before each call). The returned callable has ``.model`` (what it runs, for callers that
+    cache per model). Under CUDA graphs (``reduce-overhead``) its outputs are cloned: a replay overwrites the
+    graph's output memory, and callers keep losses and logged values past the next step. ``backend``: dynamo's
+    (tests use ``aot_eager``: the same graph capture, guards and autograd, without inductor's code generation)."""
+    if mode not in MODES:
+        raise ConfigError(f"trainer.compile={mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "none":
+        call = fn
+    else:
+        compiled = torch.compile(fn, mode=None if mode == "default" or backend != "inductor" else mode,
+                                 backend=backend)
+        graphs = mode in ("reduce-overhead", "max-autotune")
+
+        def call(*args, **kwargs):
+            refresh_host_mirrors(model)
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+                out = compiled(*args, **kwargs)
+                return tree_map(lambda v: v.clone() if torch.is_tensor(v) else v, out)
+            return compiled(*args, **kwargs)
+
+    wrapper = call if mode != "none" else (lambda *args, **kwargs: fn(*args, **kwargs))
+    wrapper.model = model
+    return wrapper
+
+
+def compile_model(model: nn.Module, mode: str = "none") -> Callable[..., Any]:
+    """``model``'s forward, compiled in ``mode`` (see :func:`compile_fn`)."""
+    return compile_fn(model, model, mode)
+
+
+__all__ = ["MODES", "compile_fn", "compile_model"]
