@@ -31,7 +31,8 @@ def compile_fn(fn: Callable[..., Any], model: nn.Module, mode: str = "none",
                backend: str = "inductor") -> Callable[..., Any]:
     """``fn`` itself (``none``) or its ``torch.compile``-d version in ``mode``; ``fn`` runs ``model`` (whose host
     mirrors are re-read before each call). The returned callable has ``.model`` (what it runs, for callers that
-    cache per model). Under CUDA graphs (``reduce-overhead``) its outputs are cloned: a replay overwrites the
+    cache per model). Its first call runs eagerly: state built lazily on first use (a cost model's plan, a
+    quantizer's initialization) is then made outside the graph, not captured into it. Under CUDA graphs (``reduce-overhead``) its outputs are cloned: a replay overwrites the
     graph's output memory, and callers keep losses and logged values past the next step. ``backend``: dynamo's
     (tests use ``aot_eager``: the same graph capture, guards and autograd, without inductor's code generation)."""
     if mode not in MODES:
@@ -43,7 +44,12 @@ def compile_fn(fn: Callable[..., Any], model: nn.Module, mode: str = "none",
                                  backend=backend)
         graphs = mode in ("reduce-overhead", "max-autotune")
 
+        warm = []
+
         def call(*args, **kwargs):
+            if not warm:  # lazily built state (cost plans, quantizer init) is made eagerly, outside any graph
+                warm.append(True)
+                return fn(*args, **kwargs)
             refresh_host_mirrors(model)
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()

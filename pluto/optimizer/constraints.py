@@ -160,7 +160,9 @@ def check_feasible(constraints: list[Constraint], minimum_costs: Mapping[str, fl
     problems = []
     for c in constraints:
         minimum = minimum_costs.get(c.name, minimum_costs.get(c.metric))
-        if minimum is not None and float(minimum) > c.target:
+        # a target equal to the minimum is feasible (the cheapest model meets it); 1e-6 relative absorbs the
+        # rounding of a minimum summed in floating point (a MACs target copied from a model of the space)
+        if minimum is not None and float(minimum) > c.target * (1 + 1e-6):
             problems.append(f"{c.metric} target {c.target:g} {c.unit} is below the cheapest model in the space "
                             f"({float(minimum):.4g} {c.unit}); raise the target to at least {float(minimum):.4g} "
                             f"{c.unit} or use a smaller search space / lower precision")

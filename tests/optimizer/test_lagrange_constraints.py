@@ -34,3 +34,10 @@ def test_check_feasible_names_minimum_and_fix():
     check_feasible(cons, {"latency_ms": 0.05, "macs": 1e6})
     with pytest.raises(InfeasibleConstraintError, match=r"0\.2 ms.*raise the target"):
         check_feasible(cons, {"latency_ms": 0.2, "macs": 1e6})
+
+
+def test_target_equal_to_the_minimum_is_feasible_despite_float_rounding():
+    target = 14400672.0  # a MACs target copied from a model of the space (the MACs ablation does this)
+    check_feasible([Constraint("macs", "macs", target)], {"macs": target * (1 + 1e-9)})
+    with pytest.raises(InfeasibleConstraintError):
+        check_feasible([Constraint("macs", "macs", target)], {"macs": target * 1.001})
