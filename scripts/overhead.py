@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.data import DataSpec  # noqa: E402
+from pluto.engine.compile import MODES  # noqa: E402
 from pluto.engine.probe import StepProbe  # noqa: E402
 from pluto.engine.run import RunContext  # noqa: E402
 from pluto.models import create_model  # noqa: E402
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-only", action="store_true", help="print the probe's counts, time nothing")
     p.add_argument("--probe-detail", type=int, default=0, help="also print each variant's N most frequent ops "
                                                                 "and every sync with the line that caused it")
-    p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"),
+    p.add_argument("--compile", default="none", choices=MODES,
                    help="trainer.compile for every variant (the pipeline's torch.compile of the step's model)")
     p.add_argument("--variants", default="all", help="comma-separated subset of plain,gates,qat,kd,joint (plain "
                                                       "always runs: the ratios are to it); all: every variant")

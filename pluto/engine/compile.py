@@ -29,21 +29,21 @@ MODES = ("none", "default", "reduce-overhead", "max-autotune")
 
 def compile_fn(fn: Callable[..., Any], model: nn.Module, mode: str = "none",
                backend: str = "inductor") -> Callable[..., Any]:
-    """``fn`` itself (``none``) or its ``torch.compile``-d version in ``mode``; ``fn`` runs ``model`` (whose host
-    mirrors are re-read before each call). The returned callable has ``.model`` (what it runs, for callers that
-    cache per model). Its first call runs eagerly: state built lazily on first use (a cost model's plan, a
-    quantizer's initialization) is then made outside the graph, not captured into it. Under CUDA graphs (``reduce-overhead``) its outputs are cloned: a replay overwrites the
-    graph's output memory, and callers keep losses and logged values past the next step. ``backend``: dynamo's
+    """``fn`` (``none``: called as is) or its ``torch.compile``-d version in ``mode``; ``fn`` runs ``model`` (whose
+    host mirrors are re-read before each call). The returned callable has ``.model`` (what it runs, for callers
+    that cache per model). Its first call runs eagerly: state built lazily on first use (a cost model's plan, a
+    quantizer's initialization) is then made outside the graph, not captured into it. Under CUDA graphs
+    (``reduce-overhead``) its outputs are cloned: a replay overwrites the graph's output memory, and callers keep losses and logged values past the next step. ``backend``: dynamo's
     (tests use ``aot_eager``: the same graph capture, guards and autograd, without inductor's code generation)."""
     if mode not in MODES:
         raise ConfigError(f"trainer.compile={mode!r}: choose one of {', '.join(MODES)}")
     if mode == "none":
-        call = fn
+        def call(*args, **kwargs):
+            return fn(*args, **kwargs)
     else:
         compiled = torch.compile(fn, mode=None if mode == "default" or backend != "inductor" else mode,
                                  backend=backend)
         graphs = mode in ("reduce-overhead", "max-autotune")
-
         warm = []
 
         def call(*args, **kwargs):
@@ -57,14 +57,8 @@ def compile_fn(fn: Callable[..., Any], model: nn.Module, mode: str = "none",
                 return tree_map(lambda v: v.clone() if torch.is_tensor(v) else v, out)
             return compiled(*args, **kwargs)
 
-    wrapper = call if mode != "none" else (lambda *args, **kwargs: fn(*args, **kwargs))
-    wrapper.model = model
-    return wrapper
+    call.model = model
+    return call
 
 
-def compile_model(model: nn.Module, mode: str = "none") -> Callable[..., Any]:
-    """``model``'s forward, compiled in ``mode`` (see :func:`compile_fn`)."""
-    return compile_fn(model, model, mode)
-
-
-__all__ = ["MODES", "compile_fn", "compile_model"]
+__all__ = ["MODES", "compile_fn"]

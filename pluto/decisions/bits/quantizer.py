@@ -222,7 +222,7 @@ def host_attr(module: nn.Module, name: str):
     Eagerly it reads the buffer (cached per version) and keeps the value in a plain dict on the module; under
     ``torch.compile`` it returns that dict's value, which dynamo guards on (a change recompiles) instead of
     breaking the graph at a device read. :func:`refresh_host_mirrors` runs before every compiled call
-    (:func:`pluto.engine.compile.compile_model`), so in-place writes to the buffer between calls are seen."""
+    (:func:`pluto.engine.compile.compile_fn`), so in-place writes to the buffer between calls are seen."""
     if torch.compiler.is_compiling():
         return getattr(module, _MIRROR)[name]
     value = host_value(getattr(module, name))
