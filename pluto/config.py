@@ -89,8 +89,8 @@ class KdConfig:
     temperature: float = _opt(4.0, 0, 1000, lo_open=True)
     alpha: float = _opt(0.7, 0, 1, doc="weight of the KD term")
     teacher_precision: str = _opt("auto", choices=("auto", "fp32", "bf16", "fp16"),
-                                  doc="the teacher forward's autocast dtype; auto: bf16 on CPUs with native bf16, "
-                                      "else fp32")
+                                  doc="the teacher forward's autocast dtype; auto: bf16 on CPUs with native bf16 "
+                                      "and GPUs of compute capability >= 8, else fp32")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.data import DataSpec  # noqa: E402
 from pluto.engine.compile import MODES  # noqa: E402
+from pluto.engine.optim import build_optimizer  # noqa: E402
 from pluto.engine.probe import StepProbe  # noqa: E402
 from pluto.engine.run import RunContext  # noqa: E402
 from pluto.models import create_model  # noqa: E402
@@ -53,14 +55,14 @@ VARIANTS = (
 
 def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | None, bits: tuple[int, ...],
                device: torch.device, workdir: Path, prune: bool, quantize: bool, kd: bool, cost: bool,
-               compile_mode: str = "none"):
+               compile_mode: str = "none", extra: tuple[str, ...] = ()):
     """One training step of the given variant: the pipeline's own ``Compression.search_step`` (plain: its
     ``warmup_step``), with the weight and decision optimizers the pipeline's search phase builds."""
     metric = "latency_ms" if table else "macs"
     overrides = ["data=synthetic", f"data.in_channels={x.shape[1]}", f"data.input_size={x.shape[-1]}", "logger=none",
                  f"hw.table={table or 'null'}", "hw.measure=off", f"compress.prune={prune}",
                  f"compress.quantize={quantize}", f"compress.distill={kd}", f"compress.bits=[{','.join(map(str, bits))}]",
-                 "constraints=none", f"trainer.compile={compile_mode}"]
+                 "constraints=none", f"trainer.compile={compile_mode}", *extra]
     if table and 8 not in bits:  # a table without int8 (the H100's fp16/fp32): deploy at fp32 by default
         overrides.append("hw.precision=fp32")
     cfg = compose(overrides)
@@ -77,30 +79,73 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
         comp.teacher.spec = "self"
         comp.teacher.build(comp.model)
     if not (prune or quantize or cost):
-        net, step_fn, params, dparams = comp.model, comp.warmup_step, list(comp.model.parameters()), []
+        net, step_fn, params, dparams, dopt = comp.model, comp.warmup_step, list(comp.model.parameters()), [], None
     else:
         d = comp.attach_decisions()
         net, step_fn, params, dparams = d.model, comp.search_step, d.weight_parameters(), d.parameters()
+        dopt = comp.decision_optimizer(d)
     net.to(device).train()
-    # foreach (multi-tensor) updates: the CUDA default, set on the CPU too so both count and pay alike
-    weights = torch.optim.SGD(params, lr=0.01, momentum=0.9, foreach=True)
-    dopt = torch.optim.Adam(dparams, lr=0.05, betas=(0.5, 0.999), foreach=True) if dparams else None
+    # the optimizers of the pipeline's phases (trainer.optimizer on the weights, Adam on the decision logits)
+    weights = build_optimizer(params, cfg.trainer, lr=0.01)
+    return Step(comp, step_fn, weights, dopt, params + dparams, int(cfg.trainer.log_every), (x, y))
 
-    def step() -> None:
-        loss, _ = step_fn(x, y)
-        weights.zero_grad(set_to_none=True)
-        if dopt is not None:
-            dopt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params + dparams, 5.0, foreach=True)
-        weights.step()
-        if dopt is not None:
-            dopt.step()
-        comp.state.global_step += 1
 
-    step.log_every = int(cfg.trainer.log_every)
-    step.state = comp.state
-    return step
+class Step:
+    """One training step as ``pluto.engine.loop.train_epochs`` runs it (step function, zero_grad, backward,
+    gradient clipping, the optimizers), with named regions for ``--profile``."""
+
+    def __init__(self, comp: Compression, step_fn, weights, dopt, params: list, log_every: int, batch):
+        self.comp, self.step_fn, self.weights, self.dopt, self.params = comp, step_fn, weights, dopt, params
+        self.log_every, self.state, self.batch = log_every, comp.state, batch
+
+    def __call__(self) -> None:
+        x, y = self.batch
+        with record_function("step/step_fn"):
+            loss, _ = self.step_fn(x, y)
+        with record_function("step/backward"):
+            self.weights.zero_grad(set_to_none=True)
+            if self.dopt is not None:
+                self.dopt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("step/clip"):
+            torch.nn.utils.clip_grad_norm_(self.params, 5.0)
+        with record_function("step/optimizers"):
+            self.weights.step()
+            if self.dopt is not None:
+                self.dopt.step()
+        self.state.global_step += 1
+
+
+def profile_steps(step: Step, n: int, device: torch.device, detail: int = 0) -> dict[str, float]:
+    """Per step over ``n`` steps under ``torch.profiler``: host (CPU) ms of each named region (the step's parts
+    and, in a joint step, ``search/forward`` and ``search/lagrangian``) and, on a GPU, the device's kernel ms and
+    kernel launches; ``detail``: also print the ``detail`` kernels that take the most device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    out = {f"{e.key.split('/', 1)[1]}_ms": e.cpu_time_total / 1e3 / n for e in events
+           if e.key.startswith(("step/", "search/")) and e.device_type == cpu}
+    if device.type == "cuda":
+        # device-side spans of annotations (ours, torch's "Optimizer.step#SGD.step") are not kernels
+        annotations = {e.key for e in events if e.device_type == cpu and e.cpu_time_total > 0
+                       and (e.key.startswith(("step/", "search/")) or "#" in e.key)}
+        kernels = [e for e in events if e.device_type == cuda and e.key not in annotations
+                   and e.self_device_time_total > 0]
+        out["kernels_ms"] = sum(e.self_device_time_total for e in kernels) / 1e3 / n
+        out["kernel_launches"] = sum(e.count for e in kernels) / n
+        if detail:
+            top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:detail]
+            print(f"--- top {detail} kernels per step ({n} steps): us, launches, name")
+            for e in top:
+                print(f"  {e.self_device_time_total / n:8.1f} {e.count / n:6.1f}  {e.key[:110]}")
+    return out
 
 
 def probe_steps(step, n: int):
@@ -151,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="trainer.compile for every variant (the pipeline's torch.compile of the step's model)")
     p.add_argument("--variants", default="all", help="comma-separated subset of plain,gates,qat,kd,joint (plain "
                                                       "always runs: the ratios are to it); all: every variant")
+    p.add_argument("--profile", type=int, default=0, help="also run N steps of each variant under torch.profiler "
+                   "and add the host ms of the step's parts (and the GPU's kernel ms) per step to the table")
+    p.add_argument("--override", action="append", default=[], help="extra config override for every variant, "
+                   "e.g. compress.kd.teacher_precision=fp32 (repeatable)")
     p.add_argument("--csv", default=None, help="also write the table here")
     args = p.parse_args(argv)
 
@@ -177,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if wanted - set(keys):
         raise SystemExit(f"--variants: unknown {', '.join(sorted(wanted - set(keys)))}; choose from {', '.join(keys)}")
     steps = {name: build_step(model, x.to(device), y.to(device), table_path, bits, device,
-                              Path(tmp.name) / str(i), compile_mode=args.compile, **flags)
+                              Path(tmp.name) / str(i), compile_mode=args.compile,
+                              extra=tuple(args.override), **flags)
              for i, (key, (name, flags)) in enumerate(zip(keys, VARIANTS)) if key in wanted}
     for step in steps.values():  # warm every variant before timing any (caches, allocator, cuDNN autotune)
         for _ in range(args.warmup):
@@ -192,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(0 if args.probe_only else args.repeats):  # interleave the variants so load drifts hit them alike
         for name, step in steps.items():
             samples[name].append(time_steps(step, args.steps, device))
+    profiles = {name: profile_steps(step, args.profile, device, args.probe_detail) for name, step in steps.items()} if args.profile else {}
     rows = []
     for name in steps:
         row: dict = {"variant": name}
@@ -199,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             v, plain = samples[name], statistics.median(samples["plain"])
             row.update(ms_per_step=statistics.median(v), min_ms=min(v), max_ms=max(v),
                        ratio_to_plain=statistics.median(v) / plain)
+        row.update(profiles.get(name, {}))
         row.update(counts[name])
         if counts[name]:
             row["kernels_to_plain"] = counts[name]["kernels"] / max(1.0, counts["plain"]["kernels"])

@@ -48,10 +48,14 @@ def teacher_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
     ``auto`` is bf16 on CPUs with native bf16 (oneDNN's bf16 convolutions there run the teacher 2-3x
     faster than fp32; the KD gradient it gives differs from the fp32 teacher's by about 1-2 % in norm
-    on small_cnn/resnet18, well inside minibatch noise), fp32 elsewhere: on a GPU the teacher of a
-    batch this size is bound by kernel launches, not arithmetic, so a lower precision buys little.
+    on small_cnn/resnet18, well inside minibatch noise) and on GPUs with bf16 tensor cores (compute
+    capability >= 8.0: under ``trainer.compile`` the step is bound by the device's arithmetic, and the
+    teacher's convolutions were a third of it), fp32 elsewhere.
     """
     if precision == "auto":
+        if device.type == "cuda":
+            native = torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+            return torch.bfloat16 if native else None
         return torch.bfloat16 if device.type == "cpu" and _cpu_has_native_bf16() else None
     if precision not in TEACHER_PRECISIONS:
         raise ConfigError(f"unknown teacher precision {precision!r}; use auto or one of "

@@ -129,8 +129,53 @@ class LagrangeMultiplier:
         self._host = None
         return self._device
 
+    def on_device(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``lambda`` and its has-seen-a-non-finite-violation flag as device tensors (made there on first use)."""
+        if self._device is None or self._device.device != device:
+            self._device = torch.full((), self.value, dtype=torch.float64, device=device)
+            self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        return self._device, self._nonfinite
+
+    def assign(self, value: Tensor, nonfinite: Tensor) -> None:
+        """Take a device-side update computed elsewhere (:meth:`LagrangianObjective.primal_dual`)."""
+        self._device, self._nonfinite, self._host = value, nonfinite, None
+
     def __repr__(self) -> str:
         return f"LagrangeMultiplier({self.constraint}, lambda={self.value:.4g}, eta={self.eta:g})"
+
+
+def _primal_dual(task_loss: Tensor, costs: list[Tensor], lambdas: list[Tensor], nonfinite: list[Tensor],
+                 targets: list[float], names: list[str], eta: float, kp: float, rho: float, lambda_max: float,
+                 active: bool, update: bool) -> tuple[Tensor, dict[str, Tensor], list[Tensor], list[Tensor]]:
+    """One step's arithmetic of :meth:`LagrangianObjective.__call__` followed by :meth:`~LagrangianObjective.dual_step`
+    (the same formulas, in the same dtypes), as a pure function of tensors: compiled, it is a couple of fused
+    kernels instead of a few dozen launches."""
+    penalty = torch.zeros((), dtype=task_loss.dtype, device=task_loss.device)
+    logs: dict[str, Tensor] = {"loss/task": task_loss.detach()}
+    new_lambdas, new_flags = [], []
+    for cost, lam, bad, target, name in zip(costs, lambdas, nonfinite, targets, names):
+        g = cost.to(task_loss.dtype) / target - 1.0
+        lam_g = lam.to(g.dtype)
+        price = torch.clamp(lam_g + kp * g.detach(), min=0.0) if kp else lam_g
+        if active:
+            penalty = penalty + price * g
+            if rho > 0:
+                penalty = penalty + 0.5 * rho * torch.clamp(g, min=0) ** 2
+        logs[f"lambda/{name}"] = lam_g.detach()
+        logs[f"price/{name}"] = price.detach() if active else torch.zeros_like(price)
+        logs[f"cost/{name}"] = cost.detach()
+        logs[f"violation/{name}"] = g.detach()
+        if update:
+            g64 = cost.detach().to(torch.float64) / target - 1.0
+            finite = torch.isfinite(g64)
+            stepped = torch.clamp(torch.clamp(lam + eta * g64, min=0.0), max=lambda_max)
+            lam, bad = torch.where(finite, stepped, lam), bad | ~finite
+        new_lambdas.append(lam)
+        new_flags.append(bad)
+    loss = task_loss + penalty
+    logs["loss/constraint"] = penalty.detach()
+    logs["loss/total"] = loss.detach()
+    return loss, logs, new_lambdas, new_flags
 
 
 class LagrangianObjective:
@@ -214,6 +259,34 @@ class LagrangianObjective:
                 cost = cost.detach().to(torch.float64) if isinstance(cost, Tensor) else float(cost)
                 self.multipliers[c.name].update(c.violation(cost))
         return {name: m.current for name, m in self.multipliers.items()}
+
+    def primal_dual(self, task_loss: Tensor, costs: Mapping[str, Tensor], compiled: bool = False,
+             backend: str = "inductor") -> tuple[Tensor, dict[str, Tensor | float]]:
+        """:meth:`__call__` then :meth:`dual_step` on the same (tensor) costs: the primal loss and its logs, with
+        the multipliers moved for the next step. ``compiled``: the arithmetic runs as one ``torch.compile``-d
+        function (a training step on a GPU otherwise spends more host time launching these few dozen tiny
+        kernels than the device spends running them); the results are the same."""
+        if not compiled or not self.constraints:
+            loss, logs = self(task_loss, costs)
+            self.dual_step({k: v.detach() for k, v in costs.items()})
+            return loss, logs
+        active = self.active
+        self.step += 1
+        since = self.step - self.config.warmup
+        update = since > 0 and since % self.config.update_every == 0
+        values = [torch.as_tensor(self._cost(costs, c)) for c in self.constraints]
+        device = task_loss.device
+        states = [self.multipliers[c.name].on_device(device) for c in self.constraints]
+        if getattr(self, "_compiled", None) is None or self._compiled[0] != backend:
+            self._compiled = (backend, torch.compile(_primal_dual, backend=backend, dynamic=False))
+        cfg = self.config
+        loss, logs, lambdas, flags = self._compiled[1](
+            task_loss, values, [lam for lam, _ in states], [bad for _, bad in states],
+            [c.target for c in self.constraints], [c.name for c in self.constraints], cfg.eta, cfg.kp, cfg.rho,
+            cfg.lambda_max, active, update)
+        for c, lam, bad in zip(self.constraints, lambdas, flags):
+            self.multipliers[c.name].assign(lam, bad)
+        return loss, logs
 
     def lambdas(self) -> dict[str, float]:
         return {name: m.value for name, m in self.multipliers.items()}

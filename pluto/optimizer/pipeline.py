@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
+from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset
 
 from pluto.cost.expected import precision_key
@@ -55,7 +56,7 @@ from pluto.engine import distributed
 from pluto.engine.compile import compile_fn
 from pluto.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from pluto.engine.loop import TrainState, batches_per_epoch, train_epochs
-from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler
+from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler, fusable
 from pluto.engine.run import RunContext
 from pluto.errors import ConfigError, PlutoError
 from pluto.optimizer.constraints import Constraint, check_feasible, constraints_from_config, relative_targets
@@ -91,7 +92,8 @@ class Teacher:
 
         self.spec, self.data, self.device = spec, data, device
         self.dtype = teacher_dtype(precision, device)
-        self.channels_last = device.type == "cpu"
+        # oneDNN's native layout on a CPU; on a GPU, cuDNN's tensor-core kernels of a reduced-precision teacher
+        self.channels_last = device.type == "cpu" or self.dtype is not None
         self.model: nn.Module | None = None
 
     def build(self, warm_model: nn.Module | None = None, images: Tensor | None = None) -> None:
@@ -551,12 +553,13 @@ class Compression:
         # a supernet's temperature changes every step: compiled, it would recompile every step
         forward = self.search_forward if d.supernet is not None else \
             self.compiled("search", d.model, self.search_forward)
-        task, logs, raw = forward(x, y)
-        # the measured correction changes per measurement: applied here, outside a compiled forward
-        expected = {m: self.cost_model.correct(m, v) for m, v in raw.items()}
-        costs = {m: v.to(task.device, task.dtype) for m, v in expected.items()}
-        loss, lag_logs = self.objective(task, costs)
-        self.objective.dual_step({k: v.detach() for k, v in expected.items()})
+        with record_function("search/forward"):  # named regions: scripts/overhead.py --profile
+            task, logs, raw = forward(x, y)
+        with record_function("search/lagrangian"):
+            # the measured correction changes per measurement: applied here, outside a compiled forward
+            expected = {m: self.cost_model.correct(m, v) for m, v in raw.items()}
+            # the primal loss and the dual step in one compiled function when the step is compiled
+            loss, lag_logs = self.objective.primal_dual(task, expected, compiled=self.t.compile != "none")
         step = state.global_step + 1  # the loop counts this step after it returns
         if step % self.t.log_every == 0:
             logs.update(d.logs())
@@ -622,12 +625,19 @@ class Compression:
 
     def search(self) -> None:
         d = self.attach_decisions()
-        opt = torch.optim.Adam(d.parameters(), lr=self.c.decision_lr, betas=(0.5, 0.999)) if d.parameters() else None
+        opt = self.decision_optimizer(d)
         extra = _SearchState(self.objective, self.correction)
         self._phase("search", d.model.to(self.device), self.c.epochs.search, self.t.lr * self.c.search_lr_scale,
                     self.search_step, extra_opt=opt, extra_state=extra, weight_params=d.weight_parameters(),
                     replicated=self._replicated)
         self._load_phase(d.model, "search.pt", extra)
+
+    def decision_optimizer(self, d: Decisions) -> torch.optim.Optimizer | None:
+        """Adam on the decision logits (gates, bit and op choices), or None when nothing is searched."""
+        params = d.parameters()
+        if not params:
+            return None
+        return torch.optim.Adam(params, lr=self.c.decision_lr, betas=(0.5, 0.999), fused=fusable(params) or None)
 
     def _replicated(self) -> list[Tensor]:
         """What must be identical on every rank besides the trained parameters: multipliers and correction."""

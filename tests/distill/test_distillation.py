@@ -135,7 +135,8 @@ def test_teacher_precision_and_layout_keep_the_logits():
     g_ref, = torch.autograd.grad(kd_loss(student, reference), student)
     g_half, = torch.autograd.grad(kd_loss(student, logits), student)
     assert (g_half - g_ref).norm() < 0.05 * g_ref.norm()
-    assert teacher_dtype("auto", torch.device("cuda")) is None
+    gpu_bf16 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    assert teacher_dtype("auto", torch.device("cuda")) is (torch.bfloat16 if gpu_bf16 else None)
     assert teacher_dtype("auto", torch.device("cpu")) in (None, torch.bfloat16)
     with pytest.raises(ConfigError, match="teacher precision"):
         teacher_dtype("int8", torch.device("cpu"))

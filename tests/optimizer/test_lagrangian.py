@@ -153,3 +153,33 @@ def test_device_multipliers_follow_the_host_trajectory_and_never_read_the_device
     device.dual_step({"lat": torch.tensor(math.nan), "mb": torch.tensor(1.0)})
     with pytest.raises(ConfigError):
         device.lambdas()
+
+
+def test_compiled_primal_dual_matches_call_then_dual_step():
+    """``primal_dual(compiled=True)`` (one compiled function: primal loss, logs, dual step) gives the losses,
+    gradients, logs and multiplier trajectory of ``__call__`` + ``dual_step``, through warm-up, ``update_every``,
+    the proportional and quadratic terms, the lambda cap, and a non-finite cost (which raises on the next read)."""
+    cfg = LagrangianConfig(eta=0.8, rho=0.5, kp=0.2, warmup=2, update_every=2, lambda_max=0.9)
+    cons = [Constraint("lat", "latency_ms", 2.0), Constraint("size", "size_bytes", 10.0)]
+    eager, fused = LagrangianObjective(cons, cfg), LagrangianObjective(cons, cfg)
+    torch.manual_seed(0)
+    for step in range(9):
+        w = torch.randn(2, dtype=torch.float64) * 0.5 + torch.tensor([3.0, 8.0], dtype=torch.float64)
+        results = []
+        for obj, compiled in ((eager, False), (fused, True)):
+            x = w.clone().requires_grad_()
+            task = (x.float() ** 2).sum() * 0.01
+            loss, logs = obj.primal_dual(task, {"latency_ms": x[0], "size_bytes": x[1]}, compiled=compiled,
+                                         backend="aot_eager")
+            grad, = torch.autograd.grad(loss, x)
+            results.append((loss.detach(), grad, {k: float(v) for k, v in logs.items()}, obj.lambdas()))
+        (l_e, g_e, logs_e, lam_e), (l_f, g_f, logs_f, lam_f) = results
+        torch.testing.assert_close(l_f, l_e)
+        torch.testing.assert_close(g_f, g_e)
+        assert logs_f == pytest.approx(logs_e) and lam_f == pytest.approx(lam_e), step
+    assert eager.step == fused.step == 9 and max(fused.lambdas().values()) == pytest.approx(0.9)
+    fused.primal_dual(torch.zeros(()), {"latency_ms": torch.tensor(math.nan, dtype=torch.float64),
+                                        "size_bytes": torch.tensor(1.0, dtype=torch.float64)},
+                      compiled=True, backend="aot_eager")  # step 10: an update step
+    with pytest.raises(ConfigError, match="not finite"):
+        fused.lambdas()
