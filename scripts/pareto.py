@@ -525,7 +525,10 @@ def widest_under(s: Sweep, target: float, build: Callable[[float], nn.Module], l
         fits = predicted_latency(s, build(x), precision) <= target
         if fits and (best is None or x > best[0]):
             best = (x, precision)
-    return best or (lo, s.precision)
+    if best is None:  # never deploy a model that breaks the target as if it met it
+        raise InfeasibleConstraintError(f"no size in [{lo:g}, {hi:g}] is predicted under {target} ms (at "
+                                        f"{lo:g}: {predicted_latency(s, build(lo), s.precision):.4g} ms)")
+    return best
 
 
 def largest_under(target: float, predict: Callable[[float], float], lo: float, hi: float, iters: int = 10) -> float:
@@ -656,10 +659,12 @@ def run_uniform(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
                                                                          "lr_scores": scores})}
 
 
-def _prune_to_target(s: Sweep, target: float, prune: Callable[[nn.Module, float], nn.Module]
+def _prune_to_target(s: Sweep, target: float, prune: Callable[[nn.Module, float], nn.Module], lo: float = 0.05
                      ) -> tuple[nn.Module, float, str]:
+    """The dense model pruned by the smallest ratio whose result the table predicts under ``target`` (kept fraction
+    searched in [``lo``, 1])."""
     dense = dense_model(s).cpu()
-    keep, precision = widest_under(s, target, lambda k: prune(dense, 1.0 - k), 0.05, 1.0, iters=8)
+    keep, precision = widest_under(s, target, lambda k: prune(dense, 1.0 - k), lo, 1.0, iters=8)
     return prune(dense, 1.0 - keep), 1.0 - keep, precision
 
 
@@ -693,7 +698,11 @@ def run_torch_pruning(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
         pruner.step()
         return model
 
-    model, ratio, precision = _prune_to_target(s, target, prune)
+    # Torch-Pruning rounds every layer's kept channels to the multiple, and prunes nothing at all once a ratio
+    # would leave fewer than one multiple in a layer: search only ratios that keep one in the widest group
+    multiple = channel_multiple(s)
+    lo = max(0.05, multiple / max(g.size for g in channel_graph(s).groups)) if multiple > 1 else 0.05
+    model, ratio, precision = _prune_to_target(s, target, prune, lo=lo)
     model = fit(s, model, s.args.finetune_epochs, lr=s.args.lr * 0.2)
     return {**deploy(s, model, folder, precision), "detail": json.dumps({"ratio": round(ratio, 4)})}
 

@@ -182,3 +182,20 @@ def test_overhead_table(tmp_path):
     assert len(frame) == len(overhead.VARIANTS)
     assert frame.loc[frame["variant"] == "plain", "ratio_to_plain"].item() == pytest.approx(1.0)
     assert (frame["ms_per_step"] > 0).all()
+
+
+def test_a_baseline_that_cannot_reach_its_target_is_infeasible_not_deployed(monkeypatch):
+    """widest_under: the widest size under the target over the baseline's precisions; when no size in the range
+    is predicted under it (e.g. a pruner that prunes nothing at extreme ratios), InfeasibleConstraintError —
+    never the smallest size deployed as if it met the target."""
+    from types import SimpleNamespace
+
+    from pluto.errors import InfeasibleConstraintError
+
+    s = SimpleNamespace(precision="int8")
+    cost = {"int8": lambda size: 1.0 + size, "fp32": lambda size: 2.0 * size}
+    monkeypatch.setattr(pareto, "predicted_latency", lambda s, model, precision: cost[precision](model))
+    size, precision = pareto.widest_under(s, 1.5, lambda v: v, 0.05, 1.0, iters=12)
+    assert precision == "fp32" and size == pytest.approx(0.75, abs=1e-3)  # int8 fits only up to 0.5
+    with pytest.raises(InfeasibleConstraintError, match="no size in"):
+        pareto.widest_under(s, 0.05, lambda v: v, 0.05, 1.0, iters=12)
