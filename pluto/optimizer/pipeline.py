@@ -286,10 +286,16 @@ class Compression:
         probe = attach(copy.deepcopy(self.model), self.example, c.prune, False, self.bits, c.gate_init_keep)
         floor = float(self.align or 1)  # snapped widths never go below the fast multiple (or the group's size)
 
-        def fewest(x: Tensor) -> float:
-            return min(floor, round(float(x.detach()) / c.gate_init_keep)) if x.requires_grad else float(x)
+        def fewest(x: Tensor, gated: bool) -> float:
+            # a count without a prunable channel (a classifier's outputs) is a constant, never rounded up
+            return min(floor, round(float(x.detach()) / c.gate_init_keep)) if gated else float(x.detach())
 
-        min_channels = {k: (fewest(i), fewest(o)) for k, (i, o) in (probe.channels() or {}).items()}
+        min_channels = {}
+        if probe.gates is not None:
+            names, cin, cout = probe.gates.channel_counts()
+            gated_in, gated_out = probe.gates.gated_counts()
+            min_channels = {k: (fewest(cin[i], bool(gated_in[i])), fewest(cout[i], bool(gated_out[i])))
+                            for i, k in enumerate(names)}
         del probe
         allowed = None
         if c.quantize:

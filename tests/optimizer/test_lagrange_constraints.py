@@ -41,3 +41,37 @@ def test_target_equal_to_the_minimum_is_feasible_despite_float_rounding():
     check_feasible([Constraint("macs", "macs", target)], {"macs": target * (1 + 1e-9)})
     with pytest.raises(InfeasibleConstraintError):
         check_feasible([Constraint("macs", "macs", target)], {"macs": target * 1.001})
+
+
+def test_a_macs_target_at_the_floor_model_of_the_space_is_feasible(tmp_path):
+    """The pipeline's minimum of the space is the model with every gated group at the table's channel floor and
+    every ungated count (the classifier's 10 outputs) at its full width: a MACs target copied from that model (as
+    the sweep's MACs-constrained ablation does from a latency-joint result at the floor) is feasible, and the
+    minimum equals its MACs exactly (a classifier counted with 11 outputs once made it 16 MACs too high)."""
+    from pathlib import Path
+
+    import torch
+
+    from pluto.cost.ops import extract_ops, total_macs
+    from pluto.data import DataSpec
+    from pluto.decisions.channels import DependencyGraph, prune_by_importance
+    from pluto.engine.run import RunContext
+    from pluto.models import create_model
+    from pluto.optimizer.pipeline import Compression
+    from pluto.train import compose
+
+    table = Path(__file__).resolve().parents[2] / "latency_tables" / "cpu_ort_xeon_amx"
+    if not (table / "metadata.json").exists():
+        pytest.skip("table cpu_ort_xeon_amx not shipped here")
+    example = torch.zeros(1, 1, 28, 28)
+    model = create_model("resnet20", 10, 1, 28).eval()
+    floor_model = prune_by_importance(model, DependencyGraph.build(model, example), ratio=0.95, round_to=16)
+    floor_macs = total_macs(extract_ops(floor_model, (1, 1, 28, 28)))
+    cfg = compose(["data=synthetic", "data.in_channels=1", "data.input_size=28", "logger=none", f"hw.table={table}",
+                   "hw.measure=off", "compress=joint", "compress.bits=[8,32]", "constraints=none",
+                   f"constraints.macs={floor_macs}"])
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    comp = Compression(model, torch.utils.data.TensorDataset(x, y), None, DataSpec(10, 1, 28), cfg,
+                       RunContext(tmp_path, cfg, tensorboard=False), torch.device("cpu"))
+    comp.prepare()  # raised InfeasibleConstraintError before
+    assert comp.minimum["macs"] == pytest.approx(floor_macs, rel=1e-12)

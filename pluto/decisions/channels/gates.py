@@ -255,6 +255,13 @@ class ChannelGates(nn.Module):
         n = len(self.node_names)
         return self.node_names, counts[:n], counts[n:]
 
+    def gated_counts(self) -> tuple[Tensor, Tensor]:
+        """Per node of :meth:`channel_counts`: whether its (in, out) count has a prunable channel at all (a
+        classifier's outputs, the input image's channels have none: their counts are constants)."""
+        gated = (self._count_index < self.graph.num_channels).any(dim=1)
+        n = len(self.node_names)
+        return gated[:n], gated[n:]
+
     def expected_macs(self) -> Tensor:
         """Expected MACs per sample of the example input under the keep-probabilities (differentiable)."""
         p = self.flat_probabilities()
