@@ -50,17 +50,19 @@ Epoch budget: every method sees ``--epochs + --finetune-epochs`` passes over the
 optuna winner train ``--epochs + --finetune-epochs`` from scratch. "PTQ" means int8 on a table with int8
 entries, else the baseline stays fp32.
 
-ResNet-20 on this CPU (issue 13): about 30 min of 2 cores per seed (estimated from one timed epoch, 2026-12-06),
-so one or two seeds per session; the same command resumes where the last one stopped (``--time-budget``: no
-config starts after it). Then measure with nothing else running::
+ResNet-20 on this CPU (issue 13): the committed sweep (3 targets x 3 seeds x 9 methods, README "ResNet-20 on this
+CPU") took about 1 h of one core per seed and target set, two configs at a time (``--threads 1``); the same command resumes where
+the last one stopped (``--time-budget``: no config starts after it; ``--seeds`` / ``--targets`` pick parts). Commit
+the ONNX files with the results (``git add -f``): the measure stage needs them. Then measure with nothing else
+running::
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/pareto.py --stage train --model resnet20 --seeds 0,1,2 \
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/pareto.py --stage train --tables cpu_ort_xeon_amx \
+        --model resnet20 --seeds 0,1,2 --targets 0.2659,0.4166,0.6527 \
         --methods joint,joint_macs,joint_scratch,uniform,magnitude,torch_pruning,ptq,dense,optuna \
-        --data-root /usr/share/datasets/fashion-mnist --train-limit 2000 --test-limit 5000 --epochs 4 \
-        --finetune-epochs 2 --n-targets 3 --optuna-trials 6 --scratch-lrs 0.05,0.1 --threads 1 \
-        --out results/pareto-resnet20 --time-budget 3000
-    .venv/bin/python scripts/pareto.py --stage measure --model resnet20 --out results/pareto-resnet20 \
-        --data-root /usr/share/datasets/fashion-mnist --test-limit 5000 --repeats 7
+        --data-root /usr/share/datasets/fashion-mnist --train-limit 10000 --epochs 6 --warmup-steps 50 \
+        --test-limit 5000 --n-targets 3 --threads 1 --out docs/results/pareto-resnet20 --time-budget 3600
+    .venv/bin/python scripts/pareto.py --stage measure --tables cpu_ort_xeon_amx --model resnet20 \
+        --out docs/results/pareto-resnet20 --data-root /usr/share/datasets/fashion-mnist --test-limit 5000 --repeats 5
 
 GPU command for the lead (ONE device call, <= ~9 min on one H100: configs not started after
 ``--time-budget`` seconds are skipped and a rerun resumes them). The device image has no Fashion-MNIST and
@@ -842,8 +844,14 @@ def train_stage(args: argparse.Namespace) -> pd.DataFrame:
               f"{sweep.device}; methods {', '.join(methods)}", flush=True)
         budget = {k: getattr(args, k) for k in ("data", "train_limit", "epochs", "finetune_epochs", "joint_epochs",
                                                   "batch_size", "lr", "scratch_lrs", "optuna_trials", "seeds")}
-        (sweep.out / "targets.json").write_text(json.dumps({"model": args.model, "targets_ms": targets,
-                                                            "methods": methods, "train_images": len(sweep.train),
+        info = sweep.out / "targets.json"  # a run of some --targets keeps the others an earlier session swept
+        before = json.loads(info.read_text()) if info.exists() else {}
+        (sweep.out / "targets.json").write_text(json.dumps({"model": args.model,
+                                                            "targets_ms": sorted({*before.get("targets_ms", []),
+                                                                                  *targets}),
+                                                            "methods": list(dict.fromkeys([*before.get("methods", []),
+                                                                                           *methods])),
+                                                            "train_images": len(sweep.train),
                                                             "settings": budget}))
         for seed in args.seed_list:
             s = dataclasses.replace(sweep, seed=seed)  # the cache (graph, model arguments) is shared
