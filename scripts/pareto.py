@@ -1048,7 +1048,7 @@ def ablations(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for method in ABLATIONS:
         other = ok[ok["method"] == method].set_index(["table", "target_ms", "seed"])
-        both = joint.join(other, how="inner", lsuffix="_joint", rsuffix="_abl")
+        both = joint.merge(other, how="inner", left_index=True, right_index=True, suffixes=("_joint", "_abl"))
         if both.empty:
             continue
         both = both.assign(macs_ratio=both["macs_abl"] / both["macs_joint"],
