@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = pd.DataFrame(rows)
     print(f"{cpu_name()}, onnxruntime 1 thread, int8 weights {int8_weight_type()}; conv3x3+BN+ReLU alone vs in a "
           f"chain of {args.depth}; median of {args.rounds} interleaved rounds; {dt.datetime.now():%Y-%m-%d %H:%M}")
-    with pd.option_context("display.float_format", "{:.4f}".format, "display.width", 140):
-        print(frame.to_string(index=False))
+    print(frame.to_string(index=False, float_format="{:.4f}".format))
     if args.csv:
         frame.to_csv(args.csv, index=False)
     return 0
