@@ -189,3 +189,20 @@ def test_measure_interleaved_times_onnx_files_against_each_other(tmp_path):
     assert out[1].latency_ms > 3 * max(out[0].latency_ms, out[2].latency_ms)  # ~90x the MACs
     with pytest.raises(MeasurementError, match="cannot measure"):
         Measurer(LatencyTable.load("latency_tables/h100_cudagraph")).measure_interleaved([small], (1, 1, 14, 14))
+
+
+@pytest.mark.parametrize("rounds_ms, taken, latency", [([1.0, 1.02, 0.99], 3, 1.0),  # steady: the rounds asked
+                                                       ([1.0, 1.5, 1.0, 1.01, 0.99, 1.0, 1.0, 1.4, 1.0], 9, 1.0)])
+def test_rounds_that_disagree_get_more_rounds_before_the_median(monkeypatch, rounds_ms, taken, latency):
+    """A burst from a neighbour on a shared machine (one round 1.5x the others) makes the local measurement take
+    up to 3x its rounds, so the median stands on the undisturbed majority; the spread is recorded."""
+    from pluto.cost import measure as measure_module
+    from pluto.cost.runtimes import Timing
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load("latency_tables/cpu_ort_xeon_amx")
+    values = iter(rounds_ms)
+    monkeypatch.setattr(measure_module, "time_call", lambda work, samples, clock: Timing(next(values), 0.01, samples))
+    m = Measurer(table, rounds=3).measure(create_model("small_cnn"), (1, 1, 28, 28))
+    assert m.extra["rounds_ms"] == rounds_ms[:taken] and m.latency_ms == pytest.approx(latency)
+    assert (m.extra["rounds_spread"] > 0.10) == (taken > 3) and f"median of {taken} x" in m.method
