@@ -29,7 +29,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 from torch import nn
-from torch.profiler import record_function
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.data import DataSpec  # noqa: E402
 from pluto.engine.compile import MODES  # noqa: E402
-from pluto.engine.optim import build_optimizer  # noqa: E402
+from pluto.engine.loop import train_step  # noqa: E402
+from pluto.engine.optim import OptimizerGroup, build_optimizer  # noqa: E402
 from pluto.engine.probe import StepProbe  # noqa: E402
 from pluto.engine.run import RunContext  # noqa: E402
 from pluto.models import create_model  # noqa: E402
@@ -87,32 +87,20 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
     net.to(device).train()
     # the optimizers of the pipeline's phases (trainer.optimizer on the weights, Adam on the decision logits)
     weights = build_optimizer(params, cfg.trainer, lr=0.01)
-    return Step(comp, step_fn, weights, dopt, params + dparams, int(cfg.trainer.log_every), (x, y))
+    return Step(comp.state, step_fn, OptimizerGroup(weights, dopt), params + dparams, int(cfg.trainer.log_every),
+                (x, y))
 
 
 class Step:
-    """One training step as ``pluto.engine.loop.train_epochs`` runs it (step function, zero_grad, backward,
-    gradient clipping, the optimizers), with named regions for ``--profile``."""
+    """One training step exactly as ``pluto.engine.loop.train_epochs`` runs it (``train_step``: the step function,
+    zero_grad, backward, gradient clipping, both optimizers), whose named regions ``--profile`` reads."""
 
-    def __init__(self, comp: Compression, step_fn, weights, dopt, params: list, log_every: int, batch):
-        self.comp, self.step_fn, self.weights, self.dopt, self.params = comp, step_fn, weights, dopt, params
-        self.log_every, self.state, self.batch = log_every, comp.state, batch
+    def __init__(self, state, step_fn, optimizer: OptimizerGroup, params: list, log_every: int, batch):
+        self.state, self.step_fn, self.optimizer, self.params = state, step_fn, optimizer, params
+        self.log_every, self.batch = log_every, batch
 
     def __call__(self) -> None:
-        x, y = self.batch
-        with record_function("step/step_fn"):
-            loss, _ = self.step_fn(x, y)
-        with record_function("step/backward"):
-            self.weights.zero_grad(set_to_none=True)
-            if self.dopt is not None:
-                self.dopt.zero_grad(set_to_none=True)
-            loss.backward()
-        with record_function("step/clip"):
-            torch.nn.utils.clip_grad_norm_(self.params, 5.0)
-        with record_function("step/optimizers"):
-            self.weights.step()
-            if self.dopt is not None:
-                self.dopt.step()
+        train_step(self.step_fn, *self.batch, self.optimizer, self.params)
         self.state.global_step += 1
 
 

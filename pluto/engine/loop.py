@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
@@ -121,6 +122,26 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = 
     return {"accuracy": 100.0 * correct / max(total, 1), "loss": loss_sum / max(total, 1)}
 
 
+def train_step(step_fn: StepFn, x: Tensor, y: Tensor, optimizer: torch.optim.Optimizer, params: list[Tensor],
+               grad_clip: float | None = 5.0, share: float = 1.0,
+               reduce: Callable[[list[Tensor]], None] | None = None) -> tuple[Tensor, dict]:
+    """One optimizer step: ``step_fn``'s loss (scaled by ``share``), backward, the gradients ``reduce``-d across
+    ranks, clipped, stepped. Its parts are named regions for ``torch.profiler`` (``scripts/overhead.py --profile``)."""
+    with record_function("step/step_fn"):
+        loss, logs = step_fn(x, y)
+    with record_function("step/backward"):
+        optimizer.zero_grad(set_to_none=True)
+        (loss * share if share != 1.0 else loss).backward()
+        if reduce is not None:
+            reduce(params)
+    with record_function("step/clip"):
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    with record_function("step/optimizers"):
+        optimizer.step()
+    return loss, logs
+
+
 def train_epochs(
     model: nn.Module,
     dataset: Dataset,
@@ -163,18 +184,12 @@ def train_epochs(
             for x, y in epoch_batches(dataset, batch_size, seed, state.phase, state.epoch, skip=state.batch,
                                       rank=rank, world=world):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss, logs = step_fn(x, y)
-                optimizer.zero_grad(set_to_none=True)
+                share = 1.0
                 if world > 1:
                     start, stop = bounds[state.batch]
                     share = len(y) * world / (stop - start)  # 1.0 unless the global batch splits unevenly
-                    (loss * share if share != 1.0 else loss).backward()
-                    distributed.all_reduce_gradients(params)
-                else:
-                    loss.backward()
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                optimizer.step()
+                loss, logs = train_step(step_fn, x, y, optimizer, params, grad_clip, share,
+                                        distributed.all_reduce_gradients if world > 1 else None)
                 if scheduler is not None:
                     scheduler.step()
                 state.batch += 1

@@ -69,6 +69,24 @@ class LagrangianConfig:
             raise ConfigError(f"need 0 <= lambda_init <= lambda_max, got {self.lambda_init}, {self.lambda_max}")
 
 
+def _ascend(lam: Tensor, nonfinite: Tensor, g: Tensor, eta: float, max_value: float) -> tuple[Tensor, Tensor]:
+    """Projected dual ascent on device tensors: ``min(max_value, max(0, lam + eta g))``; a non-finite ``g`` leaves
+    ``lam`` unchanged and sets the flag."""
+    finite = torch.isfinite(g)
+    stepped = torch.clamp(torch.clamp(lam + eta * g, min=0.0), max=max_value)
+    return torch.where(finite, stepped, lam), nonfinite | ~finite
+
+
+def _price_and_penalty(g: Tensor, lam: Tensor | float, kp: float, rho: float) -> tuple[Tensor | float, Tensor]:
+    """The price of a violation ``g`` (``lambda``, or ``max(0, lambda + kp g)`` with ``g`` detached) and its term
+    of the primal loss, ``price g + rho/2 max(0, g)^2``."""
+    price = torch.clamp(lam + kp * g.detach(), min=0.0) if kp else lam
+    term = price * g
+    if rho > 0:
+        term = term + 0.5 * rho * torch.clamp(g, min=0) ** 2
+    return price, term
+
+
 class LagrangeMultiplier:
     """The price ``lambda >= 0`` of one constraint, updated by projected dual ascent.
 
@@ -122,10 +140,7 @@ class LagrangeMultiplier:
         if self._device is None:
             self._device = torch.full((), self.value, dtype=torch.float64, device=g.device)
             self._nonfinite = torch.zeros((), dtype=torch.bool, device=g.device)
-        finite = torch.isfinite(g)
-        stepped = torch.clamp(torch.clamp(self._device + self.eta * g, min=0.0), max=self.max_value)
-        self._device = torch.where(finite, stepped, self._device)
-        self._nonfinite = self._nonfinite | ~finite
+        self._device, self._nonfinite = _ascend(self._device, self._nonfinite, g, self.eta, self.max_value)
         self._host = None
         return self._device
 
@@ -156,26 +171,24 @@ def _primal_dual(task_loss: Tensor, costs: list[Tensor], lambdas: list[Tensor], 
     for cost, lam, bad, target, name in zip(costs, lambdas, nonfinite, targets, names):
         g = cost.to(task_loss.dtype) / target - 1.0
         lam_g = lam.to(g.dtype)
-        price = torch.clamp(lam_g + kp * g.detach(), min=0.0) if kp else lam_g
+        price, term = _price_and_penalty(g, lam_g, kp, rho)
         if active:
-            penalty = penalty + price * g
-            if rho > 0:
-                penalty = penalty + 0.5 * rho * torch.clamp(g, min=0) ** 2
+            penalty = penalty + term
         logs[f"lambda/{name}"] = lam_g.detach()
         logs[f"price/{name}"] = price.detach() if active else torch.zeros_like(price)
         logs[f"cost/{name}"] = cost.detach()
         logs[f"violation/{name}"] = g.detach()
         if update:
-            g64 = cost.detach().to(torch.float64) / target - 1.0
-            finite = torch.isfinite(g64)
-            stepped = torch.clamp(torch.clamp(lam + eta * g64, min=0.0), max=lambda_max)
-            lam, bad = torch.where(finite, stepped, lam), bad | ~finite
+            lam, bad = _ascend(lam, bad, cost.detach().to(torch.float64) / target - 1.0, eta, lambda_max)
         new_lambdas.append(lam)
         new_flags.append(bad)
     loss = task_loss + penalty
     logs["loss/constraint"] = penalty.detach()
     logs["loss/total"] = loss.detach()
     return loss, logs, new_lambdas, new_flags
+
+
+_COMPILED: dict[str, object] = {}  # backend -> torch.compile(_primal_dual): one per process, guards per call site
 
 
 class LagrangianObjective:
@@ -230,11 +243,9 @@ class LagrangianObjective:
             lam = self.multipliers[c.name].current
             if isinstance(lam, Tensor):
                 lam = lam.to(g.dtype)
-            price = torch.clamp(lam + self.config.kp * g.detach(), min=0.0) if self.config.kp else lam
+            price, term = _price_and_penalty(g, lam, self.config.kp, self.config.rho)
             if self.active:
-                penalty = penalty + price * g
-                if self.config.rho > 0:
-                    penalty = penalty + 0.5 * self.config.rho * torch.clamp(g, min=0) ** 2
+                penalty = penalty + term
             logs[f"lambda/{c.name}"] = lam
             logs[f"price/{c.name}"] = price if self.active else 0.0
             logs[f"cost/{c.name}"] = torch.as_tensor(cost).detach()
@@ -244,6 +255,12 @@ class LagrangianObjective:
         logs["loss/total"] = loss.detach()
         return loss, logs
 
+    def _count_step(self) -> bool:
+        """Count one training step; whether the multipliers move on it (after warm-up, every ``update_every``)."""
+        self.step += 1
+        since = self.step - self.config.warmup
+        return since > 0 and since % self.config.update_every == 0
+
     def dual_step(self, costs: Mapping[str, Tensor | float]) -> dict[str, Tensor | float]:
         """Count one training step; after warm-up, every ``update_every`` steps, move each multiplier.
 
@@ -251,9 +268,7 @@ class LagrangianObjective:
         move on the costs' device and come back as 0-dim tensors (read them on the host only when needed,
         or call :meth:`lambdas`).
         """
-        self.step += 1
-        since = self.step - self.config.warmup
-        if since > 0 and since % self.config.update_every == 0:
+        if self._count_step():
             for c in self.constraints:
                 cost = self._cost(costs, c)
                 cost = cost.detach().to(torch.float64) if isinstance(cost, Tensor) else float(cost)
@@ -261,7 +276,7 @@ class LagrangianObjective:
         return {name: m.current for name, m in self.multipliers.items()}
 
     def primal_dual(self, task_loss: Tensor, costs: Mapping[str, Tensor], compiled: bool = False,
-             backend: str = "inductor") -> tuple[Tensor, dict[str, Tensor | float]]:
+                    backend: str = "inductor") -> tuple[Tensor, dict[str, Tensor | float]]:
         """:meth:`__call__` then :meth:`dual_step` on the same (tensor) costs: the primal loss and its logs, with
         the multipliers moved for the next step. ``compiled``: the arithmetic runs as one ``torch.compile``-d
         function (a training step on a GPU otherwise spends more host time launching these few dozen tiny
@@ -271,16 +286,14 @@ class LagrangianObjective:
             self.dual_step({k: v.detach() for k, v in costs.items()})
             return loss, logs
         active = self.active
-        self.step += 1
-        since = self.step - self.config.warmup
-        update = since > 0 and since % self.config.update_every == 0
+        update = self._count_step()
         values = [torch.as_tensor(self._cost(costs, c)) for c in self.constraints]
         device = task_loss.device
         states = [self.multipliers[c.name].on_device(device) for c in self.constraints]
-        if getattr(self, "_compiled", None) is None or self._compiled[0] != backend:
-            self._compiled = (backend, torch.compile(_primal_dual, backend=backend, dynamic=False))
+        if backend not in _COMPILED:
+            _COMPILED[backend] = torch.compile(_primal_dual, backend=backend, dynamic=False)
         cfg = self.config
-        loss, logs, lambdas, flags = self._compiled[1](
+        loss, logs, lambdas, flags = _COMPILED[backend](
             task_loss, values, [lam for lam, _ in states], [bad for _, bad in states],
             [c.target for c in self.constraints], [c.name for c in self.constraints], cfg.eta, cfg.kp, cfg.rho,
             cfg.lambda_max, active, update)
