@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import shlex
 import sys
 from pathlib import Path
@@ -117,6 +118,13 @@ def register(subparsers) -> None:
     q = sub.add_parser("refit", help="re-fit a table's calibration from its stored whole-network measurements")
     q.add_argument("table")
     q.set_defaults(func=_refit)
+    q = sub.add_parser("remeasure", help="re-time a table's whole calibration networks on the machine it was "
+                                         "profiled on and refit from scratch (after a change in how networks are timed)")
+    q.add_argument("table")
+    q.add_argument("--precision", default=None, help="comma-separated precisions (default: all of the table's)")
+    q.add_argument("--out", default=None, help="write the table here (default: in place)")
+    q.add_argument("--samples", type=_bounded(int, 3, 10_000), default=30)
+    q.set_defaults(func=_remeasure)
     q = sub.add_parser("import", help="add energy from an external power meter's CSV to a table")
     q.add_argument("table", help="existing table folder")
     q.add_argument("csv", help="CSV with the table's key columns + energy_mj, or time_s,power_w trace + --log")
@@ -477,6 +485,33 @@ def _calibrate(args) -> int:
                 "where the table was made)" if "idle_power_w" in summary else "")
         print(f"  energy: {summary['energy']}{idle}")
     args.table = out
+    return _show(args)
+
+
+def _remeasure(args) -> int:
+    from pluto.cost.machine import fingerprint
+    from pluto.cost.profiler import calibrate, calibration_networks
+    from pluto.cost.runtimes import Runtime
+    from pluto.cost.table import LatencyTable
+
+    table = LatencyTable.load(args.table)
+    made_on = table.metadata.get("settings", {}).get("fingerprint")
+    if table.device.get("type", "cpu") == "cpu" and made_on != fingerprint():
+        raise ConfigError(f"{args.table} was profiled on a machine with fingerprint {made_on}, this one is "
+                          f"{fingerprint()}: its entries do not describe this machine. Adapt it with `pluto table "
+                          f"calibrate {args.table} --out DIR` instead (or profile a table here).")
+    precisions = args.precision.split(",") if args.precision else list(table.precisions)
+    unknown = [p for p in precisions if p not in table.precisions]
+    if unknown:
+        raise ConfigError(f"{args.table} has no {', '.join(unknown)} entries (it has {', '.join(table.precisions)}); "
+                          "pick --precision from those.")
+    rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
+    calibrate(table, rt, calibration_networks(table), precisions, samples=args.samples)
+    table.metadata.setdefault("remeasured", []).append(
+        {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "precisions": precisions,
+         "command": "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])})
+    table.save(args.out or args.table)
+    args.table = args.out or args.table
     return _show(args)
 
 

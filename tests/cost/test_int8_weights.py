@@ -78,3 +78,23 @@ def test_a_table_priced_with_other_int8_weights_is_named():
     assert "U8U8" in line and f"{INT8_WEIGHTS_ENV}=u8" in line
     assert int8_weights_mismatch({"name": "old", "runtime": {"int8": "static QDQ"}}, "s8") is None  # not recorded
     assert int8_weights_mismatch({**meta, "precisions": ["fp32"]}, "s8") is None
+
+
+def test_untrained_networks_are_timed_as_trained_int8_fuses_every_conv(tmp_path):
+    """An untrained network's BNs all fold to the same zero bias; the exporter shares it and onnxruntime then leaves
+    18 of ResNet-20's 21 int8 convs unfused (fp32 Conv between Q/DQ, 2-5x slower). Timed networks are exported
+    with trained-like BatchNorms, so every conv runs as QLinearConv; the caller's model is not changed."""
+    from pluto.cost.profiler import network_onnx
+    from pluto.materialize.export import optimized_op_types
+    from pluto.models import create_model
+
+    model = create_model("resnet20", num_classes=10, in_channels=1).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 1, 28, 28)
+    raw, timed = tmp_path / "raw.onnx", tmp_path / "timed.onnx"
+    raw.write_bytes(quantize_qdq(export_onnx(model, (x,)), (x,)))
+    timed.write_bytes(network_onnx(model, x, "int8"))
+    assert optimized_op_types(raw).get("Conv", 0) > 0  # the artifact this guards against
+    ops = optimized_op_types(timed)
+    assert ops.get("Conv", 0) == 0 and ops["QLinearConv"] == 21
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
