@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from pluto.cost import energy as energy_mod  # noqa: E402
-from pluto.cost.adapt import ZOO_FAMILIES, energy_window, family_networks, space_networks  # noqa: E402
+from pluto.cost.adapt import ZOO_FAMILIES, energy_window, family_networks, kernel_workloads, machine_level, \
+    space_networks  # noqa: E402
 from pluto.cost.machine import describe  # noqa: E402
 from pluto.cost.ops import extract_ops  # noqa: E402
 from pluto.cost.profiler import measure_interleaved, prepare_network  # noqa: E402
@@ -114,18 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     nets = held_out(table, args.families, shapes, args.n, args.seed)
     previous = pd.read_csv(args.recompute).set_index("model") if args.recompute else None
-    energies = None
+    energies, kernel_ms = None, {}
     if previous is not None:
         measured = [(float(previous.loc[name, "measured_latency_ms"]), float(previous.loc[name, "iqr_ms"]))
                     for name, _, _, _ in nets]
         if "measured_energy_mj" in previous.columns:
             energies = [float(previous.loc[name, "measured_energy_mj"]) for name, _, _, _ in nets]
+        previous_json = Path(args.recompute).with_suffix(".json")
+        if previous_json.exists():
+            kernel_ms = json.loads(previous_json.read_text()).get("kernel_ms") or {}
     else:
         device = table.device.get("type", "cpu")
         rt = Runtime(table.runtime, device, int(table.metadata.get("threads") or 1))
         works = [prepare_network(rt, model, shape, args.precision, table.metadata["batch"])
                  for _, _, model, shape in nets]
-        measured = measure_interleaved(rt, works, args.rounds, args.samples, progress=True, desc="measure")
+        named = kernel_workloads(table, args.precision)  # timed in the same rounds: the machine's level now
+        measured = measure_interleaved(rt, works + [w for _, w in named], args.rounds, args.samples, progress=True,
+                                       desc="measure")
+        kernel_ms = {name: t for (name, _), (t, _) in zip(named, measured[len(works):])}
+        measured = measured[:len(works)]
         meter = None
         if "energy_mj" in table.metrics and args.energy:
             try:
@@ -149,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                        predicted_energy_mj=table.predict_ops(ops, "energy_mj", args.precision))
         rows.append(row)
     frame = pd.DataFrame(rows)
+    level = machine_level(table, args.precision, kernel_ms)
+    if level is not None:  # the table's prediction at the level the machine ran at while these were measured
+        frame["predicted_at_level_ms"] = frame["predicted_latency_ms"] * level
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{slug(table.device['name'])}_{table.runtime}_{args.precision}" + (f"_{args.tag}" if args.tag else "")
@@ -163,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                "measurements_from": args.recompute or "this run", "runtime": table.runtime, "precision": args.precision,
                "families": args.families, "seed": args.seed, "seconds": round(time.time() - start),
                "adapted": table.metadata.get("adapted"), "latency_ms": overall, "per_family": per_family,
+               "kernel_ms": kernel_ms, "machine_level": level,
+               "latency_ms_at_level": summarize(frame["predicted_at_level_ms"].to_numpy(),
+                                                frame["measured_latency_ms"].to_numpy()) if level else None,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if energies is not None:
         summary["energy_mj"] = summarize(frame["predicted_energy_mj"].to_numpy(), frame["measured_energy_mj"].to_numpy())
@@ -180,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
         for fam, s in [*families.items(), ("ALL", total)]:
             print(f"{fam:<22} {s['n']:>4} {s['within_10pct']:>9.1f}% {s['within_5pct']:>8.1f}% {s['mape']:>7.2f} "
                   f"{s['bias_pct']:>+7.1f} {s['spearman']:>9.3f}")
+    if level is not None:
+        s = summary["latency_ms_at_level"]
+        print(f"{'ALL at machine level':<22} {s['n']:>4} {s['within_10pct']:>9.1f}% {s['within_5pct']:>8.1f}% "
+              f"{s['mape']:>7.2f} {s['bias_pct']:>+7.1f} {s['spearman']:>9.3f}   (reference kernels ran {level:.3f}x "
+              "the table's calibration-time level)")
     scatter(frame, f"{args.table} {args.precision} on {where[:40]}\n{overall['within_10pct']:.0f}% within "
             f"+-10%, MAPE {overall['mape']:.1f}%, Spearman {overall['spearman']:.3f}", out / f"fidelity_{tag}.png")
     (out / f"fidelity_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -111,17 +111,41 @@ def reference_networks(table: LatencyTable, n: int = 20, seed: int = 0, precisio
 
 
 # ---- the reference kernels ---------------------------------------------------------------------
-def time_kernels(table: LatencyTable, precision: str, rounds: int = 3, samples: int = 24) -> dict[str, float]:
-    """Median ms of each reference kernel on this machine, with the table's runtime, threads and batch."""
-    from pluto.cost.profiler import REFERENCE_KERNELS, measure_interleaved
+def kernel_workloads(table: LatencyTable, precision: str) -> list[tuple[str, object]]:
+    """(name, prepared workload) of each reference kernel with the table's runtime, threads and batch."""
+    from pluto.cost.profiler import REFERENCE_KERNELS
     from pluto.cost.runtimes import Runtime
     from pluto.cost.units import build_unit
 
     rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
     batch = int(table.metadata.get("batch") or 1)
-    works = [rt.prepare(*build_unit(op, batch), precision) for _, op in REFERENCE_KERNELS]
-    times = measure_interleaved(rt, works, rounds, samples, min_sample_s=0.001)
-    return {name: t for (name, _), (t, _) in zip(REFERENCE_KERNELS, times)}
+    return [(name, rt.prepare(*build_unit(op, batch), precision)) for name, op in REFERENCE_KERNELS]
+
+
+def time_kernels(table: LatencyTable, precision: str, rounds: int = 3, samples: int = 24) -> dict[str, float]:
+    """Median ms of each reference kernel on this machine, with the table's runtime, threads and batch."""
+    from pluto.cost.profiler import measure_interleaved
+    from pluto.cost.runtimes import Runtime
+
+    rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
+    named = kernel_workloads(table, precision)
+    times = measure_interleaved(rt, [w for _, w in named], rounds, samples, min_sample_s=0.001)
+    return {name: t for (name, _), (t, _) in zip(named, times)}
+
+
+def machine_level(table: LatencyTable, precision: str, here_ms: dict[str, float]) -> float | None:
+    """How fast this machine runs *now* relative to when the table's calibration was measured: the geometric mean
+    over the reference kernels of (time here / the table's: those timed with its calibration networks, else the
+    profile's); None if the table stored none.
+
+    A shared VM drifts (neighbours' memory traffic, clocks): the same networks measured minutes apart moved 8-15 %
+    on the AMX Xeon (2026-12-06). Kernels timed in the same interleaved rounds as the networks tell that level
+    apart from the table's model error."""
+    stored = ((table.metadata.get("calibration") or {}).get(precision) or {}).get("kernel_ms") or \
+        {k: v.get("median_ms") for k, v in ((table.metadata.get("reference") or {}).get(precision) or {}).items()
+         if isinstance(v, dict)}
+    ratios = [here_ms[k] / v for k, v in stored.items() if k in here_ms and v]
+    return float(np.exp(np.mean(np.log(ratios)))) if ratios else None
 
 
 def check(table: LatencyTable, precision: str | None = None) -> dict:
@@ -186,15 +210,21 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
     old_reference = table.metadata.get("reference") or {}
     new_reference: dict = {}
     for precision in table.precisions:
-        kernels = time_kernels(table, precision, rounds, samples)
-        new_reference[precision] = {k: {"median_ms": v, "n": rounds} for k, v in kernels.items()}
         nets = reference_networks(table, n, seed, precision)  # int8 may cover fewer families than fp32
         nets_p = [net for net in nets if priceable(table, net[2], net[3], precision)]
+        named = kernel_workloads(table, precision)
         if len(nets_p) < 3:
+            kernels = time_kernels(table, precision, rounds, samples)
+            new_reference[precision] = {k: {"median_ms": v, "n": rounds} for k, v in kernels.items()}
             summary["precisions"][precision] = {"skipped": f"only {len(nets_p)} reference networks priceable"}
             continue
         works = [prepare_network(rt, model, shape, precision, batch) for _, _, model, shape in nets_p]
-        measured = measure_interleaved(rt, works, rounds, samples, progress=progress, desc=f"adapt {precision}")
+        # kernels in the same shuffled rounds as the networks: the level they record is the networks' level
+        measured = measure_interleaved(rt, works + [w for _, w in named], rounds, samples, progress=progress,
+                                       desc=f"adapt {precision}")
+        kernels = {name: t for (name, _), (t, _) in zip(named, measured[len(works):])}
+        measured = measured[:len(works)]
+        new_reference[precision] = {k: {"median_ms": v, "n": rounds} for k, v in kernels.items()}
         energies = ([energy_mod.measure_energy(meter, work, ms / 1e3, window) for work, (ms, _) in zip(works, measured)]
                     if meter is not None else None)
         del works
@@ -220,6 +250,7 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
             for record, mj in zip(records, energies):
                 record["measured_energy_mj"] = mj
         cal["reference_networks"] = records
+        cal["kernel_ms"] = kernels
         summary["precisions"][precision] = result
     table.metadata["reference"] = new_reference
     table.metadata["machine"] = {**cpu_facts(), "fingerprint": fingerprint()}

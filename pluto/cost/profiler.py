@@ -498,16 +498,19 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
     for precision in precisions:
         nets = [(label, model, shape) for label, model, shape in networks if priceable(table, model, shape, precision)]
         works = [prepare_network(rt, model, shape, precision, batch) for _, model, shape in nets]
-        timed = measure_interleaved(rt, works, rounds=3, samples=samples, min_sample_s=min_sample_s,
-                                    progress=progress, desc=f"calibrate {precision}")
+        kernels = [(name, rt.prepare(*build_unit(op, batch), precision)) for name, op in REFERENCE_KERNELS]
+        timed = measure_interleaved(rt, works + [w for _, w in kernels], rounds=3, samples=samples,
+                                    min_sample_s=min_sample_s, progress=progress, desc=f"calibrate {precision}")
+        timed, kernel_ms = timed[:len(works)], {name: t for (name, _), (t, _) in zip(kernels, timed[len(works):])}
         records = []
         for (label, _, _), work, (median, _) in zip(nets, works, timed):
             record = {"model": label, "measured_latency_ms": median}
             if meter is not None and "energy_mj" in table.metrics:
                 record["measured_energy_mj"] = energy_mod.measure_energy(meter, work, median / 1e3, energy_window_s)
             records.append(record)
-        del works
-        table.metadata.setdefault("calibration", {})[precision] = {"networks": records}
+        del works, kernels
+        # the machine's level while the calibration was measured (see pluto.cost.adapt.machine_level)
+        table.metadata.setdefault("calibration", {})[precision] = {"networks": records, "kernel_ms": kernel_ms}
     refit(table, networks)
 
 
