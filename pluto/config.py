@@ -62,8 +62,9 @@ class TrainerConfig:
     checkpoint_every: int = _opt(200, 1, 10**9, doc="batches between checkpoints")
     log_every: int = _opt(20, 1, 10**9, doc="batches between logged scalars")
     sync_bn: bool = _opt(False, doc="torchrun runs: BatchNorm statistics over the global batch (all ranks)")
-    compile: str = _opt("none", choices=("none", "default", "reduce-overhead", "max-autotune"),
-                        doc="torch.compile the model of the warm-up and search steps (reduce-overhead: + CUDA graphs)")
+    compile: str = _opt("none", choices=("none", "default", "reduce-overhead", "max-autotune", "step-graph"),
+                        doc="torch.compile the model of the warm-up and search steps (reduce-overhead: + CUDA graphs; "
+                            "step-graph: the whole training step as one CUDA graph)")
 
 
 @dataclass

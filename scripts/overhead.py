@@ -16,6 +16,9 @@ from Python data per step). ``--probe-only`` prints these counts without timing.
 
     .venv/bin/python scripts/overhead.py --device cpu --threads 2
     python3 scripts/overhead.py --device cuda --table h100_cudagraph      # on the H100
+
+``--compile`` applies to every variant alike; ``step-graph`` replays each whole step (plain and joint) as a CUDA
+graph, as ``train_epochs`` does under ``trainer.compile=step-graph`` (:mod:`pluto.engine.graph`).
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.data import DataSpec  # noqa: E402
 from pluto.engine.compile import MODES  # noqa: E402
+from pluto.engine.graph import step_graphs  # noqa: E402
 from pluto.engine.loop import train_step  # noqa: E402
 from pluto.engine.optim import OptimizerGroup, build_optimizer  # noqa: E402
 from pluto.engine.probe import StepProbe  # noqa: E402
@@ -57,7 +61,8 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
                device: torch.device, workdir: Path, prune: bool, quantize: bool, kd: bool, cost: bool,
                compile_mode: str = "none", extra: tuple[str, ...] = ()):
     """One training step of the given variant: the pipeline's own ``Compression.search_step`` (plain: its
-    ``warmup_step``), with the weight and decision optimizers the pipeline's search phase builds."""
+    ``warmup_step``; as ``Compression.planned_step`` gives them to the loop), with the weight and decision
+    optimizers the pipeline's search phase builds."""
     metric = "latency_ms" if table else "macs"
     overrides = ["data=synthetic", f"data.in_channels={x.shape[1]}", f"data.input_size={x.shape[-1]}", "logger=none",
                  f"hw.table={table or 'null'}", "hw.measure=off", f"compress.prune={prune}",
@@ -79,28 +84,33 @@ def build_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, table: str | 
         comp.teacher.spec = "self"
         comp.teacher.build(comp.model)
     if not (prune or quantize or cost):
-        net, step_fn, params, dparams, dopt = comp.model, comp.warmup_step, list(comp.model.parameters()), [], None
+        net, phase, params, dparams, dopt = comp.model, "warmup", list(comp.model.parameters()), [], None
     else:
         d = comp.attach_decisions()
-        net, step_fn, params, dparams = d.model, comp.search_step, d.weight_parameters(), d.parameters()
+        net, phase, params, dparams = d.model, "search", d.weight_parameters(), d.parameters()
         dopt = comp.decision_optimizer(d)
     net.to(device).train()
     # the optimizers of the pipeline's phases (trainer.optimizer on the weights, Adam on the decision logits)
-    weights = build_optimizer(params, cfg.trainer, lr=0.01)
-    return Step(comp.state, step_fn, OptimizerGroup(weights, dopt), params + dparams, int(cfg.trainer.log_every),
-                (x, y))
+    weights = build_optimizer(params, cfg.trainer, lr=0.01, capturable=comp.capturable)
+    optimizer = OptimizerGroup(weights, dopt)
+    return Step(comp.state, comp.planned_step(phase), optimizer, params + dparams, int(cfg.trainer.log_every),
+                (x, y), step_graphs(compile_mode, optimizer, params + dparams))
 
 
 class Step:
     """One training step exactly as ``pluto.engine.loop.train_epochs`` runs it (``train_step``: the step function,
-    zero_grad, backward, gradient clipping, both optimizers), whose named regions ``--profile`` reads."""
+    zero_grad, backward, gradient clipping, both optimizers), whose named regions ``--profile`` reads; under
+    ``--compile step-graph`` replayed as the loop replays it (``StepGraphs``: its replays have no named regions)."""
 
-    def __init__(self, state, step_fn, optimizer: OptimizerGroup, params: list, log_every: int, batch):
+    def __init__(self, state, step_fn, optimizer: OptimizerGroup, params: list, log_every: int, batch, graphs=None):
         self.state, self.step_fn, self.optimizer, self.params = state, step_fn, optimizer, params
-        self.log_every, self.batch = log_every, batch
+        self.log_every, self.batch, self.graphs = log_every, batch, graphs
 
     def __call__(self) -> None:
-        train_step(self.step_fn, *self.batch, self.optimizer, self.params)
+        if self.graphs is not None:  # trainer.compile=step-graph: as train_epochs runs it
+            self.graphs.step(self.step_fn, *self.batch)
+        else:
+            train_step(self.step_fn, *self.batch, self.optimizer, self.params)
         self.state.global_step += 1
 
 

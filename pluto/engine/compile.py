@@ -5,7 +5,8 @@ gates), a teacher forward and the table's expected cost; eager PyTorch launches 
 batch 128 that, not arithmetic, is the step's cost. Inductor fuses them (``default``), and ``reduce-overhead``
 also replays the step's kernels as a CUDA graph. The pipeline compiles the step's whole forward (student, teacher,
 KD loss, expected cost: one graph, no break — ``tests/engine/test_compile.py`` checks it), not the optimizers or
-the dual step.
+the dual step. ``step-graph`` compiles the same forward as ``default`` and captures the whole training step
+(forward, backward, clipping, both optimizers, dual step) as one CUDA graph (:mod:`pluto.engine.graph`).
 
 The decision modules keep the few flags Python control flow reads (a quantizer's ``initialized``, a bit choice's
 ``chosen``) mirrored on the host (:func:`pluto.decisions.bits.quantizer.host_attr`); the mirrors are re-read before
@@ -24,7 +25,7 @@ from torch.utils._pytree import tree_map
 from pluto.decisions.bits.quantizer import refresh_host_mirrors
 from pluto.errors import ConfigError
 
-MODES = ("none", "default", "reduce-overhead", "max-autotune")
+MODES = ("none", "default", "reduce-overhead", "max-autotune", "step-graph")
 
 
 def compile_fn(fn: Callable[..., Any], model: nn.Module, mode: str = "none",
@@ -34,15 +35,16 @@ def compile_fn(fn: Callable[..., Any], model: nn.Module, mode: str = "none",
     that cache per model). Its first call runs eagerly: state built lazily on first use (a cost model's plan, a
     quantizer's initialization) is then made outside the graph, not captured into it. Under CUDA graphs
     (``reduce-overhead``) its outputs are cloned: a replay overwrites the graph's output memory, and callers keep losses and logged values past the next step. ``backend``: dynamo's
-    (tests use ``aot_eager``: the same graph capture, guards and autograd, without inductor's code generation)."""
+    (tests use ``aot_eager``: the same graph capture, guards and autograd, without inductor's code generation).
+    ``step-graph``: compiled as ``default``; the caller captures the whole step (:class:`pluto.engine.graph.StepGraphs`)."""
     if mode not in MODES:
         raise ConfigError(f"trainer.compile={mode!r}: choose one of {', '.join(MODES)}")
     if mode == "none":
         def call(*args, **kwargs):
             return fn(*args, **kwargs)
     else:
-        compiled = torch.compile(fn, mode=None if mode == "default" or backend != "inductor" else mode,
-                                 backend=backend)
+        compiled = torch.compile(fn, mode=None if mode in ("default", "step-graph") or backend != "inductor"
+                                 else mode, backend=backend)
         graphs = mode in ("reduce-overhead", "max-autotune")
         warm = []
 

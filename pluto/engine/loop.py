@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from pluto.engine import distributed
+from pluto.engine.graph import step_graphs
 from pluto.errors import PlutoError
 
 StepFn = Callable[[Tensor, Tensor], tuple[Tensor, dict[str, float]]]
@@ -161,6 +162,7 @@ def train_epochs(
     grad_clip: float | None = 5.0,
     sync_bn: bool = False,
     replicated: Callable[[], Iterable[Tensor]] | None = None,
+    step_graph: bool = False,
 ) -> None:
     """Run ``epochs`` epochs of phase ``state.phase`` from wherever ``state`` says it stopped.
 
@@ -168,12 +170,15 @@ def train_epochs(
     step and, after each epoch, take rank 0's buffers and check that the trained parameters and the
     ``replicated()`` tensors (e.g. Lagrange multipliers) are identical on every rank, logging the
     largest difference as ``<phase>/rank_divergence``. ``sync_bn``: BatchNorm over the global batch.
+    ``step_graph``: each step replayed as a CUDA graph (:mod:`pluto.engine.graph`; ``step_fn`` a ``PlannedStep``,
+    ``optimizer`` capturable).
     """
     world, rank = distributed.world_size(), distributed.rank()
     params = list(dict.fromkeys(p for g in optimizer.param_groups for p in g["params"]))
     if world > 1:
         distributed.broadcast_module(model, what=f"{state.phase} model")
         distributed.broadcast_tensors(params)  # decision logits may live outside the model
+    graphs = step_graphs("step-graph" if step_graph else "none", optimizer, params, grad_clip, world)
     steps = batches_per_epoch(dataset, batch_size)
     bounds = _global_batches(len(dataset), batch_size, world)
     model.train()
@@ -188,8 +193,11 @@ def train_epochs(
                 if world > 1:
                     start, stop = bounds[state.batch]
                     share = len(y) * world / (stop - start)  # 1.0 unless the global batch splits unevenly
-                loss, logs = train_step(step_fn, x, y, optimizer, params, grad_clip, share,
-                                        distributed.all_reduce_gradients if world > 1 else None)
+                if graphs is not None:
+                    loss, logs = graphs.step(step_fn, x, y)
+                else:
+                    loss, logs = train_step(step_fn, x, y, optimizer, params, grad_clip, share,
+                                            distributed.all_reduce_gradients if world > 1 else None)
                 if scheduler is not None:
                     scheduler.step()
                 state.batch += 1

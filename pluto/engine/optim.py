@@ -15,16 +15,30 @@ def fusable(params: list) -> bool:
     return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
 
 
-def build_optimizer(params: Iterable, tcfg: DictConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def build_optimizer(params: Iterable, tcfg: DictConfig, lr: float | None = None,
+                    capturable: bool = False) -> torch.optim.Optimizer:
+    """``trainer.optimizer`` on ``params`` (fused on a GPU). ``capturable``: steppable inside a CUDA graph
+    (:mod:`pluto.engine.graph`): the learning rate is a device tensor that a scheduler fills in place (a float
+    would be frozen into the graph) and Adam(W) keeps its step count on the device."""
     lr = tcfg.lr if lr is None else lr
     params = list(params)
-    fused = fusable([p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]) or None
+    flat = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = fusable(flat) or None
+    if capturable:
+        if not fused:
+            raise ConfigError("a capturable optimizer (trainer.compile=step-graph) needs every parameter on a CUDA GPU")
+        lr = torch.tensor(float(lr), device=flat[0].device)
     if tcfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=tcfg.weight_decay,
-                               fused=fused)
-    if tcfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=tcfg.weight_decay, fused=fused)
-    raise ConfigError(f"trainer.optimizer={tcfg.optimizer!r} is not supported; use sgd or adamw.")
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=tcfg.weight_decay,
+                              fused=fused)
+    elif tcfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=tcfg.weight_decay, fused=fused, capturable=capturable)
+    else:
+        raise ConfigError(f"trainer.optimizer={tcfg.optimizer!r} is not supported; use sgd or adamw.")
+    if capturable:  # a scheduler then scales a float and fills the tensor: one fill per step, no tensor arithmetic
+        for group in opt.param_groups:
+            group["initial_lr"] = float(lr)
+    return opt
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, tcfg: DictConfig, total_steps: int):
@@ -72,4 +86,9 @@ class OptimizerGroup:
 
     def load_state_dict(self, state: dict) -> None:
         for o, s in zip(self.optimizers, state["optimizers"], strict=True):
+            rates = [g["lr"] for g in o.param_groups]
             o.load_state_dict(s)
+            for group, rate in zip(o.param_groups, rates):
+                if torch.is_tensor(rate):  # a capturable optimizer's: its CUDA graphs read this tensor, keep it
+                    rate.fill_(float(group["lr"]))
+                    group["lr"] = rate

@@ -41,6 +41,7 @@ class Decisions:
     bits: tuple[int, ...] = ()
     trail: dict[str, Any] = field(default_factory=dict)
     _choices: dict | None = field(default=None, repr=False, compare=False)
+    _bit_values: dict | None = field(default=None, repr=False, compare=False)
 
     def parameters(self) -> list[nn.Parameter]:
         """Decision logits (op choice, channel keep, bit-width): trained by their own optimizer."""
@@ -80,20 +81,31 @@ class Decisions:
         return PrecisionProbs(tuple(self._choices), keys, stacked_probabilities(choices),
                               tuple(not c.is_hard for c in choices))
 
-    def logs(self) -> dict[str, float]:
-        out: dict[str, float] = {}
+    def logs(self) -> dict[str, Tensor]:
+        """Expected widths per channel group, expected bits per layer, op-choice entropies: detached 0-dim tensors
+        on the decisions' device (the logger reads them on the host, on the steps it logs), computed without host
+        data after the first call, so a logging step can be captured as a CUDA graph (:mod:`pluto.engine.graph`)."""
+        out: dict[str, Tensor] = {}
         if self.gates is not None:
             for gid, p in self.gates.keep_probabilities().items():
-                out[f"widths/group{gid}"] = float(p.detach().sum())
+                out[f"widths/group{gid}"] = p.detach().sum()
         if self.quantized:
-            from pluto.decisions.bits import expected_bits
+            if self._choices is None:
+                from pluto.decisions.bits import bit_choices
 
-            for name, b in expected_bits(self.model).items():
-                out[f"bits/{name}"] = float(b.detach())
+                self._choices = bit_choices(self.model)
+            first = next(iter(self._choices.values()), None)
+            if self._bit_values is None or (first is not None and
+                                            next(iter(self._bit_values.values())).device != first.alpha.device):
+                # each layer's candidate bits, made once per device (sum_b p_b * b below)
+                self._bit_values = {name: torch.tensor(c.candidates, dtype=c.alpha.dtype, device=c.alpha.device)
+                                    for name, c in self._choices.items()}
+            for name, c in self._choices.items():
+                out[f"bits/{name}"] = (c.probabilities().detach() * self._bit_values[name]).sum()
         if self.supernet is not None:
             for name, p in self.supernet.choice_probabilities().items():
                 p = p.detach()
-                out[f"ops/{name}/entropy"] = float(-(p * p.clamp_min(1e-9).log()).sum())
+                out[f"ops/{name}/entropy"] = -(p * p.clamp_min(1e-9).log()).sum()
         return out
 
 

@@ -151,9 +151,11 @@ class LagrangeMultiplier:
             self._nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         return self._device, self._nonfinite
 
-    def assign(self, value: Tensor, nonfinite: Tensor) -> None:
-        """Take a device-side update computed elsewhere (:meth:`LagrangianObjective.primal_dual`)."""
-        self._device, self._nonfinite, self._host = value, nonfinite, None
+    def moved(self) -> None:
+        """The device-side ``lambda`` was updated in place elsewhere (:meth:`LagrangianObjective.primal_dual`): the
+        host's copy is stale."""
+        if self._device is not None:
+            self._host = None
 
     def __repr__(self) -> str:
         return f"LagrangeMultiplier({self.constraint}, lambda={self.value:.4g}, eta={self.eta:g})"
@@ -161,16 +163,15 @@ class LagrangeMultiplier:
 
 def _primal_dual(task_loss: Tensor, costs: list[Tensor], lambdas: list[Tensor], nonfinite: list[Tensor],
                  targets: list[float], names: list[str], eta: float, kp: float, rho: float, lambda_max: float,
-                 active: bool, update: bool) -> tuple[Tensor, dict[str, Tensor], list[Tensor], list[Tensor]]:
+                 active: bool, update: bool) -> tuple[Tensor, dict[str, Tensor]]:
     """One step's arithmetic of :meth:`LagrangianObjective.__call__` followed by :meth:`~LagrangianObjective.dual_step`
-    (the same formulas, in the same dtypes), as a pure function of tensors: compiled, it is a couple of fused
-    kernels instead of a few dozen launches."""
+    (the same formulas, in the same dtypes), as a function of tensors that moves ``lambdas`` and ``nonfinite`` in
+    place: compiled, it is a couple of fused kernels instead of a few dozen launches."""
     penalty = torch.zeros((), dtype=task_loss.dtype, device=task_loss.device)
     logs: dict[str, Tensor] = {"loss/task": task_loss.detach()}
-    new_lambdas, new_flags = [], []
     for cost, lam, bad, target, name in zip(costs, lambdas, nonfinite, targets, names):
         g = cost.to(task_loss.dtype) / target - 1.0
-        lam_g = lam.to(g.dtype)
+        lam_g = lam.to(g.dtype, copy=True)  # a snapshot: ``lam`` moves in place below
         price, term = _price_and_penalty(g, lam_g, kp, rho)
         if active:
             penalty = penalty + term
@@ -178,14 +179,14 @@ def _primal_dual(task_loss: Tensor, costs: list[Tensor], lambdas: list[Tensor], 
         logs[f"price/{name}"] = price.detach() if active else torch.zeros_like(price)
         logs[f"cost/{name}"] = cost.detach()
         logs[f"violation/{name}"] = g.detach()
-        if update:
-            lam, bad = _ascend(lam, bad, cost.detach().to(torch.float64) / target - 1.0, eta, lambda_max)
-        new_lambdas.append(lam)
-        new_flags.append(bad)
+        if update:  # in place: a CUDA graph of the step reads and writes the same multiplier every replay
+            new_lam, new_bad = _ascend(lam, bad, cost.detach().to(torch.float64) / target - 1.0, eta, lambda_max)
+            lam.copy_(new_lam)
+            bad.copy_(new_bad)
     loss = task_loss + penalty
     logs["loss/constraint"] = penalty.detach()
     logs["loss/total"] = loss.detach()
-    return loss, logs, new_lambdas, new_flags
+    return loss, logs
 
 
 _COMPILED: dict[str, object] = {}  # backend -> torch.compile(_primal_dual): one per process, guards per call site
@@ -235,6 +236,10 @@ class LagrangianObjective:
         Logged values are detached tensors (or floats): nothing here waits for the device; a logger
         reads them only on the steps it logs.
         """
+        return self._primal(task_loss, costs, self.active)
+
+    def _primal(self, task_loss: Tensor, costs: Mapping[str, Tensor | float],
+                active: bool) -> tuple[Tensor, dict[str, Tensor | float]]:
         penalty = torch.zeros((), dtype=task_loss.dtype, device=task_loss.device)
         logs: dict[str, Tensor | float] = {"loss/task": task_loss.detach()}
         for c in self.constraints:
@@ -244,10 +249,10 @@ class LagrangianObjective:
             if isinstance(lam, Tensor):
                 lam = lam.to(g.dtype)
             price, term = _price_and_penalty(g, lam, self.config.kp, self.config.rho)
-            if self.active:
+            if active:
                 penalty = penalty + term
             logs[f"lambda/{c.name}"] = lam
-            logs[f"price/{c.name}"] = price if self.active else 0.0
+            logs[f"price/{c.name}"] = price if active else 0.0
             logs[f"cost/{c.name}"] = torch.as_tensor(cost).detach()
             logs[f"violation/{c.name}"] = g.detach()
         loss = task_loss + penalty
@@ -261,6 +266,17 @@ class LagrangianObjective:
         since = self.step - self.config.warmup
         return since > 0 and since % self.config.update_every == 0
 
+    def plan_step(self) -> tuple[bool, bool]:
+        """Count one training step on the host: ``(active, update)``, whether its loss has the constraint terms and
+        whether the multipliers move at its end; what :meth:`primal_dual` takes as ``plan`` (a step captured as a
+        CUDA graph does its counting here and its arithmetic in the graph)."""
+        active = self.active
+        update = self._count_step()
+        if update:
+            for m in self.multipliers.values():
+                m.moved()
+        return active, update
+
     def dual_step(self, costs: Mapping[str, Tensor | float]) -> dict[str, Tensor | float]:
         """Count one training step; after warm-up, every ``update_every`` steps, move each multiplier.
 
@@ -268,37 +284,42 @@ class LagrangianObjective:
         move on the costs' device and come back as 0-dim tensors (read them on the host only when needed,
         or call :meth:`lambdas`).
         """
-        if self._count_step():
+        self._dual(costs, self._count_step())
+        return {name: m.current for name, m in self.multipliers.items()}
+
+    def _dual(self, costs: Mapping[str, Tensor | float], update: bool) -> None:
+        if update:
             for c in self.constraints:
                 cost = self._cost(costs, c)
                 cost = cost.detach().to(torch.float64) if isinstance(cost, Tensor) else float(cost)
                 self.multipliers[c.name].update(c.violation(cost))
-        return {name: m.current for name, m in self.multipliers.items()}
 
     def primal_dual(self, task_loss: Tensor, costs: Mapping[str, Tensor], compiled: bool = False,
-                    backend: str = "inductor") -> tuple[Tensor, dict[str, Tensor | float]]:
+                    backend: str = "inductor",
+                    plan: tuple[bool, bool] | None = None) -> tuple[Tensor, dict[str, Tensor | float]]:
         """:meth:`__call__` then :meth:`dual_step` on the same (tensor) costs: the primal loss and its logs, with
         the multipliers moved for the next step. ``compiled``: the arithmetic runs as one ``torch.compile``-d
         function (a training step on a GPU otherwise spends more host time launching these few dozen tiny
-        kernels than the device spends running them); the results are the same."""
+        kernels than the device spends running them) that moves the multipliers in place; the results are the
+        same. ``plan``: this step's :meth:`plan_step`, when the caller counted it already."""
+        active, update = self.plan_step() if plan is None else plan
         if not compiled or not self.constraints:
-            loss, logs = self(task_loss, costs)
-            self.dual_step({k: v.detach() for k, v in costs.items()})
+            loss, logs = self._primal(task_loss, costs, active)
+            self._dual({k: v.detach() for k, v in costs.items()}, update)
             return loss, logs
-        active = self.active
-        update = self._count_step()
         values = [torch.as_tensor(self._cost(costs, c)) for c in self.constraints]
         device = task_loss.device
         states = [self.multipliers[c.name].on_device(device) for c in self.constraints]
         if backend not in _COMPILED:
             _COMPILED[backend] = torch.compile(_primal_dual, backend=backend, dynamic=False)
         cfg = self.config
-        loss, logs, lambdas, flags = _COMPILED[backend](
+        loss, logs = _COMPILED[backend](
             task_loss, values, [lam for lam, _ in states], [bad for _, bad in states],
             [c.target for c in self.constraints], [c.name for c in self.constraints], cfg.eta, cfg.kp, cfg.rho,
             cfg.lambda_max, active, update)
-        for c, lam, bad in zip(self.constraints, lambdas, flags):
-            self.multipliers[c.name].assign(lam, bad)
+        if update:
+            for c in self.constraints:
+                self.multipliers[c.name].moved()
         return loss, logs
 
     def lambdas(self) -> dict[str, float]:

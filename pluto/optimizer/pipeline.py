@@ -54,6 +54,7 @@ from pluto.decisions.ops.choice import TemperatureSchedule
 from pluto.decisions.ops.supernet import Supernet
 from pluto.engine import distributed
 from pluto.engine.compile import compile_fn
+from pluto.engine.graph import PlannedStep, constant_plan
 from pluto.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
 from pluto.engine.loop import TrainState, batches_per_epoch, train_epochs
 from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler, fusable
@@ -191,6 +192,9 @@ class Compression:
         self.model, self.train_set, self.test_loader, self.spec = model, train_set, test_loader, spec
         self.cfg, self.ctx, self.device = cfg, ctx, device
         self.c, self.t = cfg.compress, cfg.trainer
+        if self.t.compile == "step-graph" and torch.device(device).type != "cuda":
+            raise ConfigError(f"trainer.compile=step-graph captures each training step as a CUDA graph; the run's "
+                              f"device is {device}: use trainer.compile=default (or none) there")
         self._compiled: dict[str, Any] = {}  # torch.compile-d step forwards per phase (trainer.compile)
         self.task = task or Classification(label_smoothing=self.t.label_smoothing, kd_temperature=self.c.kd.temperature,
                                            kd_alpha=self.c.kd.alpha)
@@ -206,6 +210,7 @@ class Compression:
         self.teacher = Teacher(self.c.teacher if self.c.distill else None, spec, device,
                                self.c.kd.teacher_precision)
         self.decisions: Decisions | None = None
+        self._plan: tuple | None = None  # the search step planned by search_plan, for search_run
         self.final: nn.Module | None = None
         self.trail: dict[str, Any] = {}
         self.info: dict[str, Any] = {"timing_s": {}}
@@ -427,7 +432,8 @@ class Compression:
             if phase not in state.phases_done:
                 state.phases_done = (*state.phases_done, phase)
             return
-        weights = build_optimizer(weight_params if weight_params is not None else net.parameters(), t, lr=lr)
+        weights = build_optimizer(weight_params if weight_params is not None else net.parameters(), t, lr=lr,
+                                  capturable=self.capturable)
         optimizer = OptimizerGroup(weights, extra_opt)
         scheduler = build_scheduler(weights, t, epochs * batches_per_epoch(self.train_set, t.batch_size))
         if state.phase != phase:
@@ -457,7 +463,7 @@ class Compression:
             train_epochs(net, self.train_set, step_fn, optimizer, scheduler, state, epochs, t.batch_size,
                          seed=self.cfg.seed, device=self.device, save=save, checkpoint_every=t.checkpoint_every,
                          log=ctx.logger.scalars, log_every=t.log_every, end_of_epoch=end_of_epoch,
-                         sync_bn=t.sync_bn, replicated=replicated)
+                         sync_bn=t.sync_bn, replicated=replicated, step_graph=self.capturable)
         finally:
             self.task.watch(None, None)  # no hooks on a model that is next copied, exported or saved
         state.phases_done = (*state.phases_done, phase)
@@ -513,7 +519,7 @@ class Compression:
         supernet = isinstance(model, Supernet)
         # a supernet's epochs report its dense reference: a sampled path per batch, with statistics that every
         # candidate collected behind other paths, scores a different random network per batch (chance, early on)
-        self._phase("warmup", model, self.c.epochs.warmup, self.t.lr, self.warmup_step,
+        self._phase("warmup", model, self.c.epochs.warmup, self.t.lr, self.planned_step("warmup"),
                     weight_params=model.weight_parameters() if supernet else None,
                     scored=(lambda: _uncompressed(model, self.calibration.to(self.device)).to(self.device))
                     if supernet else None)
@@ -553,9 +559,34 @@ class Compression:
         return self.decisions
 
     def search_step(self, x: Tensor, y: Tensor):
+        """One search step's loss and logs: :meth:`search_plan` then :meth:`search_run`."""
+        self.search_plan()
+        return self.search_run(x, y)
+
+    def search_plan(self) -> tuple | None:
+        """The host's part of the next search step (counting, the supernet's temperature, whether it logs or measures),
+        kept for :meth:`search_run`; returns the step's kind for :class:`pluto.engine.graph.StepGraphs`: what the
+        step's device work depends on (whether it logs the decisions, whether the multipliers are active and move,
+        the measured correction), or None for a step that must run as is (it measures on the chip; a supernet's)."""
         d, state = self.decisions, self.state
         if d.supernet is not None:
             d.supernet.set_temperature(self.anneal(state.epoch * self.per_epoch + state.batch))
+        step = state.global_step + 1  # the loop counts this step after it returns
+        log = step % self.t.log_every == 0
+        measure = bool(self.every) and step % self.every == 0
+        lagrangian = self.objective.plan_step()
+        self._plan = (log, measure, lagrangian)
+        if d.supernet is not None or measure:
+            return None
+        cm = self.cost_model
+        return log, lagrangian, tuple(sorted(cm.correction.items())), tuple(sorted(cm.offset.items()))
+
+    def search_run(self, x: Tensor, y: Tensor):
+        """The search step as :meth:`search_plan` planned it: forward, expected cost, Lagrangian and dual step."""
+        if self._plan is None:
+            raise PlutoError("Compression.search_run: plan the step first (search_plan), or call search_step")
+        (log, measure, lagrangian), self._plan = self._plan, None
+        d, state = self.decisions, self.state
         # a supernet's temperature changes every step: compiled, it would recompile every step
         forward = self.search_forward if d.supernet is not None else \
             self.compiled("search", d.model, self.search_forward)
@@ -565,11 +596,12 @@ class Compression:
             # the measured correction changes per measurement: applied here, outside a compiled forward
             expected = {m: self.cost_model.correct(m, v) for m, v in raw.items()}
             # the primal loss and the dual step in one compiled function when the step is compiled
-            loss, lag_logs = self.objective.primal_dual(task, expected, compiled=self.t.compile != "none")
-        step = state.global_step + 1  # the loop counts this step after it returns
-        if step % self.t.log_every == 0:
+            loss, lag_logs = self.objective.primal_dual(task, expected, compiled=self.t.compile != "none",
+                                                        plan=lagrangian)
+        step = state.global_step + 1
+        if log:
             logs.update(d.logs())
-        if self.every and step % self.every == 0:  # measured on rank 0; every rank prices with its correction
+        if measure:  # measured on rank 0; every rank prices with its correction
             # logged here: the loop logs a step's scalars only every trainer.log_every steps
             measured = self.measure_candidate(step) if distributed.is_main() else {}
             if measured:
@@ -579,6 +611,19 @@ class Compression:
             self.cost_model.correction.update(scale)
             self.cost_model.offset.update(offset)
         return loss, {**logs, **{f"lagrangian/{k}": v for k, v in lag_logs.items()}}
+
+    def planned_step(self, phase: str) -> PlannedStep:
+        """The step function of ``phase`` (warmup, search, finetune) with its host part apart, for
+        ``trainer.compile=step-graph`` (:mod:`pluto.engine.graph`)."""
+        if phase == "search":
+            return PlannedStep(self.search_plan, self.search_run)
+        if phase == "warmup":
+            sandwich = isinstance(self.model, Supernet) and self.c.supernet_warmup_mode == "sandwich"
+            # the sandwich samples random children on the host every step: never captured
+            return PlannedStep((lambda: None) if sandwich else constant_plan, self.warmup_step)
+        if phase == "finetune":
+            return PlannedStep(constant_plan, self.finetune_step)
+        raise ConfigError(f"no step function for phase {phase!r}; phases: warmup, search, finetune")
 
     def search_forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
         """The search step's forward: task (+ KD) loss, its logs and each constraint's expected cost as the table
@@ -634,7 +679,7 @@ class Compression:
         opt = self.decision_optimizer(d)
         extra = _SearchState(self.objective, self.correction)
         self._phase("search", d.model.to(self.device), self.c.epochs.search, self.t.lr * self.c.search_lr_scale,
-                    self.search_step, extra_opt=opt, extra_state=extra, weight_params=d.weight_parameters(),
+                    self.planned_step("search"), extra_opt=opt, extra_state=extra, weight_params=d.weight_parameters(),
                     replicated=self._replicated)
         self._load_phase(d.model, "search.pt", extra)
 
@@ -643,7 +688,14 @@ class Compression:
         params = d.parameters()
         if not params:
             return None
-        return torch.optim.Adam(params, lr=self.c.decision_lr, betas=(0.5, 0.999), fused=fusable(params) or None)
+        return torch.optim.Adam(params, lr=self.c.decision_lr, betas=(0.5, 0.999), fused=fusable(params) or None,
+                                capturable=self.capturable)
+
+    @property
+    def capturable(self) -> bool:
+        """Whether the training steps run as CUDA graphs (``trainer.compile=step-graph``), so the optimizers must
+        be steppable inside one (:func:`pluto.engine.optim.build_optimizer`)."""
+        return self.t.compile == "step-graph"
 
     def _replicated(self) -> list[Tensor]:
         """What must be identical on every rank besides the trained parameters: multipliers and correction."""
@@ -689,7 +741,7 @@ class Compression:
 
     def finetune(self) -> None:
         self._phase("finetune", self.final, self.c.epochs.finetune, self.t.lr * self.c.finetune_lr_scale,
-                    self.finetune_step)
+                    self.planned_step("finetune"))
         self._load_phase(self.final, "finetune.pt")
 
     # ---- 6. deploy -------------------------------------------------------------------------

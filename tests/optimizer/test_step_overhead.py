@@ -1,5 +1,6 @@
 """The joint search step (``Compression.search_step``, as ``scripts/overhead.py`` runs it) makes the host wait for
-the device on no step that does not log, and launches a bounded multiple of a plain step's kernels.
+the device on no step, a logging step included (the loop reads its logged values after it), and launches a bounded
+multiple of a plain step's kernels.
 
 Counted with :class:`pluto.engine.probe.StepProbe` on the CPU (strict: every host read counts as the GPU sync it
 would be), batch 8, table cpu_ort_xeon_amx, bits (4, 8), foreach optimizers; kernels per step (aten ops other
@@ -40,7 +41,7 @@ def _overhead():
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
-def test_joint_step_never_syncs_off_logging_steps_and_bounds_its_launches(name, tmp_path):
+def test_joint_step_never_syncs_and_bounds_its_launches(name, tmp_path):
     if not (TABLE / "metadata.json").exists():
         pytest.skip("table cpu_ort_xeon_amx not shipped here")
     overhead = _overhead()
@@ -58,11 +59,11 @@ def test_joint_step_never_syncs_off_logging_steps_and_bounds_its_launches(name, 
         assert report.n_syncs == 0, report.summary()
         assert report.from_python == 0, report.summary()
         counts[variant] = report.per_call()["kernels"]
-        if flags["cost"]:  # a logging step may read values on the host: the loop logs them
-            while (step.state.global_step + 1) % step.log_every:
-                step()
+        if flags["cost"]:  # a logging step's values (widths, bits) stay on the device too: the loop reads them
+            while (step.state.global_step + 1) % step.log_every:  # when it logs, after the step (so a CUDA graph
+                step()  # can capture a logging step: trainer.compile=step-graph)
             with StepProbe(strict=True) as logged:
                 step()
-            assert logged.report.n_syncs > 0
+            assert logged.report.n_syncs == 0, logged.report.summary()
     joint, plain = counts[overhead.VARIANTS[-1][0]], counts["plain"]
     assert joint / plain < BOUNDS[name], f"{name}: joint {joint:.0f} vs plain {plain:.0f} kernels per step"
