@@ -193,3 +193,38 @@ def test_adapt_refits_energy_where_a_meter_reads_it(tmp_path, monkeypatch):
         ratios.append(table.predict_ops(ops, "energy_mj", "fp32") / table.predict_ops(ops, "latency_ms", "fp32"))
     assert float(np.median(ratios)) == pytest.approx(watts_here, rel=0.3)
     assert float(np.median(ratios)) > 0.050 * 1.5  # far from the table's own 50 W
+
+
+def test_calibration_and_adaptation_record_the_machine_level_they_ran_at(tmp_path):
+    """Reference kernels are timed in the calibration networks' own rounds; the level of a later measurement is the
+    geometric mean of its kernel times over those (adaptation replaces them with its own)."""
+    from pluto.cost.adapt import adapt, machine_level
+
+    table = profile(ProfileSpace.from_dict(SPACE), tmp_path / "t", runtime="onnxruntime", **FAST)
+    kernels = table.metadata["calibration"]["fp32"]["kernel_ms"]
+    assert set(kernels) == {name for name, _ in REFERENCE_KERNELS} and all(v > 0 for v in kernels.values())
+    assert machine_level(table, "fp32", kernels) == pytest.approx(1.0)
+    slower = {k: v * 1.2 if i % 2 else v * 1.1 for i, (k, v) in enumerate(kernels.items())}
+    assert 1.1 < machine_level(table, "fp32", slower) < 1.2
+    assert machine_level(table, "int8", slower) is None  # nothing stored for a precision the table lacks
+    table.metadata["calibration"]["fp32"]["kernel_ms"] = {k: v * 3 for k, v in kernels.items()}
+    adapt(table, n=4, rounds=2, samples=6, progress=False)
+    assert table.metadata["calibration"]["fp32"]["kernel_ms"] != {k: v * 3 for k, v in kernels.items()}
+    assert machine_level(table, "fp32", table.metadata["calibration"]["fp32"]["kernel_ms"]) == pytest.approx(1.0)
+
+
+def test_remeasure_refuses_a_table_from_another_machine_and_re_times_its_own(tmp_path, capsys):
+    from pluto.cli import main
+
+    table = profile(ProfileSpace.from_dict(SPACE), tmp_path / "t", runtime="onnxruntime", **FAST)
+    meta = json.loads((tmp_path / "t" / "metadata.json").read_text())
+    meta["settings"]["fingerprint"] = "000000000000"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "metadata.json").write_text(json.dumps(meta))
+    (tmp_path / "other" / ENTRIES).write_bytes((tmp_path / "t" / ENTRIES).read_bytes())
+    assert main(["table", "remeasure", str(tmp_path / "other")]) == 2
+    assert "pluto table calibrate" in capsys.readouterr().err
+    before = table.metadata["calibration"]["fp32"]["networks"]
+    assert main(["table", "remeasure", str(tmp_path / "t"), "--samples", "6"]) == 0
+    after = LatencyTable.load(tmp_path / "t").metadata
+    assert len(after["calibration"]["fp32"]["networks"]) == len(before) and after["remeasured"][-1]["precisions"] == ["fp32"]
