@@ -94,6 +94,32 @@ def _op_cost(table: LatencyTable | None, op: OpSpec, metric: str, cin: Tensor, c
     return total
 
 
+WEIGHT_KINDS = ("conv", "dwconv", "linear")  # the layers that carry a precision; their order gives the boundaries
+
+
+def boundary_terms(ops: list[OpSpec], probs: list[dict[str, Tensor] | None],
+                   couts: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Expected precision changes between consecutive weight layers of ``ops`` (in execution order) and the expected
+    activation megabytes crossing them: ``sum_i (1 - sum_p P_i(p) P_i+1(p))`` and the same weighted by layer i's
+    output megabytes (fp32 words, ``cout * hw_out^2``). ``probs[i]``: runtime precision -> probability of op i
+    (None: not a weight layer); ``couts``: its (expected) output channels. Ops between two weight layers (adds,
+    pooling) are transparent: a uniform network has none, so the per-precision fits keep what they measured."""
+    edges = torch.zeros((), dtype=torch.float64)
+    edge_mb = torch.zeros((), dtype=torch.float64)
+    prev = None
+    for op, pr, cout in zip(ops, probs, couts):
+        if pr is None:
+            continue
+        if prev is not None:
+            p_op, p_pr, c_prev = prev
+            same = sum((p_pr[k] * pr[k] for k in pr if k in p_pr), torch.zeros((), dtype=torch.float64))
+            change = 1.0 - same
+            edges = edges + change
+            edge_mb = edge_mb + change * c_prev * p_op.hw_out ** 2 * 4.0 / 1e6
+        prev = (op, pr, cout)
+    return edges, edge_mb
+
+
 def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
                   channels: dict[str, tuple[Tensor, Tensor]] | None = None,
                   precisions: dict[str, dict[str | int, Tensor]] | None = None,
@@ -107,6 +133,8 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
       ``default_precision`` (keys 'fp32'/'fp16'/'int8'/'int4' or 32/16/8/4; int4 is timed as int8).
     - ``weights``: op name -> probability that the op is executed (NAS op choice); default 1.
     Units: ms, mJ, bytes or MACs per inference at the table's batch size (batch 1 for shipped tables).
+    Table metrics are calibrated per precision (each precision's ops by its own whole-network fit) plus the
+    expected precision changes between consecutive weight layers (:meth:`LatencyTable.calibrate_precisions`).
     """
     if metric in TABLE_METRICS:
         if table is None:
@@ -114,30 +142,54 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
                              "cpu_ort')); only 'size_bytes' and 'macs' are computed without one.")
     elif metric not in ANALYTIC_METRICS:
         raise ConfigError(f"unknown cost metric {metric!r}; use one of {TABLE_METRICS + ANALYTIC_METRICS}")
-    parts: dict[str, Tensor] = {}
-    act: dict[str, Tensor] = {}
+    zero = torch.zeros((), dtype=torch.float64)
+    if metric not in TABLE_METRICS:
+        total = zero
+        for op in ops:
+            cin, cout = _channels(op, channels)
+            probs = (precisions or {}).get(op.name) or {default_precision: torch.tensor(1.0, dtype=torch.float64)}
+            cost = _op_cost(table, op, metric, cin, cout, probs)
+            if weights and op.name in weights:
+                cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
+            total = total + cost
+        return total
+    # per runtime precision: entry sums and activation megabytes per calibration group, weight bytes, op count
+    by: dict[str, dict] = {}
+    layer_probs: list[dict[str, Tensor] | None] = []
+    couts: list[Tensor] = []
     for op in ops:
         cin, cout = _channels(op, channels)
         probs = (precisions or {}).get(op.name) or {default_precision: torch.tensor(1.0, dtype=torch.float64)}
-        cost = _op_cost(table, op, metric, cin, cout, probs)
-        # the activation-traffic term's value is exact; its gradient follows the op's entry (relative), so a
-        # negative (reorder-removing) coefficient never rewards keeping channels
-        moved = activation_mb(op, torch.as_tensor(cin).detach(), torch.as_tensor(cout).detach())
-        if isinstance(cost, Tensor) and cost.requires_grad and float(cost.detach()) > 0:
-            moved = moved * cost / cost.detach()
-        if weights and op.name in weights:
-            cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
-            moved = moved * torch.as_tensor(weights[op.name], dtype=torch.float64)
-        group = table.group_of(op, cin, cout) if table is not None else calibration_group(op)
-        parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + cost
-        act[group] = act.get(group, torch.zeros((), dtype=torch.float64)) + moved
-    total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
-    if metric in TABLE_METRICS and calibrated:
-        size = expected_cost(None, ops, "size_bytes", channels, precisions, weights, default_precision)
-        n_ops = sum((torch.as_tensor((weights or {}).get(op.name, 1.0), dtype=torch.float64) for op in ops),
-                    torch.zeros((), dtype=torch.float64))
-        total = table.calibrate(parts, metric, _runtime_name(default_precision), size, n_ops, act)
-    return total
+        w = torch.as_tensor(weights[op.name], dtype=torch.float64) if weights and op.name in weights else None
+        group = table.group_of(op, cin, cout)
+        moved_exact = activation_mb(op, torch.as_tensor(cin).detach(), torch.as_tensor(cout).detach())
+        params = _analytic(op, "size_bytes", cin, cout)
+        runtime_probs: dict[str, Tensor] = {}
+        for key, p in probs.items():
+            p = torch.as_tensor(p, dtype=torch.float64)
+            runtime = _runtime_name(key)
+            runtime_probs[runtime] = runtime_probs.get(runtime, zero) + p
+            cost = p * table.lookup(op, metric, runtime, cin, cout)
+            # the activation-traffic term's value is exact; its gradient follows the op's entry (relative), so a
+            # negative (reorder-removing) coefficient never rewards keeping channels
+            moved = p.detach() * moved_exact
+            if isinstance(cost, Tensor) and cost.requires_grad and float(cost.detach()) > 0:
+                moved = moved * cost / cost.detach()
+            size = p * BYTES_PER_WEIGHT[_storage_name(key)] * params
+            count = p
+            if w is not None:
+                cost, moved, size, count = cost * w, moved * w, size * w, count * w
+            slot = by.setdefault(runtime, {"parts": {}, "act": {}, "weight_bytes": zero, "n_ops": zero})
+            slot["parts"][group] = slot["parts"].get(group, zero) + cost
+            slot["act"][group] = slot["act"].get(group, zero) + moved
+            slot["weight_bytes"] = slot["weight_bytes"] + size
+            slot["n_ops"] = slot["n_ops"] + count
+        layer_probs.append(runtime_probs if op.kind in WEIGHT_KINDS else None)
+        couts.append(torch.as_tensor(cout, dtype=torch.float64))
+    if not calibrated:
+        return sum((sum(slot["parts"].values(), zero) for slot in by.values()), zero)
+    edges, edge_mb = boundary_terms(ops, layer_probs, couts)
+    return table.calibrate_precisions(by, metric, _runtime_name(default_precision), edges, edge_mb)
 
 
 def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
@@ -149,17 +201,22 @@ def minimum_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
     The optimizer compares a constraint target against this to reject infeasible targets early
     (``InfeasibleConstraintError``) instead of training towards an unreachable budget.
     """
-    parts: dict[str, Tensor] = {}
-    act: dict[str, float] = {}
+    fewest = {k: tuple(map(float, v)) for k, v in (min_channels or {}).items()}
+    cheapest: dict[str, dict[str | int, Tensor]] = {}
+    total = 0.0
     for op in ops:
-        cin, cout = _channels(op, {k: tuple(map(float, v)) for k, v in (min_channels or {}).items()})
+        cin, cout = _channels(op, fewest)
         options = (allowed_precisions or {}).get(op.name) or list(default_precisions)
         costs = [float(_op_cost(table, op, metric, cin, cout, {p: torch.tensor(1.0)})) for p in options]
-        group = table.group_of(op, cin, cout) if table is not None else calibration_group(op)
-        parts[group] = parts.get(group, torch.zeros((), dtype=torch.float64)) + min(costs)
-        act[group] = act.get(group, 0.0) + float(activation_mb(op, cin, cout))
-    if metric in TABLE_METRICS:
-        size = minimum_cost(None, ops, "size_bytes", min_channels, allowed_precisions, default_precisions)
-        return float(table.calibrate(parts, metric, _runtime_name(list(default_precisions)[0]), size, len(ops),
-                                     act))
-    return float(sum(parts.values()))
+        cheapest[op.name] = {options[costs.index(min(costs))]: torch.tensor(1.0, dtype=torch.float64)}
+        total += min(costs)
+    if metric not in TABLE_METRICS:
+        return total
+    # each op at its cheapest entry, or the whole model at one allowed precision (no precision changes to pay)
+    default = list(default_precisions)[0]
+    candidates = [cheapest]
+    shared = set.intersection(*[set((allowed_precisions or {}).get(op.name) or list(default_precisions))
+                                for op in ops]) if ops else set()
+    candidates += [{op.name: {p: torch.tensor(1.0, dtype=torch.float64)} for op in ops} for p in sorted(shared, key=str)]
+    with torch.no_grad():
+        return min(float(expected_cost(table, ops, metric, fewest, c, default_precision=default)) for c in candidates)

@@ -190,14 +190,14 @@ class CostPlan:
                      metric: str) -> None:
         """One row per grid lookup: grids padded with +inf, values padded with 0, a coefficient (a resolution
         between two measured ones, or scaled from the nearest), the op it prices and its probability."""
-        grids_in, grids_out, values, op_of, prob_of, coef, div = [], [], [], [], [], [], []
+        grids_in, grids_out, values, term_of, coef, div = [], [], [], [], [], []
         classes, groups = {}, []
         for o, op in enumerate(ops):
             cin, cout = self._query(op, grad_channels[o])
             groups.append(table.group_of(op, cin, cout))
             q_in = cin / op.groups if op.kind == "conv" and op.groups > 1 else cin
             classes[o] = table._query_class(op.kind, q_in, cout)
-        for o, p, key in terms:
+        for t, (o, p, key) in enumerate(terms):
             op = ops[o]
             precision = _runtime(key)
             table._require(metric, precision)
@@ -212,8 +212,7 @@ class CostPlan:
                 grids_in.append(grid_in)
                 grids_out.append(grid_out)
                 values.append(vals)
-                op_of.append(o)
-                prob_of.append(p)
+                term_of.append(t)
                 coef.append(float(c))
                 div.append(float(op.groups) if op.kind == "conv" and op.groups > 1 else 1.0)
         d = self.device
@@ -229,18 +228,52 @@ class CostPlan:
         self.last_out = torch.tensor([g.numel() - 1 for g in grids_out], dtype=torch.long, device=d)
         self.base = torch.arange(len(values), device=d) * (n_in * n_out)
         self.n_cols = n_out
-        self.look_op = torch.tensor(op_of, dtype=torch.long, device=d)
-        self.op_terms = segments(op_of, len(ops), d)
-        self.look_prob = torch.tensor(prob_of, dtype=torch.long, device=d)
+        term_op = [o for o, _, _ in terms]
+        self.look_op = torch.tensor([term_op[t] for t in term_of], dtype=torch.long, device=d)
+        self.look_prob = torch.tensor([terms[t][1] for t in term_of], dtype=torch.long, device=d)
         self.look_coef = torch.tensor(coef, dtype=F64, device=d)
         self.look_div = torch.tensor(div, dtype=F64, device=d)
-        names = list(dict.fromkeys(groups))  # first appearance, as expected_cost's dicts
-        self.group_names = tuple(names)
-        self.group_ops = segments([names.index(g) for g in groups], len(names), d)
-        runtime = _runtime(self.default)
-        coeffs = table.calibration_coefficients(metric, runtime, names)
-        self.calibration = None if coeffs is None else {
-            k: (torch.tensor(v, dtype=F64, device=d) if isinstance(v, list) else v) for k, v in coeffs.items()}
+        self.look_terms = segments(term_of, len(terms), d)
+        # per precision term: its op, probability, runtime precision and (group, precision) slot; a precision's ops
+        # are calibrated by that precision's fit (LatencyTable.calibrate_precisions)
+        precisions = list(dict.fromkeys(_runtime(k) for _, _, k in terms))
+        slots = list(dict.fromkeys((groups[o], _runtime(k)) for o, _, k in terms))  # first appearance
+        self.precision_names = tuple(precisions)
+        self.term_op = torch.tensor(term_op, dtype=torch.long, device=d)
+        self.term_prob = torch.tensor([p for _, p, _ in terms], dtype=torch.long, device=d)
+        self.term_precision = torch.tensor([precisions.index(_runtime(k)) for _, _, k in terms], dtype=torch.long,
+                                           device=d)
+        self.term_slots = segments([slots.index((groups[o], _runtime(k))) for o, _, k in terms], len(slots), d)
+        self.term_precisions = segments([precisions.index(_runtime(k)) for _, _, k in terms], len(precisions), d)
+        self.slot_precisions = segments([precisions.index(r) for _, r in slots], len(precisions), d)
+        fits = {r: table.calibration_coefficients(metric, r, [g for g, q in slots if q == r]) for r in precisions}
+        self.calibration = None
+        if any(f is not None for f in fits.values()):
+            def per_slot(key: str, fallback: float | None) -> Tensor | None:
+                out = []
+                for g, r in slots:
+                    f = fits[r]
+                    if f is None:
+                        out.append(1.0 if key == "scales" else 0.0)
+                    elif f[key] is None:
+                        out.append(fallback)
+                    else:
+                        out.append(f[key][[q for q, rr in slots if rr == r].index(g)])
+                return None if any(v is None for v in out) else torch.tensor(out, dtype=F64, device=d)
+
+            scalar = lambda key: torch.tensor([fits[r][key] if fits[r] else 0.0 for r in precisions],  # noqa: E731
+                                              dtype=F64, device=d)
+            self.calibration = {
+                "scales": per_slot("scales", 1.0), "per_act": per_slot("per_act", 0.0),
+                "floored": torch.tensor([bool(f and f["per_act"] is not None) for f in fits.values()],
+                                        dtype=torch.bool, device=d),
+                "per_mb": scalar("per_mb"), "per_op": scalar("per_op"), "offset": scalar("offset"),
+                "default_offset": (table.calibration_coefficients(metric, _runtime(self.default), []) or
+                                   {"offset": 0.0})["offset"]}
+        self.boundary = table.boundary_coefficients(metric)
+        weight_ops = [o for o, op in enumerate(ops) if op.kind in ("conv", "dwconv", "linear")]
+        self.edge_from = torch.tensor(weight_ops[:-1], dtype=torch.long, device=d)
+        self.edge_to = torch.tensor(weight_ops[1:], dtype=torch.long, device=d)
 
     @staticmethod
     def _query(op: OpSpec, grad: bool) -> tuple[Tensor, Tensor]:
@@ -265,15 +298,15 @@ class CostPlan:
             return one
         return torch.cat([precisions.probs.reshape(-1).to(F64), one])
 
-    def _analytic(self, cin: Tensor, cout: Tensor, probs: Tensor) -> Tensor:
-        """Per-op MACs, or per-op bytes of weights (summed over precision terms)."""
+    def _analytic(self, cin: Tensor, cout: Tensor, probs: Tensor, per_term: bool = False) -> Tensor:
+        """Per-op MACs, or per-op bytes of weights (summed over precision terms; ``per_term``: one per term)."""
         a = self.analytic
         first = torch.where(a["uses_cin"], a["k2"] * (cin / a["div"]), a["k2"])
         per_op = first * cout * a["hw2"] + a["bias"] * cout
         if "bytes" not in a:
             return per_op
         weighted = probs.index_select(0, a["prob"]) * a["bytes"] * per_op.index_select(0, a["op"])
-        return segment_sum(weighted, a["per_op"])
+        return weighted if per_term else segment_sum(weighted, a["per_op"])
 
     def _lookups(self, cin: Tensor, cout: Tensor) -> Tensor:
         """Every grid lookup at once: bilinear with linear extrapolation, floored at 0 (``pluto.cost.interp``)."""
@@ -302,24 +335,36 @@ class CostPlan:
         if self.metric not in TABLE_METRICS:
             return self._analytic(cin, cout, probs).sum()
         looked = self.look_coef * self._lookups(cin, cout) * probs.index_select(0, self.look_prob)
-        cost = segment_sum(looked, self.op_terms)
+        cost = segment_sum(looked, self.look_terms)  # per precision term
         detached = cost.detach()
-        moved = (cin.detach() * self.hw[0] + cout.detach() * self.hw[1]) * 4.0 / 1e6
-        # the activation term's value is exact, its gradient follows the op's entry (expected_cost's rule)
-        live = self.op_grad & (detached > 0)
+        moved_op = (cin.detach() * self.hw[0] + cout.detach() * self.hw[1]) * 4.0 / 1e6
+        moved = moved_op.index_select(0, self.term_op) * probs.index_select(0, self.term_prob).detach()
+        # the activation term's value is exact, its gradient follows the term's entry (expected_cost's rule)
+        live = self.op_grad.index_select(0, self.term_op) & (detached > 0)
         moved = torch.where(live, moved * cost / torch.where(live, detached, torch.ones_like(detached)), moved)
-        parts = segment_sum(cost, self.group_ops)
-        total = parts.sum()
+        parts = segment_sum(cost, self.term_slots)
+        totals = segment_sum(parts, self.slot_precisions)
         fit = self.calibration
         if fit is None:
-            return total
-        act = segment_sum(moved, self.group_ops)
-        size = self._analytic(cin, cout, probs).sum()
-        value = (parts * fit["scales"]).sum()
-        if fit["per_act"] is not None:
-            value = value + (act * fit["per_act"]).sum()
-        value = value + fit["per_mb"] * size / 1e6 + fit["per_op"] * float(self.n_ops) + fit["offset"]
-        return torch.maximum(value, 0.1 * total) if fit["per_act"] is not None else value
+            value = totals.sum()
+        else:
+            act = segment_sum(moved, self.term_slots)
+            size = segment_sum(self._analytic(cin, cout, probs, per_term=True), self.term_precisions)
+            count = segment_sum(probs.index_select(0, self.term_prob), self.term_precisions)
+            slot = parts * fit["scales"] + (act * fit["per_act"] if fit["per_act"] is not None else 0.0)
+            per = segment_sum(slot, self.slot_precisions) + fit["per_mb"] * size / 1e6 + fit["per_op"] * count \
+                + fit["offset"]
+            per = torch.where(fit["floored"], torch.maximum(per, 0.1 * totals), per)
+            value = (per - fit["offset"]).sum() + fit["default_offset"]
+        per_edge, per_mb = self.boundary
+        if (per_edge or per_mb) and self.edge_from.numel():
+            n_prec = len(self.precision_names)
+            layer = torch.zeros(self.n_ops * n_prec, dtype=F64, device=self.device).index_add(
+                0, self.term_op * n_prec + self.term_precision, probs.index_select(0, self.term_prob)).view(-1, n_prec)
+            change = 1.0 - (layer.index_select(0, self.edge_from) * layer.index_select(0, self.edge_to)).sum(1)
+            crossing = cout.index_select(0, self.edge_from) * self.hw[1].index_select(0, self.edge_from) ** 2 * 4.0 / 1e6
+            value = value + per_edge * change.sum() + per_mb * (change * crossing).sum()
+        return value
 
 
 __all__ = ["ChannelCounts", "PrecisionProbs", "CostPlan"]

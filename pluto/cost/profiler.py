@@ -220,7 +220,7 @@ def as_trained(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def network_onnx(model: torch.nn.Module, x: torch.Tensor, precision: str) -> bytes:
+def network_onnx(model: torch.nn.Module, x: torch.Tensor, precision: str, bits: dict[str, int] | None = None) -> bytes:
     """ONNX bytes of a whole network as pluto deploys it on onnxruntime: exported with BatchNorms as a trained
     network has them (:func:`as_trained`, on a copy); int8 through pluto's own path (``ptq`` W8A8, then
     ``pluto.materialize.export.export_onnx`` with the chip's weight type), so a table's whole-network
@@ -233,9 +233,10 @@ def network_onnx(model: torch.nn.Module, x: torch.Tensor, precision: str) -> byt
     from pluto.materialize.export import export_onnx as export_deployed
 
     model = as_trained(copy.deepcopy(model).cpu().eval())
-    if precision != "int8":
+    if precision != "int8" and not (bits and any(b <= 8 for b in bits.values())):
         return export_onnx(model, (x,))
-    qmodel = ptq(model, torch.randn(8, *x.shape[1:]), bits=8, batches=1, method="minmax")
+    # ``bits``: layer -> 8 or 32 (a mixed-precision network), else every layer int8
+    qmodel = ptq(model, torch.randn(8, *x.shape[1:]), bits=dict(bits) if bits else 8, batches=1, method="minmax")
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         return export_deployed(qmodel, x, Path(tmp) / "model.int8.onnx", int8=True).read_bytes()
 
@@ -332,10 +333,18 @@ def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
     """(Re-)fit the calibration from the whole-network *measurements* stored in the metadata.
 
     The networks are rebuilt from the table's space (they are seeded), their entry sums recomputed
-    with the current lookup, and the fit redone; nothing is re-measured, so this runs anywhere."""
+    with the current lookup, and the fit redone (per precision, then the price of precision changes on the
+    stored mixed-precision networks); nothing is re-measured, so this runs anywhere."""
     if networks is None:
         networks = calibration_networks(table)
     by_label = {label: (model, shape) for label, model, shape in networks}
+    _refit_precisions(table, by_label)
+    for metric, fit in list((table.metadata.get("calibration_boundary") or {}).items()):
+        if fit.get("networks") and all(r["model"] in by_label for r in fit["networks"]):
+            fit_boundaries(table, fit["networks"], by_label)
+
+
+def _refit_precisions(table: LatencyTable, by_label: dict) -> None:
     for precision, cal in table.metadata.get("calibration", {}).items():
         for record in cal.get("networks", []):
             model, shape = by_label[record["model"]]
@@ -524,6 +533,95 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
         # the machine's level while the calibration was measured (see pluto.cost.adapt.machine_level)
         table.metadata.setdefault("calibration", {})[precision] = {"networks": records, "kernel_ms": kernel_ms}
     refit(table, networks)
+    if "int8" in precisions:
+        calibrate_boundaries(table, rt, networks, samples, min_sample_s, progress)
+
+
+def calibrate_boundaries(table: LatencyTable, rt: Runtime, networks: list[Network], samples: int = 30,
+                         min_sample_s: float = 0.002, progress: bool = True) -> None:
+    """Time :func:`mixed_networks` as pluto deploys them and fit the price of a precision change
+    (:func:`fit_boundaries`); tables without both fp32 and int8 (or not on onnxruntime) have none to price."""
+    if not {"fp32", "int8"} <= set(table.precisions) or rt.name != "onnxruntime":
+        return
+    batch = table.metadata["batch"]
+    mixed = mixed_networks(table, networks)
+    works = [rt.prepare_onnx(network_onnx(model, x, "int8", bits), (x,))
+             for _, model, shape, bits in mixed for x in [torch.randn(batch, *shape[-3:])]]
+    timed = measure_interleaved(rt, works, rounds=3, samples=samples, min_sample_s=min_sample_s,
+                                progress=progress, desc="calibrate mixed precision")
+    del works
+    records = [{"model": label, "bits": bits, "measured_latency_ms": ms}
+               for (label, _, _, bits), (ms, _) in zip(mixed, timed)]
+    fit_boundaries(table, records, {label: (model, shape) for label, model, shape in networks})
+
+
+MIXED_NETWORKS = 24  # mixed-precision networks timed to fit the price of a precision change
+
+
+def mixed_networks(table: LatencyTable, networks: list[Network], n: int = MIXED_NETWORKS,
+                   seed: int = 0) -> list[tuple[str, torch.nn.Module, tuple, dict[str, int]]]:
+    """``n`` of the int8-priceable calibration networks with random per-layer bits (int8 / fp32, each layer
+    independently, a seeded fraction per network so runs of one precision and alternations both occur)."""
+    from pluto.decisions.bits.prepare import quantizable_layers
+
+    rng = random.Random(seed)
+    nets = [net for net in networks if priceable(table, net[1], net[2], "int8")
+            and priceable(table, net[1], net[2], "fp32")]
+    out = []
+    for label, model, shape in rng.sample(nets, min(n, len(nets))):
+        share = rng.uniform(0.2, 0.8)
+        layers = quantizable_layers(model)
+        bits = {name: 8 if rng.random() < share else 32 for name in layers}
+        out.append((label, model, shape, bits))
+    return out
+
+
+def mixed_prediction(table: LatencyTable, model, shape, bits: dict[str, int], metric: str = "latency_ms",
+                     boundaries: bool = True) -> tuple[float, float, float]:
+    """(prediction, expected precision changes, megabytes crossing them) of a mixed-precision network; without
+    ``boundaries`` the prediction leaves the changes unpriced (what the boundary fit explains)."""
+    from pluto.cost.expected import boundary_terms, expected_cost, precision_key
+
+    ops = extract_ops(model, shape)
+    precisions = {name: {precision_key(b): torch.tensor(1.0, dtype=torch.float64)} for name, b in bits.items()}
+    saved = table.metadata.get("calibration_boundary")
+    if not boundaries:
+        table.metadata.pop("calibration_boundary", None)
+    try:
+        with torch.no_grad():
+            value = float(expected_cost(table, ops, metric, precisions=precisions, default_precision="int8"))
+    finally:
+        if saved is not None:
+            table.metadata["calibration_boundary"] = saved
+    layer = [{"int8" if bits[op.name] <= 8 else "fp32": torch.tensor(1.0, dtype=torch.float64)}
+             if op.name in bits else None for op in ops]
+    edges, mb = boundary_terms(ops, layer, [torch.tensor(float(op.cout), dtype=torch.float64) for op in ops])
+    return value, float(edges), float(mb)
+
+
+def fit_boundaries(table: LatencyTable, records: list[dict], by_label: dict) -> None:
+    """Fit ``measured = prediction without boundaries + per_edge * changes + per_mb * crossing MB`` (both >= 0,
+    relative least squares) on timed mixed-precision networks; stored in ``metadata['calibration_boundary']``."""
+    from scipy.optimize import lsq_linear
+
+    for metric in table.metrics:
+        rows = [r for r in records if f"measured_{metric}" in r]
+        if len(rows) < 3:
+            continue
+        base, design, meas = [], [], []
+        for r in rows:
+            model, shape = by_label[r["model"]]
+            value, edges, mb = mixed_prediction(table, model, shape, r["bits"], metric, boundaries=False)
+            base.append(value)
+            design.append((edges, mb))
+            meas.append(r[f"measured_{metric}"])
+        base, design, meas = np.array(base), np.array(design), np.array(meas)
+        coef = lsq_linear(design / meas[:, None], (meas - base) / meas, bounds=(0.0, np.inf)).x
+        after = base + design @ coef
+        mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
+        table.metadata.setdefault("calibration_boundary", {})[metric] = {
+            "per_edge": float(coef[0]), "per_mb": float(coef[1]), "n_models": len(rows),
+            "mape_without_pct": mape(base), "mape_with_pct": mape(after), "networks": rows}
 
 
 def priceable(table: LatencyTable, model, shape, precision: str) -> bool:

@@ -65,3 +65,67 @@ def test_minimum_cost_below_nominal(table, ops):
     mins = {op.name: (max(1, op.cin // 4), max(1, op.cout // 4)) for op in ops if op.kind == "conv" and op.cin > 1}
     low = minimum_cost(table, ops, "latency_ms", mins, default_precisions=("fp32", "int8"))
     assert 0 < low < table.predict_ops(ops, precision="int8") < table.predict_ops(ops)
+
+
+def test_each_precision_is_calibrated_by_its_own_fit_and_changes_of_precision_are_priced(table):
+    """A model at one precision costs exactly that precision's calibration, whatever the default; a mixed one pays
+    each precision's fit once, one offset, and per_edge + per_mb per change between consecutive weight layers."""
+    import torch
+
+    from pluto.cost.expected import boundary_terms, expected_cost
+    from pluto.cost.ops import extract_ops
+    from pluto.models import create_model
+
+    model = create_model("small_cnn", width=0.5)
+    ops = extract_ops(model, (1, 28, 28))
+    table.metadata["calibration"] = {
+        "fp32": {"latency_ms": {"scale": 1.5, "per_mb": 0.0, "per_op": 0.0, "offset": 0.01}},
+        "int8": {"latency_ms": {"scale": 0.5, "per_mb": 0.0, "per_op": 0.0, "offset": 0.02}}}
+    one = torch.tensor(1.0, dtype=torch.float64)
+    layers = [op.name for op in ops if op.kind in ("conv", "linear")]
+    all32 = {name: {"fp32": one} for name in layers}
+    uniform = float(expected_cost(table, [op for op in ops], "latency_ms", precisions=all32, default_precision="int8"))
+    fp32_sum = sum(float(table.lookup(op, "latency_ms", "fp32" if op.name in all32 else "int8")) for op in ops)
+    int8_sum = sum(float(table.lookup(op, "latency_ms", "int8")) for op in ops if op.name not in all32)
+    assert uniform == pytest.approx(1.5 * (fp32_sum - int8_sum) + 0.5 * int8_sum + 0.02)
+    assert float(expected_cost(table, ops, "latency_ms", default_precision="fp32")) == \
+        pytest.approx(table.predict_ops(ops, "latency_ms", "fp32"))
+    # alternating layers: 1 change per consecutive pair, crossing the earlier layer's output
+    mixed = {name: {("int8" if i % 2 else "fp32"): one} for i, name in enumerate(layers)}
+    probs = [{"int8" if layers.index(op.name) % 2 else "fp32": one} if op.name in layers else None for op in ops]
+    edges, mb = boundary_terms(ops, probs, [torch.tensor(float(op.cout), dtype=torch.float64) for op in ops])
+    assert float(edges) == len(layers) - 1 and float(mb) > 0
+    before = float(expected_cost(table, ops, "latency_ms", precisions=mixed, default_precision="int8"))
+    table.metadata["calibration_boundary"] = {"latency_ms": {"per_edge": 0.003, "per_mb": 0.2}}
+    after = float(expected_cost(table, ops, "latency_ms", precisions=mixed, default_precision="int8"))
+    assert after - before == pytest.approx(0.003 * float(edges) + 0.2 * float(mb))
+    # a 50/50 layer next to a sure one changes precision with probability 1/2
+    half = {layers[0]: {"fp32": one * 0.5, "int8": one * 0.5}, layers[1]: {"int8": one}}
+    p2 = [{"fp32": one * 0.5, "int8": one * 0.5} if op.name == layers[0] else {"int8": one} if op.name == layers[1]
+          else None for op in ops]
+    assert float(boundary_terms(ops, p2, [torch.tensor(float(op.cout)) for op in ops])[0]) == pytest.approx(0.5)
+    assert float(expected_cost(table, ops, "latency_ms", precisions=half, default_precision="int8")) > 0
+
+
+def test_the_price_of_a_precision_change_is_recovered_from_timed_mixed_networks(tiny_space):
+    """fit_boundaries on 'measurements' made with known coefficients gives them back."""
+    import random
+
+    from pluto.cost.profiler import fit_boundaries, mixed_prediction
+    from pluto.decisions.bits.prepare import quantizable_layers
+    from tests.cost.conftest import make_table
+    from pluto.models import create_model
+
+    table = make_table(tiny_space, energy=False)
+    rng = random.Random(0)
+    by_label, records = {}, []
+    for i in range(8):
+        model = create_model("small_cnn", width=rng.choice([0.25, 0.5]))
+        bits = {name: rng.choice([8, 32]) for name in quantizable_layers(model)}
+        value, edges, mb = mixed_prediction(table, model, (1, 28, 28), bits, boundaries=False)
+        by_label[f"n{i}"] = (model, (1, 28, 28))
+        records.append({"model": f"n{i}", "bits": bits, "measured_latency_ms": value + 0.004 * edges + 0.25 * mb})
+    fit_boundaries(table, records, by_label)
+    fit = table.metadata["calibration_boundary"]["latency_ms"]
+    assert fit["per_edge"] == pytest.approx(0.004, rel=1e-3) and fit["per_mb"] == pytest.approx(0.25, rel=1e-3)
+    assert fit["mape_with_pct"] < 1e-3 < fit["mape_without_pct"]

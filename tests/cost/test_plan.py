@@ -38,6 +38,7 @@ def _decisions(name: str, bits: tuple[int, ...], device: str):
     ("small_cnn", "cpu_ort_xeon_amx", "int8", (4, 8)),
     ("resnet18", "cpu_ort_xeon_amx", "int8", (4, 8)),
     ("small_cnn", "cpu_ort_epyc", "int8", (4, 8, 32)),
+    ("resnet18", "cpu_ort_xeon_amx", "int8", (8, 32)),  # per-precision fits + priced precision changes
     ("small_cnn", "h100_cudagraph", "fp32", (16, 32)),
 ])
 def test_plan_equals_reference_sum_in_value_and_gradient(name, table, precision, bits, device):

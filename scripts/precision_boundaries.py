@@ -1,0 +1,112 @@
+"""What a change of precision between layers costs on this CPU, and what the table predicts for it (issues 11, 13).
+
+The joint search picks int8 or fp32 per layer and prices each layer by its own table entry at that precision. On
+onnxruntime an int8 conv runs as QLinearConv in NHWC between a QuantizeLinear and a DequantizeLinear (with layout
+transposes), an fp32 conv in NCHWc between reorders; consecutive layers of one precision share those, a change of
+precision pays them. This script exports each registry model as pluto deploys it (``ptq`` with the per-layer bits of a
+pattern, then pluto's QDQ export; BatchNorms trained-like, :func:`pluto.cost.profiler.as_trained`) for a few bit
+patterns over its conv/linear layers:
+
+- ``int8``: every layer int8; ``fp32``: every layer fp32 (plain fp32 export);
+- ``first_fp32``: int8 except the first conv (what the main job usually ends with);
+- ``half``: the first half of the layers int8, the rest fp32 (one boundary);
+- ``alternate``: int8 and fp32 alternating (a boundary at every layer);
+
+times all files round-robin in shuffled order (``--rounds`` rounds, median of round medians, pluto's runtime and
+stopwatch) and prints them beside the prediction of ``pluto.cost.model.CostModel.of_model`` (per-layer bits,
+each precision calibrated by its own fit, precision changes priced by the table's boundary fit), and without the
+price of the changes (``error_unpriced_changes_pct``).
+
+    OMP_NUM_THREADS=1 python scripts/precision_boundaries.py --csv docs/results/precision_boundaries_<date>_<machine>.csv
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pluto.cost.machine import describe  # noqa: E402
+from pluto.cost.model import CostModel  # noqa: E402
+from pluto.cost.profiler import as_trained, mixed_prediction  # noqa: E402
+from pluto.cost.runtimes import Runtime, time_call  # noqa: E402
+from pluto.cost.table import LatencyTable  # noqa: E402
+from pluto.decisions.bits import ptq  # noqa: E402
+from pluto.decisions.bits.prepare import quantizable_layers  # noqa: E402
+from pluto.materialize.export import export_onnx  # noqa: E402
+from pluto.models import create_model  # noqa: E402
+
+
+def patterns(layers: list[str]) -> dict[str, dict[str, int]]:
+    n = len(layers)
+    return {"int8": {name: 8 for name in layers},
+            "fp32": {name: 32 for name in layers},
+            "first_fp32": {name: 32 if i == 0 else 8 for i, name in enumerate(layers)},
+            "half": {name: 8 if i < n // 2 else 32 for i, name in enumerate(layers)},
+            "alternate": {name: 8 if i % 2 == 0 else 32 for i, name in enumerate(layers)}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--table", default="latency_tables/cpu_ort_xeon_amx")
+    p.add_argument("--models", default="resnet20,resnet18,mobilenet_v2,small_cnn")
+    p.add_argument("--precision", default="int8", help="the cost model's default precision (its calibration)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--samples", type=int, default=10)
+    p.add_argument("--csv", default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    table = LatencyTable.load(args.table)
+    rt = Runtime("onnxruntime", "cpu", threads=1)
+    shape = (1, 28, 28)
+    work, predicted = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            torch.manual_seed(0)
+            model = as_trained(create_model(name, num_classes=10, in_channels=shape[0]).eval())
+            cost = CostModel(model, shape, table, default_precision=args.precision)
+            x = torch.randn(1, *shape)
+            for pattern, bits in patterns(quantizable_layers(model)).items():
+                integer = any(b <= 8 for b in bits.values())
+                deployed = ptq(model, torch.randn(8, *shape), bits=bits, batches=1, method="minmax") if integer \
+                    else model
+                path = export_onnx(deployed, x, Path(tmp) / f"{name}_{pattern}.onnx", int8=integer)
+                work[(name, pattern)] = rt.prepare_onnx(path.read_bytes(), (x,))
+                predicted[(name, pattern)] = (cost.of_model(model, "latency_ms", bits=bits),
+                                              mixed_prediction(table, model, shape, bits, boundaries=False)[0])
+    times: dict[tuple, list[float]] = {k: [] for k in work}
+    keys = list(work)
+    for r in range(args.rounds):
+        random.Random(r).shuffle(keys)
+        for k in keys:
+            times[k].append(time_call(work[k], samples=args.samples, clock=rt.clock).median_ms)
+    rows = []
+    for (name, pattern), values in times.items():
+        ms = statistics.median(values)
+        rows.append({"model": name, "bits": pattern, "measured_ms": ms,
+                     "vs_int8": ms / statistics.median(times[(name, "int8")]),
+                     "predicted_ms": predicted[(name, pattern)][0],
+                     "error_pct": (predicted[(name, pattern)][0] / ms - 1) * 100,
+                     "error_unpriced_changes_pct": (predicted[(name, pattern)][1] / ms - 1) * 100})
+    frame = pd.DataFrame(rows)
+    print(f"precision boundaries, onnxruntime 1 thread, batch 1, {shape}: {describe()}; table {args.table} "
+          f"(default precision {args.precision}); median of {args.rounds} interleaved rounds")
+    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(args.csv, index=False, float_format="%.6g")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
