@@ -560,18 +560,27 @@ MIXED_NETWORKS = 24  # mixed-precision networks timed to fit the price of a prec
 
 def mixed_networks(table: LatencyTable, networks: list[Network], n: int = MIXED_NETWORKS,
                    seed: int = 0) -> list[tuple[str, torch.nn.Module, tuple, dict[str, int]]]:
-    """``n`` of the int8-priceable calibration networks with random per-layer bits (int8 / fp32, each layer
-    independently, a seeded fraction per network so runs of one precision and alternations both occur)."""
+    """``n`` of the int8-priceable calibration networks with per-layer bits (int8 / fp32) in the patterns a search
+    produces, in turn: the first layer fp32 and the rest int8 (a sensitive stem kept in float), one contiguous int8
+    run with fp32 before or after it, and each layer independently int8 with a seeded probability (runs and
+    alternations)."""
     from pluto.decisions.bits.prepare import quantizable_layers
 
     rng = random.Random(seed)
     nets = [net for net in networks if priceable(table, net[1], net[2], "int8")
             and priceable(table, net[1], net[2], "fp32")]
     out = []
-    for label, model, shape in rng.sample(nets, min(n, len(nets))):
-        share = rng.uniform(0.2, 0.8)
+    for i, (label, model, shape) in enumerate(rng.sample(nets, min(n, len(nets)))):
         layers = quantizable_layers(model)
-        bits = {name: 8 if rng.random() < share else 32 for name in layers}
+        if i % 3 == 0:
+            bits = {name: 32 if j == 0 else 8 for j, name in enumerate(layers)}
+        elif i % 3 == 1:
+            cut = rng.randint(1, max(1, len(layers) - 1))
+            first = rng.choice((8, 32))
+            bits = {name: first if j < cut else 40 - first for j, name in enumerate(layers)}
+        else:
+            share = rng.uniform(0.2, 0.8)
+            bits = {name: 8 if rng.random() < share else 32 for name in layers}
         out.append((label, model, shape, bits))
     return out
 

@@ -359,7 +359,7 @@ def land_on_target(decisions: Decisions, constraints: list[Constraint], measure:
             seen[widths] = measure()
             notes["measurements"].append({"scale": round(scale, 4), **{k: round(v, 5) for k, v in seen[widths].items()}})
         measured = seen[widths]
-        return max(measured[c.metric] / c.target for c in table_constraints), measured
+        return measured_ratio(measured, table_constraints), measured
 
     lo_s, hi_s = 0.0, hi_scale  # lo_s: known feasible (<= 1.0) side, hi_s: known over-budget side
     scale, best = 1.0, None
@@ -409,6 +409,18 @@ def land_on_target(decisions: Decisions, constraints: list[Constraint], measure:
     return notes
 
 
+def measured_ratio(measured: dict[str, float], constraints: list[Constraint]) -> float:
+    """The worst constraint's measured cost / target, taken at the median plus half the measurement's interquartile
+    range where the measurement reports one (``latency_iqr_ms`` beside ``latency_ms``): a width that lands on the
+    target only at its median reads over it in the next measurement half the time (the main job landed at 0.994x
+    its target and its final export then measured 1.03x, 2026-12-07)."""
+    def upper(metric: str) -> float:
+        stem, _, unit = metric.rpartition("_")
+        return measured[metric] + 0.5 * measured.get(f"{stem}_iqr_{unit}", 0.0)
+
+    return max(upper(c.metric) / c.target for c in constraints)
+
+
 def _grow_groups(gates: ChannelGates, probs: dict[int, Tensor], sizes: dict[int, int], constraints: list[Constraint],
                  measure: Callable[[], dict[str, float]], band: tuple[float, float], max_measurements: int,
                  round_to: int | None, notes: dict[str, Any]) -> None:
@@ -433,7 +445,7 @@ def _grow_groups(gates: ChannelGates, probs: dict[int, Tensor], sizes: dict[int,
         before = torch.cat([hard[g.id] for g in gates.graph.groups])
         gates.set_keep(torch.cat([keep[g.id] for g in gates.graph.groups]))
         measured = measure()
-        r = max(measured[c.metric] / c.target for c in constraints)
+        r = measured_ratio(measured, constraints)
         notes["measurements"].append({"grow_group": gid, "channels": int(keep[gid].sum()),
                                       **{k: round(v, 5) for k, v in measured.items()}})
         if r > band[1]:  # over the target: undo; retry this group with half the step, or not again at the finest

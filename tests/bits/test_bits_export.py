@@ -270,3 +270,25 @@ def test_weight_type_follows_the_chip_env_and_argument(tmp_path, monkeypatch):
     np.testing.assert_allclose(run_onnx(onnx_session(tmp_path / "u8.onnx"), xs), u8, rtol=0, atol=1e-5)
     if has_vnni():  # U8S8 is exact here: the same values compute the same logits
         np.testing.assert_allclose(run_onnx(onnx_session(tmp_path / "s8.onnx"), xs), u8, rtol=0, atol=1e-5)
+
+
+def test_an_int8_layer_before_an_fp32_layer_still_runs_int8_kernels(tmp_path):
+    """Per-layer bits alternating int8 / fp32: every int8 conv gets a Quantize after it (its consumer runs in
+    float and will not quantize), so onnxruntime fuses each into QLinearConv instead of running it as an fp32 Conv
+    between Q/DQ (slower than fp32)."""
+    import onnxruntime
+
+    from pluto.decisions.bits import ptq
+    from pluto.decisions.bits.prepare import quantizable_layers
+    from pluto.materialize.export import export_onnx, optimized_op_types
+    from pluto.models import create_model
+
+    onnxruntime.set_default_logger_severity(3)
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v2", num_classes=10, in_channels=1).eval()
+    layers = quantizable_layers(model)
+    bits = {name: 8 if i % 2 == 0 else 32 for i, name in enumerate(layers)}
+    qmodel = ptq(model, torch.randn(8, 1, 28, 28), bits=bits, batches=1, method="minmax")
+    ops = optimized_op_types(export_onnx(qmodel, torch.randn(1, 1, 28, 28), tmp_path / "m.onnx", int8=True))
+    int8_convs = sum(1 for name, b in bits.items() if b == 8 and isinstance(model.get_submodule(name), torch.nn.Conv2d))
+    assert ops.get("QLinearConv", 0) >= int8_convs

@@ -94,6 +94,27 @@ def test_landing_puts_the_measured_cost_inside_the_band(target):
     assert len(notes["measurements"]) <= 8
 
 
+def test_landing_keeps_the_measurement_spread_inside_the_target():
+    """A measurement with a 10 % interquartile range lands where median + IQR/2 is within the target, so the next
+    measurement of the same widths does not read over it half the time."""
+    from pluto.optimizer.decisions import measured_ratio
+
+    model = create_model("small_cnn")
+    d = attach(model, torch.zeros(1, 1, 28, 28), prune=True, quantize=False, bits=(8,))
+    d.gates.set_keep(torch.rand(d.gates.graph.num_channels, generator=torch.Generator().manual_seed(0)) < 0.3)
+    cons = [Constraint("latency_ms", "latency_ms", 0.4)]
+
+    def noisy():
+        value = _channels_latency(d)["latency_ms"]
+        return {"latency_ms": value, "latency_iqr_ms": 0.1 * value}
+
+    notes = land_on_target(d, cons, noisy, band=(0.9, 1.0), max_measurements=10)
+    measured = noisy()
+    assert measured_ratio(measured, cons) <= 1.0 and measured["latency_ms"] <= 0.4 / 1.05
+    assert measured_ratio({"latency_ms": 0.2}, cons) == pytest.approx(0.5)  # no spread reported: the median
+    assert notes["measurements"]
+
+
 def test_landing_explains_a_target_it_cannot_reach():
     model = create_model("small_cnn")
     d = attach(model, torch.zeros(1, 1, 28, 28), prune=True, quantize=False, bits=(8,))
