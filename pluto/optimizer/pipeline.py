@@ -32,9 +32,12 @@ hardened model) is broadcast to the other ranks.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -280,7 +283,7 @@ class Compression:
             self.uncompressed["measured"] = distributed.broadcast_object(
                 self._measure_dense() if distributed.is_main() else None)
         self._seed_correction(metrics)
-        relative = relative_targets(raw_constraints)
+        relative = self.relative = relative_targets(raw_constraints)
         reference = {m: self.uncompressed.get("measured", {}).get(m, self.uncompressed["predicted"].get(m))
                      for m in metrics}
         self.constraints: list[Constraint] = constraints_from_config(raw_constraints, reference)
@@ -380,6 +383,7 @@ class Compression:
         """Measured cost of the uncompressed model as deployed at the run's default precision (and fp32)."""
         out: dict[str, float] = {}
         dense = _uncompressed(self.model).cpu().eval()
+        self.dense_deployed = dense  # re-measured beside the result for relative targets (_measure_final)
         try:
             out.update({f"fp32_{k}": v for k, v in self.measurer.measure(dense, self.input_shape).as_metrics().items()})
             if self.c.quantize and 8 in self.bits:
@@ -764,11 +768,43 @@ class Compression:
                                             self.ctx.dir))
         if self.measurer is not None:
             try:
-                m = self.measurer.measure(self.final, self.input_shape, onnx=self.onnx_path)
+                m = self._measure_final()
                 self.measured = m.as_metrics()
                 self.info["measurement"] = {"machine": m.machine, "method": m.method, **m.extra}
             except MeasurementError as exc:
                 print(f"NOT MEASURED: {exc}")
+
+    def _measure_final(self):
+        """The exported model's measurement. A latency target relative to the uncompressed model is re-resolved
+        against that model measured in the same interleaved rounds: the verdict compares the two under one load,
+        not against a reference timed minutes earlier (the main job's dense int8 read 0.123 ms at the start of a run
+        and 0.152 in the runs before it on the same machine, 2026-12-07: a target of 0.7x moved by 20 %)."""
+        relative = getattr(self, "relative", {}).get("latency_ms")
+        measurer, dense = self.measurer, getattr(self, "dense_deployed", None)
+        if relative is None or dense is None or self.onnx_path is None or measurer.runner \
+                or measurer.table.runtime != "onnxruntime":
+            return measurer.measure(self.final, self.input_shape, onnx=self.onnx_path)
+        from pluto.cost.measure import deployable_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {"final": self.onnx_path,
+                     "fp32": deployable_onnx(dense, self.input_shape, Path(tmp) / "fp32.onnx", measurer.weight_type())}
+            if self.c.quantize and 8 in self.bits:
+                from pluto.decisions.bits import prepare_qat
+
+                q = prepare_qat(copy.deepcopy(dense), bits=8, example_input=self.example, calibrate=self.calibration)
+                files["int8"] = deployable_onnx(q, self.input_shape, Path(tmp) / "int8.onnx", measurer.weight_type())
+            timed = dict(zip(files, measurer.measure_interleaved(list(files.values()), self.input_shape)))
+        reference = min(timed[k].latency_ms for k in files if k != "final")
+        before = next(c.target for c in self.constraints if c.metric == "latency_ms") / relative
+        self.constraints = [dataclasses.replace(c, target=relative * reference) if c.metric == "latency_ms" else c
+                            for c in self.constraints]
+        self.uncompressed["measured_with_final"] = {f"{k}_latency_ms": timed[k].latency_ms for k in files
+                                                    if k != "final"}
+        self.uncompressed.setdefault("measured", {})["latency_ms"] = reference
+        print(f"uncompressed model re-measured in the same rounds as the result: {reference:.4g} ms (at the start "
+              f"{before:.4g}); latency target {relative:g} x {reference:.4g} = {relative * reference:.4g} ms")
+        return timed["final"]
 
     # ---- 7. report -------------------------------------------------------------------------
     def report(self) -> None:

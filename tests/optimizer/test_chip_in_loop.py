@@ -227,3 +227,19 @@ def test_rounds_that_disagree_get_more_rounds_before_the_median(monkeypatch, rou
     m = Measurer(table, rounds=3).measure(create_model("small_cnn"), (1, 1, 28, 28))
     assert m.extra["rounds_ms"] == rounds_ms[:taken] and m.latency_ms == pytest.approx(latency)
     assert (m.extra["rounds_spread"] > 0.10) == (taken > 3) and f"median of {taken} x" in m.method
+
+
+def test_a_relative_latency_target_is_judged_against_the_reference_timed_beside_the_result(tmp_path, capsys):
+    """On an onnxruntime table the exported result and the uncompressed model are measured in the same interleaved
+    rounds and the relative target is re-resolved from that reference: the verdict compares two timings under one
+    load, not the result against a reference timed minutes earlier."""
+    run(compose([*FAST, "hw=cpu_ort_fp32", "constraints.macs=null", "constraints.latency_ms=0.9x",
+                 "compress.measure_every=50"]), run_dir=tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    (verdict,) = report["constraints"]
+    again = report["uncompressed"]["measured_with_final"]
+    assert set(again) == {"fp32_latency_ms"}  # compress.quantize=false: the fp32 deployment is the reference
+    assert report["uncompressed"]["measured"]["latency_ms"] == pytest.approx(again["fp32_latency_ms"])
+    assert verdict["target"] == pytest.approx(0.9 * again["fp32_latency_ms"])
+    assert len(report["measurement"]["rounds_ms"]) >= 2 and verdict["basis"] == "measured"
+    assert "re-measured in the same rounds" in capsys.readouterr().out
