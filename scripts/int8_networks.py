@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import statistics
 import sys
 import tempfile
@@ -34,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pluto.cost.machine import describe  # noqa: E402
-from pluto.cost.profiler import as_trained, network_onnx  # noqa: E402
-from pluto.cost.runtimes import Runtime, export_onnx, quantize_qdq, time_call  # noqa: E402
+from pluto.cost.profiler import as_trained, interleaved_rounds, network_onnx  # noqa: E402
+from pluto.cost.runtimes import Runtime, export_onnx, quantize_qdq  # noqa: E402
 from pluto.materialize.export import optimized_op_types  # noqa: E402
 from pluto.models import create_model  # noqa: E402
 
@@ -74,12 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                 ops = optimized_op_types(path)
                 convs[(name, variant)] = (ops.get("Conv", 0), ops.get("QLinearConv", 0))
                 work[(name, variant)] = rt.prepare_onnx(blob, (torch.randn(1, *shape),))
-    times: dict[tuple, list[float]] = {k: [] for k in work}
-    keys = list(work)
-    for r in range(args.rounds):
-        random.Random(r).shuffle(keys)
-        for k in keys:
-            times[k].append(time_call(work[k], samples=args.samples, clock=rt.clock).median_ms)
+    keys = list(work)  # every file in each of --rounds shuffled rounds: drift hits all alike
+    medians, _ = interleaved_rounds(rt, [work[k] for k in keys], args.rounds, args.samples * args.rounds)
+    times = dict(zip(keys, medians))
     rows = []
     for name in args.models.split(","):
         base = statistics.median(times[(name, "fp32")])

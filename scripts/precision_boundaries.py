@@ -22,7 +22,6 @@ price of the changes (``error_unpriced_changes_pct``).
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import tempfile
@@ -35,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pluto.cost.machine import describe  # noqa: E402
 from pluto.cost.model import CostModel  # noqa: E402
-from pluto.cost.profiler import as_trained, mixed_prediction  # noqa: E402
-from pluto.cost.runtimes import Runtime, time_call  # noqa: E402
+from pluto.cost.profiler import as_trained, interleaved_rounds, mixed_prediction  # noqa: E402
+from pluto.cost.runtimes import Runtime  # noqa: E402
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.decisions.bits import ptq  # noqa: E402
 from pluto.decisions.bits.prepare import quantizable_layers  # noqa: E402
@@ -84,12 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                 work[(name, pattern)] = rt.prepare_onnx(path.read_bytes(), (x,))
                 predicted[(name, pattern)] = (cost.of_model(model, "latency_ms", bits=bits),
                                               mixed_prediction(table, model, shape, bits, boundaries=False)[0])
-    times: dict[tuple, list[float]] = {k: [] for k in work}
-    keys = list(work)
-    for r in range(args.rounds):
-        random.Random(r).shuffle(keys)
-        for k in keys:
-            times[k].append(time_call(work[k], samples=args.samples, clock=rt.clock).median_ms)
+    keys = list(work)  # every file in each of --rounds shuffled rounds: drift hits all alike
+    medians, _ = interleaved_rounds(rt, [work[k] for k in keys], args.rounds, args.samples * args.rounds)
+    times = dict(zip(keys, medians))
     rows = []
     for (name, pattern), values in times.items():
         ms = statistics.median(values)

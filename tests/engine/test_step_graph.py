@@ -8,9 +8,7 @@ a whole run with a scheduler meets its target.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,11 +24,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 def _overhead():
-    spec = importlib.util.spec_from_file_location("step_graph_overhead", REPO / "scripts" / "overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from tests.conftest import load_script
+
+    return load_script("overhead", "step_graph_overhead")
 
 
 def test_a_planned_step_plans_once_then_runs():

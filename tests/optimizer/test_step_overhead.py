@@ -18,8 +18,6 @@ than views), joint / plain:
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,11 +31,9 @@ BOUNDS = {"small_cnn": 12.5, "resnet18": 13.0}  # joint / plain kernels, measure
 
 
 def _overhead():
-    spec = importlib.util.spec_from_file_location("evidence_overhead_steps", REPO / "scripts" / "overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from tests.conftest import load_script
+
+    return load_script("overhead", "evidence_overhead_steps")
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
