@@ -436,6 +436,9 @@ def _show(args) -> int:
                 print(f"  calibration {precision} {metric}: scales [{scales}], per MB {f.get('per_mb', 0):.4g}, per op {f.get('per_op', 0):.4g}, "
                       f"offset {f['offset']:.4g}, "
                       f"MAPE {f['mape_uncalibrated_pct']:.1f}% -> {f['mape_calibrated_pct']:.1f}%")
+    for metric, f in (m.get("calibration_boundary") or {}).items():
+        print(f"  precision change {metric}: {f['per_edge']:.4g} per change + {f['per_mb']:.4g} per MB crossing it, "
+              f"{f['n_models']} mixed-precision networks, MAPE {f['mape_without_pct']:.1f}% -> {f['mape_with_pct']:.1f}%")
     return 0
 
 
