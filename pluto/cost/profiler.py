@@ -28,7 +28,7 @@ from pluto.cost import energy as energy_mod
 from pluto.cost.machine import cpu_facts, fingerprint
 from pluto.cost.ops import OpSpec, extract_ops
 from pluto.cost.table import weight_bytes
-from pluto.cost.runtimes import Prepared, Runtime, device_info, export_onnx, quantize_qdq, time_call
+from pluto.cost.runtimes import Prepared, Runtime, device_info, export_onnx, time_call
 from pluto.cost.space import Network, ProfileSpace
 from pluto.cost.table import ENTRIES, KEY_COLUMNS, METADATA, SCHEMA_VERSION, VALUE_COLUMNS, LatencyTable, \
     entry_key, read_entries
@@ -199,8 +199,8 @@ def as_trained(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     Timing stands in for a deployed (trained) network. An untrained one folds every BN into the same all-zero conv
     bias; the ONNX exporter merges identical initializers into one shared tensor, and onnxruntime then cannot fuse
     DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv (a fused node needs its own bias): the int8 network runs
-    fp32 convs between Q/DQ pairs, 2-5x slower than trained (measured 2026-12-06 on the AMX Xeon, 1 thread: ResNet-18
-    10.95 vs 2.13 ms, ResNet-20 1.35 vs 0.28 ms, small_cnn 0.64 vs 0.135 ms; fp32 unchanged). Seeded per layer."""
+    fp32 convs between Q/DQ pairs, 2-5x slower than trained (``scripts/int8_networks.py`` on the AMX Xeon, 1 thread,
+    2026-12-06: ResNet-18 10.37 vs 2.09 ms, ResNet-20 1.26 vs 0.25 ms, small_cnn 0.61 vs 0.13 ms). Seeded per layer."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -225,8 +225,8 @@ def network_onnx(model: torch.nn.Module, x: torch.Tensor, precision: str, bits: 
     network has them (:func:`as_trained`, on a copy); int8 through pluto's own path (``ptq`` W8A8, then
     ``pluto.materialize.export.export_onnx`` with the chip's weight type), so a table's whole-network
     measurements describe the files a compression run writes (onnxruntime's own ``quantize_static`` also
-    quantizes residual adds, pooling and the classifier, which pluto's export keeps in fp32: ResNet-20 0.237 vs
-    0.285 ms, ResNet-18 1.97 vs 2.14 ms on the AMX Xeon, 2026-12-06)."""
+    quantizes residual adds, pooling and the classifier, which pluto's export keeps in fp32: ResNet-20 0.250 vs
+    0.293 ms, ResNet-18 2.09 vs 2.25 ms, ``scripts/int8_networks.py`` on the AMX Xeon, 2026-12-06)."""
     import tempfile
 
     from pluto.decisions.bits import ptq
@@ -593,19 +593,16 @@ def mixed_prediction(table: LatencyTable, model, shape, bits: dict[str, int], me
 
     ops = extract_ops(model, shape)
     precisions = {name: {precision_key(b): torch.tensor(1.0, dtype=torch.float64)} for name, b in bits.items()}
-    saved = table.metadata.get("calibration_boundary")
-    if not boundaries:
-        table.metadata.pop("calibration_boundary", None)
-    try:
-        with torch.no_grad():
-            value = float(expected_cost(table, ops, metric, precisions=precisions, default_precision="int8"))
-    finally:
-        if saved is not None:
-            table.metadata["calibration_boundary"] = saved
+    with torch.no_grad():
+        value = float(expected_cost(table, ops, metric, precisions=precisions, default_precision="int8"))
     layer = [{"int8" if bits[op.name] <= 8 else "fp32": torch.tensor(1.0, dtype=torch.float64)}
              if op.name in bits else None for op in ops]
-    edges, mb = boundary_terms(ops, layer, [torch.tensor(float(op.cout), dtype=torch.float64) for op in ops])
-    return value, float(edges), float(mb)
+    edges, mb = (float(v) for v in boundary_terms(ops, layer, [torch.tensor(float(op.cout), dtype=torch.float64)
+                                                               for op in ops]))
+    if not boundaries:  # the price of the changes is additive: take it out
+        per_edge, per_mb = table.boundary_coefficients(metric)
+        value -= per_edge * edges + per_mb * mb
+    return value, edges, mb
 
 
 def fit_boundaries(table: LatencyTable, records: list[dict], by_label: dict) -> None:
