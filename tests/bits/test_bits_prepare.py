@@ -152,3 +152,24 @@ def test_mobilenet_v2_prepares_all_convs_including_depthwise():
     q = prepare_qat(m, bits=(4, 8), example_input=torch.randn(4, 1, 28, 28))
     assert len(bit_choices(q)) == len(quantizable_layers(create_model("mobilenet_v2"))) == 53
     assert sum(c.bn is not None for c in bit_choices(q).values()) == 52
+
+
+def test_a_checkpoint_loads_with_exactly_the_output_quantizers_it_saved():
+    """The rule that places output quantizers changed (2026-12-07: also before layers that may run in float); a
+    checkpoint saved under another rule must still load, with its own set of them, not the current rule's."""
+    import torch
+
+    from pluto.decisions.bits import bit_choices, prepare_qat
+    from pluto.decisions.bits.prepare import prepare_from_state_dict
+    from pluto.models import create_model
+
+    torch.manual_seed(0)
+    saved = prepare_qat(create_model("small_cnn"), bits=(8, 32), example_input=torch.randn(4, 1, 28, 28),
+                        quantize_outputs={"features.0.0"})  # a set the current rule would not produce
+    assert {n for n, c in bit_choices(saved).items() if c.output_quantizer is not None} == {"features.0.0"}
+    state = saved.state_dict()
+    loaded = prepare_from_state_dict(create_model("small_cnn"), state)
+    assert {n for n, c in bit_choices(loaded).items() if c.output_quantizer is not None} == {"features.0.0"}
+    assert set(loaded.state_dict()) == set(state)
+    current = prepare_qat(create_model("small_cnn"), bits=(8, 32), example_input=torch.randn(4, 1, 28, 28))
+    assert {n for n, c in bit_choices(current).items() if c.output_quantizer is not None} != {"features.0.0"}

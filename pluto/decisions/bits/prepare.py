@@ -156,7 +156,7 @@ def _choice_of(module: nn.Module) -> BitWidthChoice:
 def prepare_qat(model: nn.Module, bits: BitsSpec = (4, 8), example_input: Tensor | None = None,
                 fold_bn: bool = True, calibrate: Tensor | Iterable | None = None, mode: str = "soft",
                 temperature: float = 1.0, skip: Iterable[str] = (), calibrate_batches: int = 8,
-                min_activation_bits: int = 8, quantize_outputs: bool = True) -> nn.Module:
+                min_activation_bits: int = 8, quantize_outputs: bool | Iterable[str] = True) -> nn.Module:
     """Make ``model`` quantization-aware, in place, and return it.
 
     Args:
@@ -175,13 +175,17 @@ def prepare_qat(model: nn.Module, bits: BitsSpec = (4, 8), example_input: Tensor
             (8: 4-bit layers are W4A8 and run on int8 kernels; 4: W4A4, simulated only).
         quantize_outputs: 8-bit-quantize the (BN-folded) output of layers whose output feeds no
             quantized layer (e.g. MobileNetV2's projection convs before the residual add), so the
-            runtime runs them in int8 kernels too; the logits layer stays float.
+            runtime runs them in int8 kernels too; the logits layer stays float. A collection of layer names:
+            exactly those of them that need one (a checkpoint's own, see :func:`prepare_from_state_dict`).
     """
     if bit_choices(model):
         raise ConfigError("model is already prepared for QAT; call strip_quantization(model) first to re-prepare it")
     per_layer = _resolve_bits(model, bits, skip)
     pairs = conv_bn_pairs(model) if fold_bn else {}
-    sites = _output_sites(model, per_layer, pairs) if quantize_outputs else {}
+    if isinstance(quantize_outputs, bool):
+        sites = _output_sites(model, per_layer, pairs) if quantize_outputs else {}
+    else:  # exactly these layers (a checkpoint's), whatever the rule that placed them then
+        sites = {name: pairs.get(name, name) for name in quantize_outputs if name in per_layer}
     for name, candidates in per_layer.items():
         layer = model.get_submodule(name)
         bn = model.get_submodule(pairs[name]) if name in pairs else None
@@ -383,7 +387,9 @@ def prepare_from_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) 
         raise ConfigError("this state dict holds no quantized layers; load it into the float model directly")
     floors = {int(state_dict[f"{n}.parametrizations.weight.0.min_activation_bits"]) for n in layers}
     folds = {bool(state_dict[f"{n}.parametrizations.weight.0.folds_bn"]) for n in layers}
-    outputs = any(".output_quantizer." in k for k in state_dict)
+    # the layers that saved an output quantizer get one (the rule that places them may have changed since)
+    marker = ".parametrizations.weight.0.output_quantizer."
+    outputs = {k.split(marker)[0] for k in state_dict if marker in k}
     prepare_qat(model, bits=layers, fold_bn=any(folds), min_activation_bits=min(floors), quantize_outputs=outputs)
     for name, choice in bit_choices(model).items():
         saved = bool(state_dict[f"{name}.parametrizations.weight.0.folds_bn"])
