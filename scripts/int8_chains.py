@@ -6,6 +6,8 @@ between consecutive int8 layers are gone (onnxruntime runs QLinearConv -> QLinea
 only where the precision changes. A table that sums isolated int8 entries therefore over-prices int8 chains by about
 one Q + DQ per layer — a candidate cause of the int8 over-prediction seen on this CPU (ResNet-20 dense int8: 0.428 ms
 predicted, 0.303 ms measured, 2026-12-06) and of what "pricing precision changes between layers" has to add.
+(Later that day the main cause of that over-prediction turned out to be elsewhere: the table's int8 calibration had
+been fitted on untrained networks whose convs onnxruntime could not fuse, see ``scripts/int8_networks.py``.)
 
 This script measures it with pluto's own runtime (``pluto.cost.runtimes.Runtime('onnxruntime')``, the profiler's
 path: TorchScript ONNX export, static QDQ with the chip's weight type, ORT_ENABLE_ALL, 1 thread): for each conv shape,
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pluto.cost.machine import int8_weight_type  # noqa: E402
-from pluto.cost.runtimes import Runtime, cpu_name, time_call  # noqa: E402
+from pluto.cost.profiler import interleaved_rounds  # noqa: E402
+from pluto.cost.runtimes import Runtime, cpu_name  # noqa: E402
 
 SHAPES = ((16, 28), (32, 14), (64, 7), (24, 28), (48, 14))  # (channels, resolution): ResNet-20 stages, unaligned
 
@@ -67,12 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         for precision in ("fp32", "int8"):
             for depth in (1, args.depth):
                 work[(c, hw, precision, depth)] = runtime.prepare(chain(c, depth), x, precision)
-    samples: dict[tuple, list[float]] = {k: [] for k in work}
-    keys = list(work)
-    for r in range(args.rounds):
-        random.Random(r).shuffle(keys)
-        for k in keys:
-            samples[k].append(time_call(work[k], samples=args.samples, clock=runtime.clock).median_ms)
+    keys = list(work)  # every workload in each of --rounds shuffled rounds
+    medians, _ = interleaved_rounds(runtime, [work[k] for k in keys], args.rounds, args.samples * args.rounds)
+    samples = dict(zip(keys, medians))
     rows = []
     for c, hw in SHAPES:
         for precision in ("fp32", "int8"):
