@@ -37,6 +37,7 @@ from pluto.cost.machine import describe  # noqa: E402
 from pluto.cost.ops import extract_ops  # noqa: E402
 from pluto.cost.profiler import network_onnx  # noqa: E402
 from pluto.cost.table import LatencyTable  # noqa: E402
+from _table_out import emit  # noqa: E402  (scripts/_table_out.py)
 
 CONV = {"Conv", "FusedConv", "NchwcConv", "QLinearConv", "ConvInteger"}
 LAYOUT = {"ReorderInput", "ReorderOutput", "Transpose"}
@@ -116,14 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                      "other_ratio": other / entries["other"] if entries["other"] else float("nan"),
                      "layout_share": layout / total, "quant_share": quant / total})
     frame = pd.DataFrame(rows)
-    print(f"in-context node times vs table entries, {args.table} {args.precision}, onnxruntime 1 thread: {describe()}")
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    emit(frame, f"in-context node times vs table entries, {args.table} {args.precision}, onnxruntime 1 thread: "
+                f"{describe()}", args.csv, digits=3)
     print("\nper family (medians):")
     print(frame.groupby("family")[["conv_ratio", "other_ratio", "layout_share", "quant_share"]].median()
           .to_string(float_format=lambda v: f"{v:.3f}"))
-    if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.csv, index=False, float_format="%.6g")
     return 0
 
 

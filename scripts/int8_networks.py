@@ -37,6 +37,7 @@ from pluto.cost.profiler import as_trained, interleaved_rounds, network_onnx  # 
 from pluto.cost.runtimes import Runtime, export_onnx, quantize_qdq  # noqa: E402
 from pluto.materialize.export import optimized_op_types  # noqa: E402
 from pluto.models import create_model  # noqa: E402
+from _table_out import emit  # noqa: E402  (scripts/_table_out.py)
 
 VARIANTS = ("fp32", "ort_untrained", "ort_trained", "pluto")
 
@@ -84,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"model": name, "file": variant, "ms": ms, "vs_fp32": ms / base,
                          "Conv_nodes": convs[(name, variant)][0], "QLinearConv_nodes": convs[(name, variant)][1]})
     frame = pd.DataFrame(rows)
-    print(f"int8 networks, onnxruntime 1 thread, batch 1, {shape}: {describe()}; median of {args.rounds} "
-          "interleaved rounds")
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.csv, index=False, float_format="%.6g")
+    emit(frame, f"int8 networks, onnxruntime 1 thread, batch 1, {shape}: {describe()}; median of {args.rounds} "
+                "interleaved rounds", args.csv)
     return 0
 
 

@@ -41,6 +41,7 @@ from pluto.decisions.bits import ptq  # noqa: E402
 from pluto.decisions.bits.prepare import quantizable_layers  # noqa: E402
 from pluto.materialize.export import export_onnx  # noqa: E402
 from pluto.models import create_model  # noqa: E402
+from _table_out import emit  # noqa: E402  (scripts/_table_out.py)
 
 
 def patterns(layers: list[str]) -> dict[str, dict[str, int]]:
@@ -95,12 +96,8 @@ def main(argv: list[str] | None = None) -> int:
                      "error_pct": (predicted[(name, pattern)][0] / ms - 1) * 100,
                      "error_unpriced_changes_pct": (predicted[(name, pattern)][1] / ms - 1) * 100})
     frame = pd.DataFrame(rows)
-    print(f"precision boundaries, onnxruntime 1 thread, batch 1, {shape}: {describe()}; table {args.table} "
-          f"(default precision {args.precision}); median of {args.rounds} interleaved rounds")
-    print(frame.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.csv:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.csv, index=False, float_format="%.6g")
+    emit(frame, f"precision boundaries, onnxruntime 1 thread, batch 1, {shape}: {describe()}; table {args.table} "
+                f"(default precision {args.precision}); median of {args.rounds} interleaved rounds", args.csv)
     return 0
 
 
