@@ -113,13 +113,11 @@ def reference_networks(table: LatencyTable, n: int = 20, seed: int = 0, precisio
 # ---- the reference kernels ---------------------------------------------------------------------
 def kernel_workloads(table: LatencyTable, precision: str) -> list[tuple[str, object]]:
     """(name, prepared workload) of each reference kernel with the table's runtime, threads and batch."""
-    from pluto.cost.profiler import REFERENCE_KERNELS
+    from pluto.cost.profiler import reference_workloads
     from pluto.cost.runtimes import Runtime
-    from pluto.cost.units import build_unit
 
     rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
-    batch = int(table.metadata.get("batch") or 1)
-    return [(name, rt.prepare(*build_unit(op, batch), precision)) for name, op in REFERENCE_KERNELS]
+    return reference_workloads(rt, precision, int(table.metadata.get("batch") or 1))
 
 
 def time_kernels(table: LatencyTable, precision: str, rounds: int = 3, samples: int = 24) -> dict[str, float]:

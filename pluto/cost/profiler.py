@@ -48,13 +48,17 @@ REFERENCE_KERNELS: tuple[tuple[str, OpSpec], ...] = (
 )
 
 
+def reference_workloads(rt: Runtime, precision: str, batch: int, unroll: int = 1) -> list[tuple[str, Prepared]]:
+    """(name, prepared workload) of each reference kernel on ``rt`` at ``precision`` and ``batch``."""
+    return [(name, rt.prepare(*build_unit(op, batch), precision, unroll)) for name, op in REFERENCE_KERNELS]
+
+
 class _ReferenceKernels:
     """The reference kernels prepared once and timed at the start of every round (per precision)."""
 
     def __init__(self, rt: Runtime, precisions, batch: int, unroll: int):
         self.rt = rt
-        self.works = {(p, name): rt.prepare(*build_unit(op, batch), p, unroll)
-                      for p in precisions for name, op in REFERENCE_KERNELS}
+        self.works = {(p, name): work for p in precisions for name, work in reference_workloads(rt, p, batch, unroll)}
         self.times: dict[tuple[str, str], list[float]] = {k: [] for k in self.works}
 
     def time_all(self, samples: int, min_sample_s: float) -> dict[tuple[str, str], float]:
@@ -519,7 +523,7 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
     for precision in precisions:
         nets = [(label, model, shape) for label, model, shape in networks if priceable(table, model, shape, precision)]
         works = [prepare_network(rt, model, shape, precision, batch) for _, model, shape in nets]
-        kernels = [(name, rt.prepare(*build_unit(op, batch), precision)) for name, op in REFERENCE_KERNELS]
+        kernels = reference_workloads(rt, precision, batch)
         timed = measure_interleaved(rt, works + [w for _, w in kernels], rounds=3, samples=samples,
                                     min_sample_s=min_sample_s, progress=progress, desc=f"calibrate {precision}")
         timed, kernel_ms = timed[:len(works)], {name: t for (name, _), (t, _) in zip(kernels, timed[len(works):])}

@@ -383,14 +383,17 @@ class Compression:
         """Measured cost of the uncompressed model as deployed at the run's default precision (and fp32)."""
         out: dict[str, float] = {}
         dense = _uncompressed(self.model).cpu().eval()
-        self.dense_deployed = dense  # re-measured beside the result for relative targets (_measure_final)
-        try:
-            out.update({f"fp32_{k}": v for k, v in self.measurer.measure(dense, self.input_shape).as_metrics().items()})
-            if self.c.quantize and 8 in self.bits:
-                from pluto.decisions.bits import prepare_qat
+        # the uncompressed deployments, kept: re-measured beside the result for relative targets (_measure_final)
+        self.dense_deployed = {"fp32": dense}
+        if self.c.quantize and 8 in self.bits:
+            from pluto.decisions.bits import prepare_qat
 
-                q = prepare_qat(copy.deepcopy(dense), bits=8, example_input=self.example, calibrate=self.calibration)
-                out.update({f"int8_{k}": v for k, v in self.measurer.measure(q, self.input_shape).as_metrics().items()})
+            self.dense_deployed["int8"] = prepare_qat(copy.deepcopy(dense), bits=8, example_input=self.example,
+                                                      calibrate=self.calibration)
+        try:
+            for precision, deployed in self.dense_deployed.items():
+                out.update({f"{precision}_{k}": v
+                            for k, v in self.measurer.measure(deployed, self.input_shape).as_metrics().items()})
         except MeasurementError as exc:
             print(f"NOT MEASURED: the uncompressed model ({exc})")
             return {}
@@ -787,13 +790,9 @@ class Compression:
         from pluto.cost.measure import deployable_onnx
 
         with tempfile.TemporaryDirectory() as tmp:
-            files = {"final": self.onnx_path,
-                     "fp32": deployable_onnx(dense, self.input_shape, Path(tmp) / "fp32.onnx", measurer.weight_type())}
-            if self.c.quantize and 8 in self.bits:
-                from pluto.decisions.bits import prepare_qat
-
-                q = prepare_qat(copy.deepcopy(dense), bits=8, example_input=self.example, calibrate=self.calibration)
-                files["int8"] = deployable_onnx(q, self.input_shape, Path(tmp) / "int8.onnx", measurer.weight_type())
+            files = {"final": self.onnx_path, **{
+                precision: deployable_onnx(model, self.input_shape, Path(tmp) / f"{precision}.onnx",
+                                           measurer.weight_type()) for precision, model in dense.items()}}
             timed = dict(zip(files, measurer.measure_interleaved(list(files.values()), self.input_shape)))
         reference = min(timed[k].latency_ms for k in files if k != "final")
         before = next(c.target for c in self.constraints if c.metric == "latency_ms") / relative

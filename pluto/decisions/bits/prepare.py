@@ -99,8 +99,9 @@ def _output_sites(model: nn.Module, layers: Mapping[str, tuple[int, ...]], pairs
     (that layer's input Q does the job); one whose output reaches a layer that may run in float (an fp32 / fp16
     candidate) gets one, applied while the layer itself runs an integer candidate: without it the exported
     int8 layer has no Quantize after it and onnxruntime runs it as an fp32 Conv between Q/DQ (MobileNetV2 with
-    int8 / fp32 alternating: 18 of 27 int8 layers unfused, 4.2x the all-int8 latency, 2026-12-07); one whose output
-    is the model's output (logits) stays float. Untraceable models get none.
+    int8 / fp32 alternating: 18 of 27 int8 layers unfused, 4.1x the all-int8 latency in
+    ``scripts/precision_boundaries.py``, 2026-12-07); one whose output is the model's output (logits) stays float.
+    Untraceable models get none.
     """
     import torch.fx as fx
     import torch.nn.functional as F
