@@ -128,6 +128,11 @@ class JointCompressConfig:
     name: str = _opt("joint", choices=("joint",))
     prune: bool = _opt(True)
     quantize: bool = _opt(True)
+    depth: bool = _opt(False, doc="a keep gate per residual block with an identity shortcut (pluto.decisions.depth)")
+    depth_init_keep: float = _opt(0.6, 0, 1, lo_open=True, hi_open=True,
+                                  doc="block gates' starting keep-probability (near 0.5: one search epoch can flip it)")
+    depth_init_spread: float = _opt(1.0, 0, 100, doc="block logits spread +-this by how much each branch changes "
+                                                     "the residual stream")
     bits: list = _opt([4, 8], doc="candidate bit-widths, each one of 4, 8, 16, 32")
     distill: bool = _opt(True)
     init_from: Optional[str] = _opt(None, doc="trained weights to start from")

@@ -98,25 +98,30 @@ WEIGHT_KINDS = ("conv", "dwconv", "linear")  # the layers that carry a precision
 
 
 def boundary_terms(ops: list[OpSpec], probs: list[dict[str, Tensor] | None],
-                   couts: list[Tensor]) -> tuple[Tensor, Tensor]:
+                   couts: list[Tensor], present: list[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
     """Expected precision changes between consecutive weight layers of ``ops`` (in execution order) and the expected
     activation megabytes crossing them: ``sum_i (1 - sum_p P_i(p) P_i+1(p))`` and the same weighted by layer i's
     output megabytes (fp32 words, ``cout * hw_out^2``). ``probs[i]``: runtime precision -> probability of op i
     (None: not a weight layer); ``couts``: its (expected) output channels. Ops between two weight layers (adds,
-    pooling) are transparent: a uniform network has none, so the per-precision fits keep what they measured."""
+    pooling) are transparent: a uniform network has none, so the per-precision fits keep what they measured.
+    ``present[i]``: the probability that op i runs (depth decisions; None: always); an edge counts times both ends'."""
     edges = torch.zeros((), dtype=torch.float64)
     edge_mb = torch.zeros((), dtype=torch.float64)
     prev = None
-    for op, pr, cout in zip(ops, probs, couts):
+    for i, (op, pr, cout) in enumerate(zip(ops, probs, couts)):
         if pr is None:
             continue
+        w = present[i] if present is not None else None
         if prev is not None:
-            p_op, p_pr, c_prev = prev
+            p_op, p_pr, c_prev, w_prev = prev
             same = sum((p_pr[k] * pr[k] for k in pr if k in p_pr), torch.zeros((), dtype=torch.float64))
             change = 1.0 - same
+            for weight in (w_prev, w):
+                if weight is not None:
+                    change = change * weight
             edges = edges + change
             edge_mb = edge_mb + change * c_prev * p_op.hw_out ** 2 * 4.0 / 1e6
-        prev = (op, pr, cout)
+        prev = (op, pr, cout, w)
     return edges, edge_mb
 
 
@@ -131,7 +136,8 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
     - ``channels``: op name -> (expected cin, expected cout); ops not listed keep nominal channels.
     - ``precisions``: op name -> {precision or bits: probability}; ops not listed run at
       ``default_precision`` (keys 'fp32'/'fp16'/'int8'/'int4' or 32/16/8/4; int4 is timed as int8).
-    - ``weights``: op name -> probability that the op is executed (NAS op choice); default 1.
+    - ``weights``: op name -> probability that the op is executed (NAS op choice, a skippable block's keep
+      probability: :mod:`pluto.decisions.depth`); default 1.
     Units: ms, mJ, bytes or MACs per inference at the table's batch size (batch 1 for shipped tables).
     Table metrics are calibrated per precision (each precision's ops by its own whole-network fit) plus the
     expected precision changes between consecutive weight layers (:meth:`LatencyTable.calibrate_precisions`).
@@ -157,6 +163,7 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
     by: dict[str, dict] = {}
     layer_probs: list[dict[str, Tensor] | None] = []
     couts: list[Tensor] = []
+    present: list[Tensor | None] = []
     for op in ops:
         cin, cout = _channels(op, channels)
         probs = (precisions or {}).get(op.name) or {default_precision: torch.tensor(1.0, dtype=torch.float64)}
@@ -186,9 +193,10 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
             slot["n_ops"] = slot["n_ops"] + count
         layer_probs.append(runtime_probs if op.kind in WEIGHT_KINDS else None)
         couts.append(torch.as_tensor(cout, dtype=torch.float64))
+        present.append(w)
     if not calibrated:
         return sum((sum(slot["parts"].values(), zero) for slot in by.values()), zero)
-    edges, edge_mb = boundary_terms(ops, layer_probs, couts)
+    edges, edge_mb = boundary_terms(ops, layer_probs, couts, present)
     return table.calibrate_precisions(by, metric, _runtime_name(default_precision), edges, edge_mb)
 
 

@@ -17,6 +17,7 @@ from pluto.cost.metrics import METRICS, needs_table  # noqa: F401
 from pluto.cost.ops import OpSpec, extract_ops
 from pluto.cost.plan import ChannelCounts, CostPlan, PrecisionProbs
 from pluto.cost.table import LatencyTable
+from pluto.decisions.depth import OpPresence
 from pluto.decisions.ops.supernet import Supernet
 from pluto.errors import TableError
 
@@ -71,18 +72,19 @@ class CostModel:
         return self
 
     def plan(self, metric: str, channels: ChannelCounts | None = None,
-             precisions: PrecisionProbs | None = None) -> CostPlan:
+             precisions: PrecisionProbs | None = None, presence: OpPresence | None = None) -> CostPlan:
         """The :class:`~pluto.cost.plan.CostPlan` of ``metric`` for this layout of the decisions (built once)."""
         device = channels.cin.device if channels is not None else \
-            precisions.probs.device if precisions is not None else self.device
+            precisions.probs.device if precisions is not None else \
+            presence.probs.device if presence is not None else self.device
         key = (metric, device, channels.names if channels is not None else None,
                channels is not None and channels.cin.requires_grad,
                (precisions.names, precisions.options, precisions.grad, precisions.probs.shape[1])
-               if precisions is not None else None)
+               if precisions is not None else None, presence.ops if presence is not None else None)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = CostPlan(self.table_for(metric), self.ops, metric, self.default_precision,
-                                               key[2], key[3], precisions, device)
+                                               key[2], key[3], precisions, device, key[5])
         return plan
 
     def table_for(self, metric: str) -> LatencyTable | None:
@@ -101,10 +103,12 @@ class CostModel:
                     "meter (NVML on NVIDIA GPUs, RAPL on Intel/AMD) or import one with `pluto table import`.")
 
     def expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-                 precisions: Mapping[str, Mapping[str, Tensor]] | None = None, raw: bool = False) -> Tensor:
+                 precisions: Mapping[str, Mapping[str, Tensor]] | None = None, raw: bool = False,
+                 presence: OpPresence | None = None) -> Tensor:
         """Differentiable expected ``metric`` for the current soft decisions, times the measured correction
-        (``raw=True``: the table's prediction alone)."""
-        value = self._expected(metric, channels, precisions)
+        (``raw=True``: the table's prediction alone). ``presence``: depth decisions (which ops run, with what
+        probability; :meth:`pluto.decisions.depth.BlockGates.presence`)."""
+        value = self._expected(metric, channels, precisions, presence)
         return value if raw else self.correct(metric, value)
 
     def correct(self, metric: str, value):
@@ -119,10 +123,12 @@ class CostModel:
         return (value - self.offset.get(metric, 0.0)) / self.correction.get(metric, 1.0)
 
     def _expected(self, metric: str, channels: Mapping[str, tuple[Tensor, Tensor]] | None = None,
-                  precisions: Mapping[str, Mapping[str, Tensor]] | None = None) -> Tensor:
+                  precisions: Mapping[str, Mapping[str, Tensor]] | None = None,
+                  presence: OpPresence | None = None) -> Tensor:
         table = self.table_for(metric)
-        if self._plannable(channels, precisions):
-            return self.plan(metric, channels, precisions)(channels, precisions)
+        if self._plannable(channels, precisions, presence):
+            return self.plan(metric, channels, precisions, presence)(
+                channels, precisions, presence.probs if presence is not None else None)
         channels = dict(channels) if isinstance(channels, ChannelCounts) else channels
         precisions = dict(precisions) if isinstance(precisions, PrecisionProbs) else precisions
         channels, precisions = _on_cpu(channels, precisions)
@@ -132,21 +138,26 @@ class CostModel:
             return expected_supernet_cost(self.supernet, table, self.input_shape, metric,
                                           dict(precisions) if precisions else None, self.default_precision,
                                           temperature=self.op_temperature, channels=channels or None)
+        weights = None
+        if presence is not None:
+            weights = {k: v.to("cpu", torch.float64) for k, v in presence.as_weights().items()}
         return expected_cost(table, self.ops, metric, dict(channels) if channels else None,
-                             dict(precisions) if precisions else None, default_precision=self.default_precision)
+                             dict(precisions) if precisions else None, weights=weights,
+                             default_precision=self.default_precision)
 
-    def _plannable(self, channels, precisions) -> bool:
+    def _plannable(self, channels, precisions, presence=None) -> bool:
         """Whether a plan prices these decisions: vectors (at least one), a traced model (no supernet), and
         expected channel counts (with a gradient: fixed integer counts pick table grids by their values)."""
-        if self.supernet is not None or (channels is None and precisions is None):
+        if self.supernet is not None or (channels is None and precisions is None and presence is None):
             return False
         if channels is not None and not (isinstance(channels, ChannelCounts) and channels.cin.requires_grad):
             return False
         return precisions is None or isinstance(precisions, PrecisionProbs)
 
     def minimum(self, metric: str, min_channels: Mapping[str, tuple[float, float]] | None = None,
-                allowed_bits: Mapping[str, list[int]] | None = None) -> float:
-        """The cheapest model the decisions can reach: each layer at its fewest channels and cheapest bit-width."""
+                allowed_bits: Mapping[str, list[int]] | None = None, absent: set[str] | None = None) -> float:
+        """The cheapest model the decisions can reach: each layer at its fewest channels and cheapest bit-width,
+        without the ops named in ``absent`` (the ops of every skippable block, under depth decisions)."""
         table = self.table_for(metric)
         allowed = {k: [precision_key(b) for b in v] for k, v in (allowed_bits or {}).items()}
         if self.supernet is not None:
@@ -161,7 +172,8 @@ class CostModel:
             value = float(min_cost_architecture(self.supernet, table, self.input_shape, metric, precision,
                                                 min_channels or None)[1])
         else:
-            value = minimum_cost(table, self.ops, metric, dict(min_channels or {}), allowed,
+            ops = [op for op in self.ops if op.name not in (absent or set())]
+            value = minimum_cost(table, ops, metric, dict(min_channels or {}), allowed,
                                  default_precisions=[self.default_precision])
         return self.correct(metric, value)
 

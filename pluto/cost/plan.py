@@ -120,9 +120,15 @@ class CostPlan:
 
     def __init__(self, table: LatencyTable | None, ops: list[OpSpec], metric: str, default_precision: str,
                  channel_names: tuple[str, ...] | None, channels_grad: bool,
-                 precisions: PrecisionProbs | None, device: torch.device):
+                 precisions: PrecisionProbs | None, device: torch.device,
+                 presence_ops: tuple[tuple[str, ...], ...] | None = None):
         self.metric, self.device, self.table = metric, device, table
         self.default = default_precision
+        # op o is executed with probability cat([presence, 1])[op_block[o]] (depth decisions; 1: always)
+        owner = {name: k for k, names in enumerate(presence_ops or ()) for name in names}
+        self.n_blocks = len(presence_ops or ())
+        self.op_block = torch.tensor([owner.get(op.name, self.n_blocks) for op in ops], dtype=torch.long,
+                                     device=device)
         index = {n: i for i, n in enumerate(channel_names or ())}
         rows = {n: i for i, n in enumerate(precisions.names)} if precisions is not None else {}
         width = precisions.probs.shape[1] if precisions is not None else 0
@@ -298,11 +304,22 @@ class CostPlan:
             return one
         return torch.cat([precisions.probs.reshape(-1).to(F64), one])
 
-    def _analytic(self, cin: Tensor, cout: Tensor, probs: Tensor, per_term: bool = False) -> Tensor:
-        """Per-op MACs, or per-op bytes of weights (summed over precision terms; ``per_term``: one per term)."""
+    def presence(self, presence: Tensor | None) -> Tensor:
+        """Per op, the probability that it is executed (float64)."""
+        one = torch.ones(1, dtype=F64, device=self.device)
+        if presence is None or not self.n_blocks:
+            return one.expand(self.op_block.numel())
+        return torch.cat([presence.reshape(-1).to(F64), one]).index_select(0, self.op_block)
+
+    def _analytic(self, cin: Tensor, cout: Tensor, probs: Tensor, per_term: bool = False,
+                  present: Tensor | None = None) -> Tensor:
+        """Per-op MACs, or per-op bytes of weights (summed over precision terms; ``per_term``: one per term),
+        times each op's probability of being executed (``present``)."""
         a = self.analytic
         first = torch.where(a["uses_cin"], a["k2"] * (cin / a["div"]), a["k2"])
         per_op = first * cout * a["hw2"] + a["bias"] * cout
+        if present is not None:
+            per_op = per_op * present
         if "bytes" not in a:
             return per_op
         weighted = probs.index_select(0, a["prob"]) * a["bytes"] * per_op.index_select(0, a["op"])
@@ -328,20 +345,28 @@ class CostPlan:
         bottom = v[2] + to * (v[3] - v[2])
         return torch.clamp(top + ti * (bottom - top), min=0.0)
 
-    def __call__(self, channels: ChannelCounts | None, precisions: PrecisionProbs | None) -> Tensor:
-        """The expected ``metric`` (0-dim float64 tensor on the plan's device), differentiable in both."""
+    def __call__(self, channels: ChannelCounts | None, precisions: PrecisionProbs | None,
+                 presence: Tensor | None = None) -> Tensor:
+        """The expected ``metric`` (0-dim float64 tensor on the plan's device), differentiable in the channel
+        counts, the precision probabilities and ``presence`` (per depth decision of the plan's ``presence_ops``: the
+        probability that its ops run; each op's entry, per-op term, traffic and weights scale with it)."""
         cin, cout = self.channels(channels)
         probs = self.probabilities(precisions)
+        present = self.presence(presence) if self.n_blocks else None
         if self.metric not in TABLE_METRICS:
-            return self._analytic(cin, cout, probs).sum()
+            return self._analytic(cin, cout, probs, present=present).sum()
+        term_p = probs.index_select(0, self.term_prob)
         looked = self.look_coef * self._lookups(cin, cout) * probs.index_select(0, self.look_prob)
         cost = segment_sum(looked, self.look_terms)  # per precision term
         detached = cost.detach()
         moved_op = (cin.detach() * self.hw[0] + cout.detach() * self.hw[1]) * 4.0 / 1e6
-        moved = moved_op.index_select(0, self.term_op) * probs.index_select(0, self.term_prob).detach()
+        moved = moved_op.index_select(0, self.term_op) * term_p.detach()
         # the activation term's value is exact, its gradient follows the term's entry (expected_cost's rule)
         live = self.op_grad.index_select(0, self.term_op) & (detached > 0)
         moved = torch.where(live, moved * cost / torch.where(live, detached, torch.ones_like(detached)), moved)
+        if present is not None:  # an op that may not run: every term of it times that probability (expected_cost's)
+            term_present = present.index_select(0, self.term_op)
+            cost, moved, term_p = cost * term_present, moved * term_present, term_p * term_present
         parts = segment_sum(cost, self.term_slots)
         totals = segment_sum(parts, self.slot_precisions)
         fit = self.calibration
@@ -349,8 +374,9 @@ class CostPlan:
             value = totals.sum()
         else:
             act = segment_sum(moved, self.term_slots)
-            size = segment_sum(self._analytic(cin, cout, probs, per_term=True), self.term_precisions)
-            count = segment_sum(probs.index_select(0, self.term_prob), self.term_precisions)
+            size = segment_sum(self._analytic(cin, cout, probs, per_term=True, present=present),
+                               self.term_precisions)
+            count = segment_sum(term_p, self.term_precisions)
             slot = parts * fit["scales"] + (act * fit["per_act"] if fit["per_act"] is not None else 0.0)
             per = segment_sum(slot, self.slot_precisions) + fit["per_mb"] * size / 1e6 + fit["per_op"] * count \
                 + fit["offset"]
@@ -362,6 +388,8 @@ class CostPlan:
             layer = torch.zeros(self.n_ops * n_prec, dtype=F64, device=self.device).index_add(
                 0, self.term_op * n_prec + self.term_precision, probs.index_select(0, self.term_prob)).view(-1, n_prec)
             change = 1.0 - (layer.index_select(0, self.edge_from) * layer.index_select(0, self.edge_to)).sum(1)
+            if present is not None:  # an edge whose layers do not run changes nothing (expected_cost's rule)
+                change = change * present.index_select(0, self.edge_from) * present.index_select(0, self.edge_to)
             crossing = cout.index_select(0, self.edge_from) * self.hw[1].index_select(0, self.edge_from) ** 2 * 4.0 / 1e6
             value = value + per_edge * change.sum() + per_mb * (change * crossing).sum()
         return value

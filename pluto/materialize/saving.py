@@ -10,7 +10,7 @@ A compressed model differs from the architecture its code builds: channels were 
 - ``"architecture"``: a versioned JSON document (a string) saying how to rebuild the module tree
   before the weights go in: the builder (a registry model and its arguments, or a NAS child: its
   space and chosen ops), each conv/linear/norm layer's channel counts, every tensor's shape, and
-  the bit-width of every quantized layer.
+  the bit-width of every quantized layer, and the residual blocks that depth decisions removed.
 
 :func:`load` builds the model the JSON names, shrinks each layer and tensor to its saved shape,
 re-prepares the quantized layers at their bit-widths (QAT state: LSQ steps, chosen bits) and
@@ -61,8 +61,10 @@ def describe(model: nn.Module, builder: dict[str, Any] | None = None) -> dict[st
     from pluto.decisions.bits import bit_choices
     from pluto.decisions.channels.gates import GATES_ATTR
 
-    if getattr(model, GATES_ATTR, None) is not None:
-        raise ConfigError("the model still has channel gates attached; save the hardened model "
+    from pluto.decisions.depth import BLOCK_GATES_ATTR, SKIPPED_ATTR
+
+    if getattr(model, GATES_ATTR, None) is not None or getattr(model, BLOCK_GATES_ATTR, None) is not None:
+        raise ConfigError("the model still has channel or block gates attached; save the hardened model "
                           "(pluto.materialize(model) or the run's final model), not the one being searched")
     layers = {}
     for name, module in model.named_modules():
@@ -76,9 +78,10 @@ def describe(model: nn.Module, builder: dict[str, Any] | None = None) -> dict[st
         if float_name is not None:
             tensors[float_name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     choices = bit_choices(model)
+    skipped = dict(getattr(model, SKIPPED_ATTR, {}) or {})
     return {
         "format": FORMAT, "version": VERSION, "builder": builder or builder_of(model), "layers": layers,
-        "tensors": tensors,
+        "tensors": tensors, **({"skipped_blocks": skipped} if skipped else {}),
         "quantization": {name: {"bits": int(c.chosen_bits), "candidates": list(c.candidates), "hard": bool(c.is_hard)}
                          for name, c in choices.items()},
     }
@@ -185,6 +188,10 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, map_location: 
     payload = load_checkpoint(path, map_location=map_location)
     structure = _structure(payload, path)
     model = model if model is not None else _build(structure["builder"])
+    if structure.get("skipped_blocks"):  # residual blocks the depth decisions removed (pluto.decisions.depth)
+        from pluto.decisions.depth import restore_skipped
+
+        restore_skipped(model, structure["skipped_blocks"])
     _resize(model, structure)
     state = payload["model"]
     try:

@@ -25,6 +25,9 @@ from torch import Tensor, nn
 
 from pluto.decisions.channels import ChannelGates, DependencyGraph, attach_gates
 from pluto.decisions.channels.importance import alignment, snap_count
+from pluto.decisions.depth import BlockGates, OpPresence, attach_block_gates, branch_ratios, detach_block_gates, \
+    skip_blocks, skippable_blocks
+from pluto.errors import ConfigError
 from pluto.decisions.ops.supernet import Supernet
 from pluto.optimizer.constraints import Constraint
 from pluto.cost.expected import precision_key
@@ -39,6 +42,7 @@ class Decisions:
     gates: ChannelGates | None = None
     quantized: bool = False
     bits: tuple[int, ...] = ()
+    blocks: BlockGates | None = None
     trail: dict[str, Any] = field(default_factory=dict)
     _choices: dict | None = field(default=None, repr=False, compare=False)
     _bit_values: dict | None = field(default=None, repr=False, compare=False)
@@ -50,6 +54,8 @@ class Decisions:
             params += list(self.supernet.arch_parameters())
         if self.gates is not None:
             params += list(self.gates.parameters())
+        if self.blocks is not None:
+            params += list(self.blocks.parameters())
         if self.quantized:
             from pluto.decisions.bits import bit_logits as bit_parameters
 
@@ -65,6 +71,10 @@ class Decisions:
         if self.gates is None:
             return None
         return ChannelCounts(*self.gates.channel_counts())
+
+    def presence(self) -> OpPresence | None:
+        """Depth decisions: per skippable block, the probability that its ops run (the forward's keep value)."""
+        return self.blocks.presence() if self.blocks is not None else None
 
     def precisions(self) -> PrecisionProbs | None:
         """Probability per layer and precision key ('int4', 'int8', 'fp16', 'fp32'), as one matrix (a mapping
@@ -102,6 +112,9 @@ class Decisions:
                                     for name, c in self._choices.items()}
             for name, c in self._choices.items():
                 out[f"bits/{name}"] = (c.probabilities().detach() * self._bit_values[name]).sum()
+        if self.blocks is not None:
+            for site, p in zip(self.blocks.sites, self.blocks.probabilities().detach().unbind()):
+                out[f"depth/{site.block}"] = p
         if self.supernet is not None:
             for name, p in self.supernet.choice_probabilities().items():
                 p = p.detach()
@@ -111,13 +124,23 @@ class Decisions:
 
 def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits: tuple[int, ...],
            gate_init_keep: float = 0.95, calibration: Tensor | None = None, gate_mode: str = "ste",
-           gate_init: str = "none", gate_init_spread: float = 2.0) -> Decisions:
-    """Attach the decisions in a fixed order (gates first, then quantizers) so hooks compose the same way each time.
+           gate_init: str = "none", gate_init_spread: float = 2.0, depth: bool = False,
+           depth_init_keep: float = 0.6, depth_init_spread: float = 1.0) -> Decisions:
+    """Attach the decisions in a fixed order (gates first, then quantizers, then block gates) so hooks compose the
+    same way each time.
 
     ``gate_init``: ``'none'`` starts every gate at ``gate_init_keep``; an importance criterion (``'l1'``,
     ``'l2'``, ``'bn'``) ranks each group's gates by the (warmed-up) weights, see :meth:`ChannelGates.rank_by`.
+    ``depth``: a keep gate per residual block with an identity shortcut (:mod:`pluto.decisions.depth`), starting
+    at ``depth_init_keep`` (close to 0.5: one search epoch can flip it), spread +-``depth_init_spread`` in logits by
+    how much each block's branch changes the residual stream on ``calibration`` (:func:`branch_ratios`).
     """
     supernet = model if isinstance(model, Supernet) else None
+    if depth and supernet is not None:
+        raise ConfigError("compress.depth applies to plain residual models; a supernet chooses depth through its "
+                          "'skip' candidates (set compress.depth=false)")
+    sites = skippable_blocks(model) if depth else None  # traced before any hook or parametrization is attached
+    ratios = branch_ratios(model, sites, calibration[:64]) if depth and sites and calibration is not None else None
     gates = None
     if prune:
         with supernet.all_paths() if supernet is not None else nullcontext():
@@ -137,7 +160,10 @@ def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits:
         # a supernet calibrates in the soft mixture: every candidate's quantizers see data (one sampled path would not)
         with supernet.in_mode("soft") if supernet is not None else nullcontext():
             model = prepare_qat(model, bits=tuple(bits), example_input=example, calibrate=calibration) or model
-    return Decisions(model, supernet, gates, quantize, tuple(bits))
+    blocks = attach_block_gates(model, sites, init_keep=depth_init_keep) if depth else None
+    if blocks is not None and ratios is not None:
+        blocks.rank_by(ratios, depth_init_spread)
+    return Decisions(model, supernet, gates, quantize, tuple(bits), blocks)
 
 
 def gate_counts(gates: ChannelGates) -> dict[int, float]:
@@ -180,7 +206,11 @@ def violated(decisions: Decisions, cost_model: CostModel, constraints: list[Cons
     with torch.no_grad():
         channels = hard_channels(decisions.gates) if decisions.gates is not None else None
         precisions = decisions.precisions()
-        return [c for c in constraints if float(cost_model.expected(c.metric, channels, precisions)) > c.target]
+        presence = None
+        if decisions.blocks is not None:
+            presence = OpPresence(decisions.blocks.presence().ops, decisions.blocks.hard().to(torch.float64))
+        return [c for c in constraints
+                if float(cost_model.expected(c.metric, channels, precisions, presence=presence)) > c.target]
 
 
 def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint],
@@ -266,6 +296,9 @@ def fix_decisions(decisions: Decisions, cost_model: CostModel | None = None,
         from pluto.decisions.bits import harden_bits
 
         harden_bits(decisions.model)
+    if decisions.blocks is not None and "search_block_probs" not in decisions.trail:
+        decisions.trail["search_block_probs"] = {s.block: round(float(p), 4) for s, p in
+                                                 zip(decisions.blocks.sites, decisions.blocks.probabilities())}
     if decisions.gates is not None and "search_probs" not in decisions.trail:
         decisions.trail["search_probs"] = {k: v.detach().clone().cpu()
                                            for k, v in decisions.gates.keep_probabilities().items()}
@@ -309,6 +342,13 @@ def build_concrete(decisions: Decisions, example: Tensor, calibration: Tensor | 
         trail["architecture"] = dict(supernet.architecture())
         chosen_bits = _derived_bits(chosen_bits, supernet)
         model = derive(supernet)
+    if decisions.blocks is not None:  # after the channels: a skipped block's widths were pruned like any other
+        skipped = decisions.blocks.skipped()
+        detach_block_gates(model)
+        model = skip_blocks(model, list(decisions.blocks.sites), skipped)
+        trail["skipped_blocks"] = skipped
+        gone = tuple(f"{b}." for b in skipped)
+        chosen_bits = {k: v for k, v in chosen_bits.items() if not k.startswith(gone)}
     if decisions.quantized:
         from pluto.decisions.bits import prepare_qat
 

@@ -312,9 +312,14 @@ class Compression:
         # the correction is one ratio measured at the uncompressed model; the cheapest model may scale otherwise
         # (per-call overheads, another precision), so only a target that both the table and the corrected table
         # call unreachable is rejected before training
+        absent = None
+        if c.depth:  # the cheapest model skips every skippable block
+            from pluto.decisions.depth import skippable_blocks
+
+            absent = {name for site in skippable_blocks(self.model) for name in site.ops}
         self.minimum = {}
         for con in self.constraints:
-            value = self.cost_model.minimum(con.metric, min_channels, allowed)
+            value = self.cost_model.minimum(con.metric, min_channels, allowed, absent)
             self.minimum[con.metric] = min(value, self.cost_model.uncorrect(con.metric, value))
         check_feasible(self.constraints, self.minimum)
         self.ctx.write_json("feasibility.json", {"minimum": self.minimum, "uncompressed": self.uncompressed,
@@ -543,7 +548,8 @@ class Compression:
         c = self.c
         self.decisions = attach(self.model, self.example.to(self.device), c.prune, c.quantize, self.bits,
                                 c.gate_init_keep, self.calibration.to(self.device), c.gate_mode, c.gate_init,
-                                c.gate_init_spread)
+                                c.gate_init_spread, depth=bool(c.depth), depth_init_keep=c.depth_init_keep,
+                                depth_init_spread=c.depth_init_spread)
         if self.decisions.supernet is not None:  # the search needs the mixture (see pluto.decisions.ops.choice)
             self.decisions.supernet.set_mode(c.supernet_search_mode)
         start = {"uniform": None, "reference": self.reference_bits}.get(str(c.bits_init), None)
@@ -641,8 +647,9 @@ class Compression:
             return task, logs, {}
         # priced where the decisions live (the cost model's plan keeps its grids on the training device):
         # no copy to the host and back, and the multipliers move there too; nothing here waits for the device
-        channels, precisions = d.channels(), d.precisions()
-        return task, logs, {con.metric: self.cost_model.expected(con.metric, channels, precisions, raw=True)
+        channels, precisions, presence = d.channels(), d.precisions(), d.presence()
+        return task, logs, {con.metric: self.cost_model.expected(con.metric, channels, precisions, raw=True,
+                                                                 presence=presence)
                             for con in self.constraints}
 
     def measure_candidate(self, step: int) -> dict[str, float]:
@@ -735,7 +742,7 @@ class Compression:
         # every rank built the concrete model from the same decisions; all fine-tune rank 0's, and a rank whose
         # architecture came out different stops the run here instead of training a mismatch
         distributed.broadcast_module(final, what="hardened model")
-        trail.update({k: v for k, v in d.trail.items() if k in ("projection", "landing")})
+        trail.update({k: v for k, v in d.trail.items() if k in ("projection", "landing", "search_block_probs")})
         trail["correction"] = {"scale": dict(self.cost_model.correction), "offset": dict(self.cost_model.offset)}
         self.trail = trail
         self.final = final.to(self.device)
@@ -866,6 +873,8 @@ def _hard_state(d: Decisions) -> dict:
     if d.gates is not None:
         state["gates"] = copy.deepcopy(d.gates.state_dict())
         state["gates_mode"] = d.gates.mode
+    if d.blocks is not None:
+        state["blocks"] = copy.deepcopy(d.blocks.state_dict())
     if d.quantized:
         from pluto.decisions.bits import bit_choices
 
@@ -878,6 +887,8 @@ def _restore_hard_state(d: Decisions, state: dict) -> None:
     if d.gates is not None:
         d.gates.load_state_dict(state["gates"])
         d.gates.set_mode(state["gates_mode"])
+    if d.blocks is not None:
+        d.blocks.load_state_dict(state["blocks"])
     if d.quantized:
         from pluto.decisions.bits import bit_choices
 
