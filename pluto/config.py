@@ -129,8 +129,10 @@ class JointCompressConfig:
     prune: bool = _opt(True)
     quantize: bool = _opt(True)
     depth: bool = _opt(False, doc="a keep gate per residual block with an identity shortcut (pluto.decisions.depth)")
-    depth_init_keep: float = _opt(0.6, 0, 1, lo_open=True, hi_open=True,
-                                  doc="block gates' starting keep-probability (near 0.5: one search epoch can flip it)")
+    depth_init_keep: float = _opt(0.75, 0, 1, lo_open=True, hi_open=True,
+                                  doc="block gates' starting keep-probability (every block kept at the start)")
+    depth_lr_scale: float = _opt(10.0, 0, 1000, lo_open=True,
+                                 doc="block logits' Adam lr = decision_lr x this (a short search can flip a block)")
     depth_init_spread: float = _opt(1.0, 0, 100, doc="block logits spread +-this by how much each branch changes "
                                                      "the residual stream")
     bits: list = _opt([4, 8], doc="candidate bit-widths, each one of 4, 8, 16, 32")

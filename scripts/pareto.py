@@ -34,6 +34,10 @@ prune           joint run, channel gates only (no QAT, no KD), fp32
 qat             joint run, bit-widths only (no pruning, no KD)
 uniform         every channel group's width scaled by one factor (the largest predicted under the target), fresh
                 weights, trained from scratch at its own lr (``--scratch-lrs``), PTQ
+uniform_depth   depth and width scaled together (models with skippable residual blocks): for each number of dropped
+                blocks (each stage's identity blocks in turn, ResNet-20 -> 14 -> 8, ``depth.uniform_order``) the
+                widest width factor predicted under the target; the one with the most MACs trains from scratch
+                like ``uniform``
 magnitude       dense model, one-shot L1 channel pruning (``prune_by_importance``) to the target, fine-tune, PTQ
 torch_pruning   same with Torch-Pruning's MagnitudePruner (only if ``import torch_pruning`` works)
 ptq             dense model, post-training int8 quantization (one point)
@@ -131,8 +135,8 @@ from pluto.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from pluto.errors import InfeasibleConstraintError  # noqa: E402
 from pluto.models import create_model  # noqa: E402
 
-METHODS = ("joint", "joint_macs", "joint_scratch", "nas", "prune", "qat", "uniform", "magnitude", "torch_pruning",
-           "ptq", "dense", "optuna")
+METHODS = ("joint", "joint_macs", "joint_scratch", "nas", "prune", "qat", "uniform", "uniform_depth", "magnitude",
+           "torch_pruning", "ptq", "dense", "optuna")
 EXTRA_METHODS = ("joint_fp",)  # run only when named in --methods
 JOINT_METHODS = ("joint", "joint_fp")  # compared against every baseline
 ABLATIONS = ("joint_macs", "joint_scratch")  # controls of the joint run: compared with it, not counted as baselines
@@ -209,6 +213,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--joint-epochs", default="auto", help="warmup,search,finetune epochs of joint runs; auto: "
                    "0,S,F-S with S = F//2 (F = --finetune-epochs), starting from the shared dense model (the supernet "
                    "trained --epochs for nas), i.e. the same budget as magnitude pruning + fine-tune")
+    p.add_argument("--joint-depth", default="auto", choices=("auto", "on", "off"),
+                   help="depth decisions (skip residual blocks) in the joint / joint_macs runs; auto: on when the "
+                        "model has a skippable block")
     p.add_argument("--joint-bits", default="auto", help="candidate bits of the joint/qat runs, e.g. 4,8 or 8,32; "
                    "auto: 8,32 on an int8 table (its int4 layers run on int8 kernels: no faster), 16,32 otherwise")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
@@ -599,6 +606,9 @@ def run_joint(s: Sweep, target: float, folder: Path, variant: str) -> dict[str, 
     ]
     if variant == "nas":
         overrides.append("compress.teacher=none")
+    if variant in ("joint", "joint_macs") and joint_depth(s):
+        overrides.append("compress.depth=true")
+        detail["depth"] = True
     if w == 0:  # start from the trained dense model (or supernet), as the pruning baselines do
         if variant == "nas":
             init = warm_supernet(s)
@@ -615,6 +625,9 @@ def run_joint(s: Sweep, target: float, folder: Path, variant: str) -> dict[str, 
     float_model, chosen = strip_quantization(copy.deepcopy(final).cpu())
     onnx = metrics.get("onnx")
     detail.update({"chosen_bits": chosen, "constraints_hold": metrics.get("constraints_hold")})
+    decided = run_dir / "decisions.json"
+    if decided.exists() and "skipped_blocks" in (trail := json.loads(decided.read_text())):
+        detail["skipped_blocks"] = trail["skipped_blocks"]
     row = {"accuracy": metrics["accuracy"], "params": metrics.get("params"), "macs": metrics.get("macs"),
            "predicted_latency_ms": metrics.get("predicted_latency_ms"),
            "precision": ("int8" if "int8" in s.table.precisions else "fp16+fp32" if 16 in chosen.values() else "fp32")
@@ -646,6 +659,57 @@ def run_joint_scratch(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
     row = deploy(s, model, folder, precision, bits if precision == "int8" else None)
     row["detail"] = json.dumps({"chosen_bits": bits, "lr": lr, "lr_scores": scores})
     return row
+
+
+def joint_depth(s: Sweep) -> bool:
+    """Whether the joint runs decide depth too (``--joint-depth``; auto: when ``--model`` has a skippable block)."""
+    if s.args.joint_depth != "auto":
+        return s.args.joint_depth == "on"
+    return bool(skip_sites(s))
+
+
+def skip_sites(s: Sweep) -> list:
+    from pluto.decisions.depth import skippable_blocks
+
+    if "skip_sites" not in s.cache:
+        s.cache["skip_sites"] = skippable_blocks(base_model(s))
+    return s.cache["skip_sites"]
+
+
+def depth_width_model(s: Sweep, dropped: int, width: float) -> nn.Module:
+    """``--model`` at ``width`` x every stage's width without its first ``dropped`` blocks of
+    :func:`pluto.decisions.depth.uniform_order` (ResNet-20: 3 -> ResNet-14, 6 -> ResNet-8), freshly initialised."""
+    from pluto.decisions.depth import skip_blocks, uniform_order
+
+    sites = skip_sites(s)
+    model = width_model(s, (width,) * len(width_stages(channel_graph(s))))
+    return skip_blocks(model, sites, uniform_order(sites)[:dropped])
+
+
+def run_uniform_depth(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
+    """Depth and width scaled together: per number of dropped blocks the widest width predicted under ``target``;
+    the feasible one with the most MACs, trained from scratch at its own lr."""
+    sites = skip_sites(s)
+    if not sites:
+        raise InfeasibleConstraintError(f"{s.args.model} has no skippable residual block: use 'uniform'")
+    best = None
+    for dropped in range(len(sites) + 1):
+        try:
+            width, precision = widest_under(s, target, lambda w: depth_width_model(s, dropped, w), 0.125, 1.0, iters=7)
+        except InfeasibleConstraintError:
+            continue
+        macs = float(total_macs(extract_ops(depth_width_model(s, dropped, width), s.shape)))
+        if best is None or macs > best[0]:
+            best = (macs, dropped, round(width, 4), precision)
+    if best is None:
+        raise InfeasibleConstraintError(f"no depth and width of {s.args.model} is predicted under {target} ms")
+    _, dropped, width, precision = best
+    torch.manual_seed(s.seed)
+    lr, scores = tuned_lr(s, lambda: depth_width_model(s, dropped, width))
+    torch.manual_seed(s.seed)
+    model = fit(s, depth_width_model(s, dropped, width), s.total_epochs, lr=lr)
+    return {**deploy(s, model, folder, precision),
+            "detail": json.dumps({"dropped_blocks": dropped, "width": width, "lr": lr, "lr_scores": scores})}
 
 
 def run_uniform(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
@@ -770,7 +834,7 @@ RUNNERS: dict[str, Callable[[Sweep, float, Path], dict[str, Any]]] = {
     "joint_macs": lambda s, t, f: run_joint(s, t, f, "joint_macs"), "joint_scratch": run_joint_scratch,
     "joint_fp": lambda s, t, f: run_joint(s, t, f, "joint_fp"),
     "prune": lambda s, t, f: run_joint(s, t, f, "prune"), "qat": lambda s, t, f: run_joint(s, t, f, "qat"),
-    "uniform": run_uniform, "magnitude": run_magnitude, "torch_pruning": run_torch_pruning, "ptq": run_ptq,
+    "uniform": run_uniform, "uniform_depth": run_uniform_depth, "magnitude": run_magnitude, "torch_pruning": run_torch_pruning, "ptq": run_ptq,
     "dense": run_dense, "optuna": run_optuna,
 }
 
@@ -1075,7 +1139,7 @@ def plot(summary: pd.DataFrame, table: str, path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     points = summary[summary["table"] == table].dropna(subset=["latency_ms", "accuracy"])
-    markers = dict(zip(METHODS + EXTRA_METHODS, "o^sDvP*XhHpd<"))
+    markers = dict(zip(METHODS + EXTRA_METHODS, "o^sDvP*XhHpd<>"))
     for method, pts in points.groupby("method"):
         front = pareto_front(pts)
         style = dict(lw=2.5, zorder=5, **({"color": "black"} if method == "joint" else {})) \

@@ -291,6 +291,27 @@ def skip_blocks(model: nn.Module, sites: list[SkipSite], skipped: list[str]) -> 
     return model
 
 
+def uniform_order(sites: list[SkipSite]) -> list[str]:
+    """The order in which a uniformly shallower network drops blocks: runs of consecutive skippable blocks
+    (``layers.0-2``, ``layers.4-5``, ...: a stage's identity blocks) each lose their last block in turn, as
+    ResNet-20 -> 14 -> 8 does (one block per stage per step)."""
+    runs: list[list[str]] = []
+    for site in sites:
+        parent, _, index = site.block.rpartition(".")
+        if runs and index.isdigit():
+            p_parent, _, p_index = runs[-1][-1].rpartition(".")
+            if p_parent == parent and p_index.isdigit() and int(p_index) + 1 == int(index):
+                runs[-1].append(site.block)
+                continue
+        runs.append([site.block])
+    order: list[str] = []
+    while any(runs):
+        for run in runs:
+            if run:
+                order.append(run.pop())
+    return order
+
+
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
@@ -309,4 +330,4 @@ def restore_skipped(model: nn.Module, record: dict[str, str]) -> nn.Module:
 
 
 __all__ = ["SkipSite", "BlockGates", "OpPresence", "skippable_blocks", "branch_ratios", "attach_block_gates", "detach_block_gates",
-           "skip_blocks", "restore_skipped", "BLOCK_GATES_ATTR", "SKIPPED_ATTR"]
+           "skip_blocks", "restore_skipped", "uniform_order", "BLOCK_GATES_ATTR", "SKIPPED_ATTR"]

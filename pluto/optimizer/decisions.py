@@ -125,14 +125,14 @@ class Decisions:
 def attach(model: nn.Module, example: Tensor, prune: bool, quantize: bool, bits: tuple[int, ...],
            gate_init_keep: float = 0.95, calibration: Tensor | None = None, gate_mode: str = "ste",
            gate_init: str = "none", gate_init_spread: float = 2.0, depth: bool = False,
-           depth_init_keep: float = 0.6, depth_init_spread: float = 1.0) -> Decisions:
+           depth_init_keep: float = 0.75, depth_init_spread: float = 1.0) -> Decisions:
     """Attach the decisions in a fixed order (gates first, then quantizers, then block gates) so hooks compose the
     same way each time.
 
     ``gate_init``: ``'none'`` starts every gate at ``gate_init_keep``; an importance criterion (``'l1'``,
     ``'l2'``, ``'bn'``) ranks each group's gates by the (warmed-up) weights, see :meth:`ChannelGates.rank_by`.
     ``depth``: a keep gate per residual block with an identity shortcut (:mod:`pluto.decisions.depth`), starting
-    at ``depth_init_keep`` (close to 0.5: one search epoch can flip it), spread +-``depth_init_spread`` in logits by
+    at ``depth_init_keep`` (every block kept), spread +-``depth_init_spread`` in logits by
     how much each block's branch changes the residual stream on ``calibration`` (:func:`branch_ratios`).
     """
     supernet = model if isinstance(model, Supernet) else None

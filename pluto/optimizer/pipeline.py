@@ -702,8 +702,13 @@ class Compression:
         params = d.parameters()
         if not params:
             return None
-        return torch.optim.Adam(params, lr=self.c.decision_lr, betas=(0.5, 0.999), fused=fusable(params) or None,
-                                capturable=self.capturable)
+        blocks = {id(p) for p in d.blocks.parameters()} if d.blocks is not None else set()
+        groups = [{"params": [p for p in params if id(p) not in blocks]}]
+        if blocks:  # one logit decides a whole block: it must be able to cross 0 within a short search
+            groups.append({"params": [p for p in params if id(p) in blocks],
+                           "lr": self.c.decision_lr * self.c.depth_lr_scale})
+        return torch.optim.Adam([g for g in groups if g["params"]], lr=self.c.decision_lr, betas=(0.5, 0.999),
+                                fused=fusable(params) or None, capturable=self.capturable)
 
     @property
     def capturable(self) -> bool:
