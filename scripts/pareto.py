@@ -43,7 +43,8 @@ torch_pruning   same with Torch-Pruning's MagnitudePruner (only if ``import torc
 ptq             dense model, post-training int8 quantization (one point)
 dense           dense model, fp32 (one point, the reference)
 optuna          Optuna TPE over per-stage width factors (a stage: the channel groups of one full width, e.g.
-                ResNet-20's 16/32/64) + per-stage bits, the table's predicted latency a hard constraint; trials
+                ResNet-20's 16/32/64) + per-stage bits (+ the number of dropped blocks, in ``uniform_order``,
+                when the joint runs decide depth), the table's predicted latency a hard constraint; trials
                 train ``--proxy-epochs`` and score PTQ accuracy on a held-out 10% of the training set; the best
                 is retrained in full
 =============== =====================================================================================
@@ -794,18 +795,33 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
     grid = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=s.seed))
 
-    def config_of(trial) -> tuple[tuple[float, ...], dict[str, int]]:
+    n_sites = len(skip_sites(s)) if joint_depth(s) else 0  # the joint run's decision space: depth too
+
+    def config_of(trial) -> tuple[tuple[float, ...], dict[str, int], int]:
         widths = tuple(trial.suggest_categorical(f"w{i}", grid) for i in range(n_stages))
         stage_bits = [trial.suggest_categorical(f"b{i}", bits_choices) for i in range(n_stages)]
-        return widths, {layer: stage_bits[i] for layer, i in stage_of.items()}
+        dropped = trial.suggest_int("dropped", 0, n_sites) if n_sites else 0
+        return widths, {layer: stage_bits[i] for layer, i in stage_of.items()}, dropped
+
+    def build(widths: tuple[float, ...], dropped: int) -> nn.Module:
+        if not dropped:
+            return width_model(s, widths)
+        from pluto.decisions.depth import skip_blocks, uniform_order
+
+        return skip_blocks(width_model(s, widths), skip_sites(s), uniform_order(skip_sites(s))[:dropped])
+
+    def present(model: nn.Module, bits: dict[str, int]) -> dict[str, int]:
+        names = {n for n, _ in model.named_modules()}
+        return {k: v for k, v in bits.items() if k in names}
 
     trained, asked = 0, 0
     while trained < s.args.optuna_trials and asked < 25 * s.args.optuna_trials:
         trial = study.ask()
         asked += 1
-        widths, bits = config_of(trial)
+        widths, bits, dropped = config_of(trial)
         torch.manual_seed(s.seed)
-        model = width_model(s, widths)
+        model = build(widths, dropped)
+        bits = present(model, bits)
         if predicted_latency(s, model, deploy_precision(s, bits), bits) > target:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             continue
@@ -818,14 +834,15 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
         trained += 1
     if trained == 0:
         raise InfeasibleConstraintError(f"no configuration of the Optuna space is predicted under {target} ms")
-    widths, bits = config_of(study.best_trial)
+    widths, bits, dropped = config_of(study.best_trial)
     torch.manual_seed(s.seed)
-    model = fit(s, width_model(s, widths), s.total_epochs)
+    model = fit(s, build(widths, dropped), s.total_epochs)
+    bits = present(model, bits)
     precision = deploy_precision(s, bits)
     row = deploy(s, model, folder, precision, bits if precision == "int8" else None)
     stage_bits = [study.best_trial.params[f"b{i}"] for i in range(n_stages)]
-    row["detail"] = json.dumps({"widths": widths, "bits": stage_bits, "trials_trained": trained,
-                                "trials_asked": asked, "best_val": study.best_value})
+    row["detail"] = json.dumps({"widths": widths, "bits": stage_bits, "dropped_blocks": dropped,
+                                "trials_trained": trained, "trials_asked": asked, "best_val": study.best_value})
     return row
 
 
