@@ -298,7 +298,7 @@ def fix_decisions(decisions: Decisions, cost_model: CostModel | None = None,
         harden_bits(decisions.model)
     if decisions.blocks is not None and "search_block_probs" not in decisions.trail:
         decisions.trail["search_block_probs"] = {s.block: round(float(p), 4) for s, p in
-                                                 zip(decisions.blocks.sites, decisions.blocks.probabilities())}
+                                                 zip(decisions.blocks.sites, decisions.blocks.probabilities().detach())}
     if decisions.gates is not None and "search_probs" not in decisions.trail:
         decisions.trail["search_probs"] = {k: v.detach().clone().cpu()
                                            for k, v in decisions.gates.keep_probabilities().items()}
