@@ -200,7 +200,9 @@ def test_replayed_steps_train_as_uncaptured_steps(model_name, tmp_path, determin
                 assert step.graphs.replays >= 6, vars(step.graphs)
         ref, got = states["default"], states["step-graph"]
         assert ref.keys() == got.keys()
-        moved = max(float((ref[k].float() - initial[k].float()).abs().max()) for k in ref if not k.endswith("step"))
+        # optimizer moments appear at the first step: what moved is read on the tensors that existed before it
+        moved = max(float((ref[k].float() - initial[k].float()).abs().max()) for k in ref
+                    if k in initial and not k.endswith("step"))
         assert moved > 1e-4, "the steps trained nothing"
         for k in ref:
             diff = float((ref[k].float() - got[k].float()).abs().max())
