@@ -119,3 +119,26 @@ def test_a_depth_run_drops_blocks_to_meet_a_macs_budget(tmp_path):
     restored = load(tmp_path / "model.pt")
     for block in decisions["skipped_blocks"]:
         assert isinstance(restored.get_submodule(block), torch.nn.Identity)
+
+
+def test_the_projection_drops_blocks_before_shrinking_every_width_to_its_floor():
+    """Blocks the search left kept while the budget needs fewer: the projection tries each number of extra dropped
+    blocks (least probable first) with the widest widths that fit, and keeps the one with the most MACs."""
+    from pluto.optimizer.constraints import Constraint
+    from pluto.optimizer.decisions import fix_decisions
+
+    lat = LatencyTable.load(TABLES / "cpu_ort_xeon_amx")
+    torch.manual_seed(0)
+    model = create_model("resnet20", 10, 1, 28)
+    cost = CostModel(model, (1, 1, 28, 28), lat, "int8")
+    d = attach(copy.deepcopy(model), torch.zeros(1, 1, 28, 28), True, False, (8,), 0.9, None, "ste", depth=True)
+    with torch.no_grad():
+        d.blocks.logits.copy_(torch.tensor([0.3, 0.2, 0.1, 0.4, 0.5, 0.6, 0.7]))  # all kept, layers.2 least
+    target = 0.16  # the full-depth model at the narrowest widths is predicted at ~0.25 ms
+    fix_decisions(d, cost, [Constraint("latency_ms", "latency_ms", target)], round_to=8)
+    notes = d.trail["projection"]
+    assert "still_violated" not in notes, notes
+    assert notes["blocks_dropped_to_fit_budget"][0] == "layers.2"
+    assert notes["width_scale_to_fit_budget"] > 0.5  # wide layers kept, blocks dropped instead
+    concrete, _ = build_concrete(d, torch.zeros(1, 1, 28, 28))
+    assert CostModel(concrete, (1, 1, 28, 28), lat, "int8").of_model(concrete, "latency_ms") <= target
