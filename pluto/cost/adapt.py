@@ -238,7 +238,8 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
             for (label, family, model, shape), value in zip(nets_p, values):
                 ops = extract_ops(model, shape)
                 parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
-                points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value, table.activations(ops)))
+                points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value, table.activations(ops),
+                               table.counts(ops)))
             err_before = _mape(table, nets_p, values, precision, metric)
             cal[metric] = fit_calibration(points, prior=prior, prior_fit=cal.get(metric))
             suffix = "" if metric == "latency_ms" else "_energy"

@@ -159,7 +159,7 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
                 cost = cost * torch.as_tensor(weights[op.name], dtype=torch.float64)
             total = total + cost
         return total
-    # per runtime precision: entry sums and activation megabytes per calibration group, weight bytes, op count
+    # per runtime precision: entry sums, activation megabytes and op counts per calibration group, weight bytes, op count
     by: dict[str, dict] = {}
     layer_probs: list[dict[str, Tensor] | None] = []
     couts: list[Tensor] = []
@@ -186,11 +186,12 @@ def expected_cost(table: LatencyTable | None, ops: list[OpSpec], metric: str,
             count = p
             if w is not None:
                 cost, moved, size, count = cost * w, moved * w, size * w, count * w
-            slot = by.setdefault(runtime, {"parts": {}, "act": {}, "weight_bytes": zero, "n_ops": zero})
+            slot = by.setdefault(runtime, {"parts": {}, "act": {}, "counts": {}, "weight_bytes": zero, "n_ops": zero})
             slot["parts"][group] = slot["parts"].get(group, zero) + cost
             slot["act"][group] = slot["act"].get(group, zero) + moved
             slot["weight_bytes"] = slot["weight_bytes"] + size
             slot["n_ops"] = slot["n_ops"] + count
+            slot["counts"][group] = slot["counts"].get(group, zero) + count
         layer_probs.append(runtime_probs if op.kind in WEIGHT_KINDS else None)
         couts.append(torch.as_tensor(cout, dtype=torch.float64))
         present.append(w)

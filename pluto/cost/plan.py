@@ -271,7 +271,9 @@ class CostPlan:
                                               dtype=F64, device=d)
             self.calibration = {
                 "scales": per_slot("scales", 1.0), "per_act": per_slot("per_act", 0.0),
-                "floored": torch.tensor([bool(f and f["per_act"] is not None) for f in fits.values()],
+                "per_op_group": per_slot("per_op_group", 0.0),
+                "floored": torch.tensor([bool(f and (f["per_act"] is not None or f["per_op_group"] is not None))
+                                         for f in fits.values()],
                                         dtype=torch.bool, device=d),
                 "per_mb": scalar("per_mb"), "per_op": scalar("per_op"), "offset": scalar("offset"),
                 "default_offset": (table.calibration_coefficients(metric, _runtime(self.default), []) or
@@ -378,6 +380,8 @@ class CostPlan:
                                self.term_precisions)
             count = segment_sum(term_p, self.term_precisions)
             slot = parts * fit["scales"] + (act * fit["per_act"] if fit["per_act"] is not None else 0.0)
+            if fit["per_op_group"] is not None:  # expected units per (group, precision) slot
+                slot = slot + segment_sum(term_p, self.term_slots) * fit["per_op_group"]
             per = segment_sum(slot, self.slot_precisions) + fit["per_mb"] * size / 1e6 + fit["per_op"] * count \
                 + fit["offset"]
             per = torch.where(fit["floored"], torch.maximum(per, 0.1 * totals), per)

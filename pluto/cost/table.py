@@ -358,17 +358,20 @@ class LatencyTable:
     # ---- calibration and whole models --------------------------------------------------------
     def calibrate(self, parts: dict[str, Tensor] | Tensor, metric: str, precision: str,
                   weight_bytes: Tensor | float = 0.0, n_ops: Tensor | float = 0.0,
-                  act: dict[str, Tensor | float] | None = None) -> Tensor:
+                  act: dict[str, Tensor | float] | None = None,
+                  counts: dict[str, Tensor | float] | None = None) -> Tensor:
         """Whole-network cost from its entry sums per calibration group (see ``calibration_group``):
 
-        ``sum_g (scale_g * parts[g] + per_act_mb_g * act[g]) + per_mb * weight_bytes / 1e6 + per_op * n_ops
-        + offset``; identity if uncalibrated. ``n_ops`` is the number of units (expected number under op
-        choice); ``act[g]``: the activation megabytes of group g's ops (:func:`activation_mb`).
+        ``sum_g (scale_g * parts[g] + per_act_mb_g * act[g] + per_op_group_g * counts[g]) + per_mb * weight_bytes / 1e6
+        + per_op * n_ops + offset``; identity if uncalibrated. ``n_ops`` is the number of units (expected number under
+        op choice); ``act[g]``: the activation megabytes of group g's ops (:func:`activation_mb`); ``counts[g]``: the
+        (expected) number of group g's units (fits without ``per_op_group`` ignore it).
         The per-group scales absorb fusion and layout effects that differ by op kind (e.g. dense
         kxk convs running from cold caches in a whole network); ``weight_bytes`` is the weight
         storage, the DRAM traffic that isolated unit timings (weights in cache) do not see; the signed
         ``per_act_mb`` terms take out the layout reorders a unit pays alone and a network does not (or add
-        the traffic it pays). The result is floored at 10 % of the entry sum."""
+        the traffic it pays); the signed ``per_op_group`` terms the per-call time an isolated unit of the group has
+        and a network's does not (or the reverse). The result is floored at 10 % of the entry sum."""
         if not isinstance(parts, dict):
             parts = {"all": parts}
         total = sum(parts.values(), torch.zeros((), dtype=torch.float64))
@@ -384,15 +387,20 @@ class LatencyTable:
         if per_act is not None and act:
             value = value + sum((a * self._scale(self._fit(metric, precision)["per_act_mb"], group, {"scale": 0.0})
                                  for group, a in act.items()), torch.zeros((), dtype=torch.float64))
+        if fit["per_op_group"] is not None and counts:
+            per_count = self._fit(metric, precision)["per_op_group"]
+            value = value + sum((n * self._scale(per_count, group, {"scale": 0.0}) for group, n in counts.items()),
+                                torch.zeros((), dtype=torch.float64))
         value = value + fit["per_mb"] * weight_bytes / 1e6 + fit["per_op"] * n_ops + fit["offset"]
-        return torch.maximum(torch.as_tensor(value, dtype=torch.float64), 0.1 * total) if per_act is not None else value
+        floored = per_act is not None or fit["per_op_group"] is not None
+        return torch.maximum(torch.as_tensor(value, dtype=torch.float64), 0.1 * total) if floored else value
 
     def calibrate_precisions(self, by_precision: dict[str, dict], metric: str, default: str,
                              edges: Tensor | float = 0.0, edge_mb: Tensor | float = 0.0) -> Tensor:
         """Whole-network cost of a model whose layers run at several precisions.
 
         Each precision's ops are calibrated by that precision's own fit (``by_precision[p]``: the keyword arguments
-        ``parts``, ``weight_bytes``, ``n_ops``, ``act`` of :meth:`calibrate`), the network's fixed offset counted
+        ``parts``, ``weight_bytes``, ``n_ops``, ``act``, ``counts`` of :meth:`calibrate`), the network's fixed offset counted
         once (the ``default`` precision's), and every change of precision between consecutive layers is priced by
         :meth:`boundary_coefficients` (``edges``: expected number of changes, ``edge_mb``: expected activation
         megabytes crossing them). A model at one precision gets exactly :meth:`calibrate` of that precision (a
@@ -402,7 +410,7 @@ class LatencyTable:
         for precision, kw in by_precision.items():
             parts = kw["parts"] if isinstance(kw["parts"], dict) else {"all": kw["parts"]}
             value = value + self.calibrate(parts, metric, precision, kw.get("weight_bytes", 0.0),
-                                           kw.get("n_ops", 0.0), kw.get("act"))
+                                           kw.get("n_ops", 0.0), kw.get("act"), kw.get("counts"))
             fit = self._fit(metric, precision)
             value = value - (fit.get("offset", 0.0) if fit else 0.0)
         own = self._fit(metric, default)
@@ -422,16 +430,18 @@ class LatencyTable:
 
     def calibration_coefficients(self, metric: str, precision: str, groups: list[str]) -> dict | None:
         """The whole-network fit of ``metric`` at ``precision`` (see :meth:`calibrate`) as per-group lists over
-        ``groups`` (``scales``, ``per_act``: None without activation terms) and the scalars ``scale``, ``per_mb``,
+        ``groups`` (``scales``; ``per_act``, ``per_op_group``: None without those terms) and the scalars ``scale``, ``per_mb``,
         ``per_op``, ``offset``; None if the table is uncalibrated (the sum of the entries is the cost)."""
         fit = self._fit(metric, precision)
         if not fit:
             return None
         scales = fit.get("scales", {})
         per_act = fit.get("per_act_mb") or {}
+        per_count = fit.get("per_op_group") or {}
         return {"scale": fit.get("scale", 1.0),
                 "scales": [self._scale(scales, g, fit) if scales else fit.get("scale", 1.0) for g in groups],
                 "per_act": [self._scale(per_act, g, {"scale": 0.0}) for g in groups] if per_act else None,
+                "per_op_group": [self._scale(per_count, g, {"scale": 0.0}) for g in groups] if per_count else None,
                 "per_mb": fit.get("per_mb", 0.0), "per_op": fit.get("per_op", 0.0), "offset": fit["offset"]}
 
     @staticmethod
@@ -458,6 +468,14 @@ class LatencyTable:
             group = self.group_of(op)
             act[group] = act.get(group, 0.0) + float(activation_mb(op))
         return act
+
+    def counts(self, ops: list[OpSpec]) -> dict[str, int]:
+        """Number of ``ops`` per calibration group (the calibration's ``per_op_group`` terms weigh them)."""
+        out: dict[str, int] = {}
+        for op in ops:
+            group = self.group_of(op)
+            out[group] = out.get(group, 0) + 1
+        return out
 
     def group_of(self, op: OpSpec, cin: Tensor | float | None = None, cout: Tensor | float | None = None) -> str:
         """Calibration group of ``op``; tables with unaligned grids split off ops on unaligned channels ('_u'),
@@ -488,7 +506,7 @@ class LatencyTable:
         if not calibrated:
             return float(sum(parts.values()))
         return float(self.calibrate(parts, metric, precision, weight_bytes(ops, precision), len(ops),
-                                    self.activations(ops)))
+                                    self.activations(ops), self.counts(ops)))
 
     def predict(self, model: nn.Module, input_shape: tuple[int, ...], metric: str = "latency_ms",
                 precision: str = "fp32", calibrated: bool = True) -> float:
