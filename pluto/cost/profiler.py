@@ -254,7 +254,8 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
     return runtime.prepare(copy.deepcopy(model), (x,), precision)  # the runtime moves/casts it; callers keep theirs
 
 
-def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | None = None) -> dict:
+def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | None = None,
+                    per_op_groups: bool | None = None) -> dict:
     """Fit ``measured = sum_g (scale_g * summed_g + per_act_mb_g * act_g + per_op_group_g * count_g) + per_mb * weight_mb
     + per_op * n_ops + offset``.
 
@@ -270,6 +271,10 @@ def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | 
     pay inside a network (small elementwise and depthwise units: negative) or lacks what it does pay (positive).
     On cpu_ort_xeon_amx (fit on its 237 fp32 / 164 int8 calibration networks, 2026-12-07) it raised the held-out
     networks within +-10 % from 67.0 to 73.9 % (fp32, MAPE 9.1 -> 7.6 %) and 80.0 to 81.7 % (int8, MAPE 6.6 -> 5.0 %).
+    **Opt-in** (``per_op_groups=True``; None: as ``prior_fit`` does): on the same table its eltwise term came out
+    negative (-0.011 ms per add at int8), so a network without some residual blocks was predicted *slower* per
+    removed add, and ResNet-20 int8 with 6 of 9 blocks dropped at 1.48x its measurement (0.1206 ms; 1.08x without the
+    term): a fit that prices away the decisions the optimizer makes is not shipped by default.
     Bounded least squares on *relative* errors (rows scaled by 1 / measured, so small and large networks
     count alike; group scales, ``per_mb``, ``per_op``, ``offset`` >= 0), with a pull of weight ``prior``
     towards ``prior_fit`` (an earlier fit, e.g. the one made where the table was profiled: few-shot
@@ -280,7 +285,9 @@ def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | 
     from scipy.optimize import lsq_linear
 
     with_act = all(len(p) > 4 and p[4] is not None for p in points) and bool(points)
-    with_counts = with_act and all(len(p) > 5 and p[5] is not None for p in points)
+    if per_op_groups is None:
+        per_op_groups = bool((prior_fit or {}).get("per_op_group"))
+    with_counts = per_op_groups and with_act and all(len(p) > 5 and p[5] is not None for p in points)
     prior_act = (prior_fit or {}).get("per_act_mb") or {}
     prior_counts = (prior_fit or {}).get("per_op_group") or {}
     groups = sorted({g for point in points for g in point[0]} | set((prior_fit or {}).get("scales", {})))
@@ -300,7 +307,10 @@ def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | 
     lower = np.zeros(raw.shape[1])
     lower[k:k + a + c] = -np.inf
     weight = math.sqrt(prior * len(points))
-    share = np.abs(design).mean(axis=0) + 1e-12  # relative contribution of one unit of each coefficient
+    share = np.abs(design).mean(axis=0)  # relative contribution of one unit of each coefficient, floored: a group
+    # the networks barely run (a few-shot adaptation on a busy machine) is otherwise unregularized and its scale
+    # drifts to ~1e8 with no effect on the fit, and the table is then refused at load as damaged
+    share = np.maximum(share, 1e-4 * float(share.max()) + 1e-12)
     if prior_fit:  # transfer: every coefficient pulled towards the earlier fit, in units of its typical share
         base = np.array([prior_fit.get("scales", {}).get(g, prior_fit.get("scale", 1.0)) for g in groups]
                         + [prior_act.get(g, 0.0) for g in act_groups]
@@ -348,22 +358,23 @@ def calibration_networks(table: LatencyTable) -> list[Network]:
     return ProfileSpace.from_dict(table.metadata["space"]).calibration_networks()
 
 
-def refit(table: LatencyTable, networks: list[Network] | None = None) -> None:
+def refit(table: LatencyTable, networks: list[Network] | None = None, per_op_groups: bool = False) -> None:
     """(Re-)fit the calibration from the whole-network *measurements* stored in the metadata.
 
     The networks are rebuilt from the table's space (they are seeded), their entry sums recomputed
     with the current lookup, and the fit redone (per precision, then the price of precision changes on the
-    stored mixed-precision networks); nothing is re-measured, so this runs anywhere."""
+    stored mixed-precision networks); nothing is re-measured, so this runs anywhere. ``per_op_groups``: fit a signed
+    per-op term per op group (see :func:`fit_calibration`)."""
     if networks is None:
         networks = calibration_networks(table)
     by_label = {label: (model, shape) for label, model, shape in networks}
-    _refit_precisions(table, by_label)
+    _refit_precisions(table, by_label, per_op_groups)
     for metric, fit in list((table.metadata.get("calibration_boundary") or {}).items()):
         if fit.get("networks") and all(r["model"] in by_label for r in fit["networks"]):
             fit_boundaries(table, fit["networks"], by_label)
 
 
-def _refit_precisions(table: LatencyTable, by_label: dict) -> None:
+def _refit_precisions(table: LatencyTable, by_label: dict, per_op_groups: bool = False) -> None:
     for precision, cal in table.metadata.get("calibration", {}).items():
         for record in cal.get("networks", []):
             model, shape = by_label[record["model"]]
@@ -382,7 +393,7 @@ def _refit_precisions(table: LatencyTable, by_label: dict) -> None:
                        r["act_mb_groups"], r.get("n_ops_groups"))
                       for r in cal.get("networks", []) if f"measured_{metric}" in r]
             if points:
-                cal[metric] = fit_calibration(points)
+                cal[metric] = fit_calibration(points, per_op_groups=per_op_groups)
 
 
 def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: str = "onnxruntime",

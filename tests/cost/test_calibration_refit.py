@@ -44,7 +44,7 @@ TRUTH = {"scales": {"conv_kxk": 1.2, "conv_1x1": 0.9, "dwconv": 1.1, "eltwise": 
 
 def test_refit_recovers_known_per_group_op_terms():
     points = _networks(TRUTH, 200, random.Random(0))
-    fit = fit_calibration(points, prior=1e-6)
+    fit = fit_calibration(points, prior=1e-6, per_op_groups=True)
     assert fit["per_op"] == 0.0  # replaced by the per-group terms
     for g in GROUPS:
         assert fit["scales"][g] == pytest.approx(TRUTH["scales"][g], rel=0.02), (g, fit["scales"])
@@ -52,14 +52,15 @@ def test_refit_recovers_known_per_group_op_terms():
         assert fit["per_act_mb"][g] == pytest.approx(TRUTH["per_act_mb"][g], abs=0.05), (g, fit["per_act_mb"])
     assert fit["per_mb"] == pytest.approx(TRUTH["per_mb"], rel=0.05)
     assert fit["mape_calibrated_pct"] < 0.5
-    # without the counts the fit is the earlier model (no per-group terms) and cannot match as well
-    old = fit_calibration([p[:5] for p in points], prior=1e-6)
+    # without the counts, or by default (opt-in), the fit is the earlier model and cannot match as well
+    old = fit_calibration([p[:5] for p in points], prior=1e-6, per_op_groups=True)
     assert "per_op_group" not in old and old["mape_calibrated_pct"] > fit["mape_calibrated_pct"]
+    assert "per_op_group" not in fit_calibration(points, prior=1e-6)
 
 
 def test_refit_with_noise_generalises_and_transfer_keeps_them():
     points = _networks(TRUTH, 120, random.Random(1), noise=0.02)
-    fit = fit_calibration(points, prior=0.005)
+    fit = fit_calibration(points, prior=0.005, per_op_groups=True)
     held = _networks(TRUTH, 60, random.Random(2))
     pred = np.array([sum(fit["scales"][g] * p[g] + fit["per_act_mb"][g] * a[g] + fit["per_op_group"][g] * c[g]
                          for g in GROUPS) + fit["per_mb"] * mb + fit["offset"] for p, mb, _, _, a, c in held])
@@ -81,24 +82,26 @@ def table():
     return LatencyTable.load(TABLE)
 
 
-def test_shipped_table_prices_per_group_op_terms_on_both_paths(table):
-    fit = table.metadata["calibration"]["fp32"]["latency_ms"]
-    assert fit.get("per_op_group")  # refitted from its stored networks (pluto table refit)
+def test_per_group_op_terms_are_priced_alike_on_both_paths(table):
+    with_terms = copy.deepcopy(table)
+    fit = with_terms.metadata["calibration"]["fp32"]["latency_ms"]
+    fit["per_op_group"] = {g: 0.001 * (i % 3 - 1) for i, g in enumerate(sorted(fit["scales"]))}
     ops = extract_ops(create_model("mobilenet_v2", 10, 1, 28), (1, 28, 28))
-    value = table.predict_ops(ops, "latency_ms", "fp32")
-    parts = {g: float(v) for g, v in table.summed(ops, "latency_ms", "fp32").items()}
-    act, counts = table.activations(ops), table.counts(ops)
+    value = with_terms.predict_ops(ops, "latency_ms", "fp32")
+    parts = {g: float(v) for g, v in with_terms.summed(ops, "latency_ms", "fp32").items()}
+    act, counts = with_terms.activations(ops), with_terms.counts(ops)
     assert sum(counts.values()) == len(ops)
-    by_hand = sum(fit["scales"][g] * parts[g] + fit["per_act_mb"][g] * act[g] + fit["per_op_group"][g] * counts[g]
-                  for g in parts) + fit["per_mb"] * sum(o.params for o in ops) * 4 / 1e6 + fit["offset"]
+    by_hand = sum(fit["scales"][g] * parts[g] + fit["per_act_mb"][g] * act[g] + fit["per_op_group"].get(g, 0.0)
+                  * counts[g] for g in parts) + fit["per_mb"] * sum(o.params for o in ops) * 4 / 1e6 \
+        + fit["per_op"] * len(ops) + fit["offset"]
     assert value == pytest.approx(max(by_hand, 0.1 * sum(parts.values())), rel=1e-9)
-    assert float(expected_cost(table, ops, "latency_ms")) == pytest.approx(value, rel=1e-9)
+    assert float(expected_cost(with_terms, ops, "latency_ms")) == pytest.approx(value, rel=1e-9)
 
 
 def test_fits_without_per_group_op_terms_price_as_before(table):
     old = copy.deepcopy(table)
     for cal in old.metadata["calibration"].values():
-        cal["latency_ms"].pop("per_op_group")
+        cal["latency_ms"].pop("per_op_group", None)
     ops = extract_ops(create_model("small_cnn", 10, 1, 28), (1, 28, 28))
     fit = old.metadata["calibration"]["fp32"]["latency_ms"]
     parts = {g: float(v) for g, v in old.summed(ops, "latency_ms", "fp32").items()}

@@ -142,3 +142,17 @@ def test_the_projection_drops_blocks_before_shrinking_every_width_to_its_floor()
     assert notes["width_scale_to_fit_budget"] > 0.5  # wide layers kept, blocks dropped instead
     concrete, _ = build_concrete(d, torch.zeros(1, 1, 28, 28))
     assert CostModel(concrete, (1, 1, 28, 28), lat, "int8").of_model(concrete, "latency_ms") <= target
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_the_shipped_table_prices_every_dropped_block_as_a_saving(precision):
+    """A calibration may fit held-out networks better and still price a decision backwards (a negative per-op term
+    for residual adds made dropping a block look free, 2026-12-07): each block dropped must lower the prediction."""
+    lat = LatencyTable.load(TABLES / "cpu_ort_xeon_amx")
+    model = create_model("resnet20", 10, 1, 28)
+    sites = skippable_blocks(model)
+    full = CostModel(model, (1, 1, 28, 28), lat, precision).of_model(model, "latency_ms")
+    for site in sites:
+        shallower = skip_blocks(copy.deepcopy(model), sites, [site.block])
+        value = CostModel(shallower, (1, 1, 28, 28), lat, precision).of_model(shallower, "latency_ms")
+        assert value < full - 0.002, (site.block, value, full)
