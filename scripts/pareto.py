@@ -55,19 +55,23 @@ Epoch budget: every method sees ``--epochs + --finetune-epochs`` passes over the
 optuna winner train ``--epochs + --finetune-epochs`` from scratch. "PTQ" means int8 on a table with int8
 entries, else the baseline stays fp32.
 
-ResNet-20 on this CPU (issue 13): the committed sweep (3 targets x 3 seeds x 9 methods, README "ResNet-20 on this
-CPU") took about 1 h of one core per seed and target set, two configs at a time (``--threads 1``); the same command resumes where
-the last one stopped (``--time-budget``: no config starts after it; ``--seeds`` / ``--targets`` pick parts). Commit
-the ONNX files with the results (``git add -f``): the measure stage needs them. Then measure with nothing else
-running::
+ResNet-20 on this CPU (issue 13), v2 (2026-12-07: converged dense start, targets below the int8 dense model, depth
+decisions; README "ResNet-20 on this CPU, v2"): two processes, one per core (``--threads 1``), resumable (a config
+whose result.json exists is skipped; ``--time-budget``: no config starts after it), ONNX files committed with the
+results (``git add -f``); then measure with nothing else running::
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python scripts/pareto.py --stage train --tables cpu_ort_xeon_amx \
-        --model resnet20 --seeds 0,1,2 --targets 0.2659,0.4166,0.6527 \
-        --methods joint,joint_macs,joint_scratch,uniform,magnitude,torch_pruning,ptq,dense,optuna \
-        --data-root /usr/share/datasets/fashion-mnist --train-limit 10000 --epochs 6 --warmup-steps 50 \
-        --test-limit 5000 --n-targets 3 --threads 1 --out docs/results/pareto-resnet20 --time-budget 3600
+    C="--stage train --tables cpu_ort_xeon_amx --model resnet20 --seeds 0,1,2 --targets 0.13,0.19,0.25 \
+       --data-root /usr/share/datasets/fashion-mnist --train-limit 10000 --epochs 15 --finetune-epochs 3 \
+       --warmup-steps 50 --test-limit 5000 --threads 1 --out docs/results/pareto-resnet20-v2"
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C --methods dense,ptq,joint,joint_macs,joint_scratch &
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/pareto.py $C \
+        --methods uniform_depth,magnitude,torch_pruning,uniform,optuna &       # pip install -e .[bench] for Torch-Pruning
     .venv/bin/python scripts/pareto.py --stage measure --tables cpu_ort_xeon_amx --model resnet20 \
-        --out docs/results/pareto-resnet20 --data-root /usr/share/datasets/fashion-mnist --test-limit 5000 --repeats 5
+        --out docs/results/pareto-resnet20-v2 --data-root /usr/share/datasets/fashion-mnist --test-limit 5000 --repeats 5
+
+(the width-only baselines are infeasible at all three targets: at 8 channels everywhere ResNet-20 is predicted
+0.251 ms int8; ``--targets 0.28 --methods magnitude,torch_pruning`` adds them at a target they reach.) The v1 sweep
+(6 + 2 epochs, table-unit targets 0.27-0.65 ms, trained on the AMD EPYC) is ``docs/results/pareto-resnet20``.
 
 GPU command for the lead (ONE device call, <= ~9 min on one H100: configs not started after
 ``--time-budget`` seconds are skipped and a rerun resumes them). The device image has no Fashion-MNIST and
