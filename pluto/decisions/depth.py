@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from pluto.decisions.hooks import install, uninstall
 from pluto.errors import ConfigError
 
 BLOCK_GATES_ATTR = "block_gates"  # attribute under which attach_block_gates registers the gates on the model
@@ -254,23 +255,12 @@ def attach_block_gates(model: nn.Module, sites: list[SkipSite] | None = None, in
     detach_block_gates(model)
     gates = BlockGates(skippable_blocks(model) if sites is None else sites, init_keep, temperature)
     gates._attach(model)
-    first = next(model.parameters(), None)
-    if first is not None:
-        gates.to(first.device)
-    setattr(model, BLOCK_GATES_ATTR, gates)
-    return gates
+    return install(model, BLOCK_GATES_ATTR, gates)
 
 
 def detach_block_gates(model: nn.Module) -> None:
     """Remove what :func:`attach_block_gates` added (also hooks carried over by ``copy.deepcopy``)."""
-    gates = getattr(model, BLOCK_GATES_ATTR, None)
-    if isinstance(gates, BlockGates):
-        gates.remove()
-        delattr(model, BLOCK_GATES_ATTR)
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            if isinstance(hook, _BranchScale):
-                del module._forward_hooks[key]
+    uninstall(model, BLOCK_GATES_ATTR, BlockGates, (_BranchScale,))
 
 
 def skip_blocks(model: nn.Module, sites: list[SkipSite], skipped: list[str]) -> nn.Module:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from pluto.decisions.channels.graph import DependencyGraph
+from pluto.decisions.hooks import install, uninstall
 from pluto.errors import ConfigError
 
 GATES_ATTR = "channel_gates"  # attribute under which attach_gates registers the gates on the model
@@ -365,25 +366,13 @@ def attach_gates(model: nn.Module, graph: DependencyGraph, init_keep: float = 0.
         detach_gates(model)
     gates = ChannelGates(graph, init_keep, temperature)
     gates._attach(model)
-    first = next(model.parameters(), None)
-    if first is not None:
-        gates.to(first.device)
-    setattr(model, GATES_ATTR, gates)
-    return gates
+    return install(model, GATES_ATTR, gates)
 
 
 def detach_gates(model: nn.Module) -> None:
-    """Remove gates added by :func:`attach_gates` (hooks and the ``channel_gates`` submodule)."""
-    gates = getattr(model, GATES_ATTR, None)
-    if isinstance(gates, ChannelGates):
-        gates.remove()
-        delattr(model, GATES_ATTR)
-    for module in model.modules():  # also clears hooks carried over by copy.deepcopy
-        for hooks in (module._forward_pre_hooks, module._forward_hooks):
-            for key, hook in list(hooks.items()):
-                if isinstance(hook, (_InputMask, _LayerNormMask, _ForwardScope)):
-                    del hooks[key]
-                    module._forward_hooks_always_called.pop(key, None)
+    """Remove gates added by :func:`attach_gates` (hooks and the ``channel_gates`` submodule; also hooks carried over
+    by copy.deepcopy)."""
+    uninstall(model, GATES_ATTR, ChannelGates, (_InputMask, _LayerNormMask, _ForwardScope))
 
 
 def find_gates(model_or_gates: nn.Module) -> ChannelGates:
