@@ -316,6 +316,9 @@ class Compression:
         if c.depth:  # the cheapest model skips every skippable block
             from pluto.decisions.depth import skippable_blocks
 
+            if isinstance(self.model, Supernet):
+                raise ConfigError("compress.depth applies to plain residual models; a supernet chooses depth through "
+                                  "its 'skip' candidates (set compress.depth=false)")
             absent = {name for site in skippable_blocks(self.model) for name in site.ops}
         self.minimum = {}
         for con in self.constraints:
