@@ -273,8 +273,9 @@ def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | 
     networks within +-10 % from 67.0 to 73.9 % (fp32, MAPE 9.1 -> 7.6 %) and 80.0 to 81.7 % (int8, MAPE 6.6 -> 5.0 %).
     **Opt-in** (``per_op_groups=True``; None: as ``prior_fit`` does): on the same table its eltwise term came out
     negative (-0.011 ms per add at int8), so a network without some residual blocks was predicted *slower* per
-    removed add, and ResNet-20 int8 with 6 of 9 blocks dropped at 1.48x its measurement (0.1206 ms; 1.08x without the
-    term): a fit that prices away the decisions the optimizer makes is not shipped by default.
+    removed add: ResNet-20 int8 predicted/measured 1.04x at full depth, 1.27x with 6 of 9 blocks dropped, 1.47x with 7
+    (``scripts/depth_latency.py``, 2026-12-07; 0.93x / 0.96x / 0.96x without the term): a fit that prices away the
+    decisions the optimizer makes is not shipped by default.
     Bounded least squares on *relative* errors (rows scaled by 1 / measured, so small and large networks
     count alike; group scales, ``per_mb``, ``per_op``, ``offset`` >= 0), with a pull of weight ``prior``
     towards ``prior_fit`` (an earlier fit, e.g. the one made where the table was profiled: few-shot
