@@ -681,13 +681,16 @@ def skip_sites(s: Sweep) -> list:
     return s.cache["skip_sites"]
 
 
-def depth_width_model(s: Sweep, dropped: int, width: float) -> nn.Module:
-    """``--model`` at ``width`` x every stage's width without its first ``dropped`` blocks of
-    :func:`pluto.decisions.depth.uniform_order` (ResNet-20: 3 -> ResNet-14, 6 -> ResNet-8), freshly initialised."""
+def depth_width_model(s: Sweep, dropped: int, width: float | tuple[float, ...]) -> nn.Module:
+    """``--model`` at ``width`` x every stage's width (or one factor per stage) without its first ``dropped`` blocks
+    of :func:`pluto.decisions.depth.uniform_order` (ResNet-20: 3 -> ResNet-14, 6 -> ResNet-8), freshly initialised."""
     from pluto.decisions.depth import skip_blocks, uniform_order
 
+    factors = width if isinstance(width, tuple) else (width,) * len(width_stages(channel_graph(s)))
+    model = width_model(s, factors)
+    if not dropped:
+        return model
     sites = skip_sites(s)
-    model = width_model(s, (width,) * len(width_stages(channel_graph(s))))
     return skip_blocks(model, sites, uniform_order(sites)[:dropped])
 
 
@@ -807,13 +810,6 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
         dropped = trial.suggest_int("dropped", 0, n_sites) if n_sites else 0
         return widths, {layer: stage_bits[i] for layer, i in stage_of.items()}, dropped
 
-    def build(widths: tuple[float, ...], dropped: int) -> nn.Module:
-        if not dropped:
-            return width_model(s, widths)
-        from pluto.decisions.depth import skip_blocks, uniform_order
-
-        return skip_blocks(width_model(s, widths), skip_sites(s), uniform_order(skip_sites(s))[:dropped])
-
     def present(model: nn.Module, bits: dict[str, int]) -> dict[str, int]:
         names = {n for n, _ in model.named_modules()}
         return {k: v for k, v in bits.items() if k in names}
@@ -824,7 +820,7 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
         asked += 1
         widths, bits, dropped = config_of(trial)
         torch.manual_seed(s.seed)
-        model = build(widths, dropped)
+        model = depth_width_model(s, dropped, widths)
         bits = present(model, bits)
         if predicted_latency(s, model, deploy_precision(s, bits), bits) > target:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -840,7 +836,7 @@ def run_optuna(s: Sweep, target: float, folder: Path) -> dict[str, Any]:
         raise InfeasibleConstraintError(f"no configuration of the Optuna space is predicted under {target} ms")
     widths, bits, dropped = config_of(study.best_trial)
     torch.manual_seed(s.seed)
-    model = fit(s, build(widths, dropped), s.total_epochs)
+    model = fit(s, depth_width_model(s, dropped, widths), s.total_epochs)
     bits = present(model, bits)
     precision = deploy_precision(s, bits)
     row = deploy(s, model, folder, precision, bits if precision == "int8" else None)

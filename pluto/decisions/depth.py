@@ -197,8 +197,11 @@ class BlockGates(nn.Module):
     def skipped(self) -> list[str]:
         return [s.block for s, k in zip(self.sites, self.hard().tolist()) if not k]
 
-    def presence(self) -> "OpPresence":
-        return OpPresence(tuple(s.ops for s in self.sites), self.mask())
+    def presence(self, hard: bool = False) -> "OpPresence":
+        """Each block's ops and the probability that they run: the forward's keep value, or (``hard``) the hard
+        decision as float64 without a gradient (what the concrete model builds)."""
+        probs = self.hard().to(torch.float64) if hard else self.mask()
+        return OpPresence(tuple(s.ops for s in self.sites), probs)
 
     def _attach(self, model: nn.Module) -> None:
         for i, s in enumerate(self.sites):

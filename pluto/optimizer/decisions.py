@@ -203,14 +203,7 @@ def hard_channels(gates: ChannelGates) -> dict[str, tuple[Tensor, Tensor]]:
 
 def violated(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint]) -> list[Constraint]:
     """Constraints whose predicted cost under the current *hard* decisions exceeds the target."""
-    with torch.no_grad():
-        channels = hard_channels(decisions.gates) if decisions.gates is not None else None
-        precisions = decisions.precisions()
-        presence = None
-        if decisions.blocks is not None:
-            presence = OpPresence(decisions.blocks.presence().ops, decisions.blocks.hard().to(torch.float64))
-        return [c for c in constraints
-                if float(cost_model.expected(c.metric, channels, precisions, presence=presence)) > c.target]
+    return [c for c in constraints if float(_hard_cost(decisions, cost_model, c.metric, raw=False)) > c.target]
 
 
 def project_to_budget(decisions: Decisions, cost_model: CostModel, constraints: list[Constraint],
@@ -330,12 +323,12 @@ def _fit_depth_and_width(decisions: Decisions, cost_model: CostModel, constraint
                  depth_width_tried=tried)
 
 
-def _hard_cost(decisions: Decisions, cost_model: CostModel, metric: str) -> Tensor:
+def _hard_cost(decisions: Decisions, cost_model: CostModel, metric: str, raw: bool = True) -> Tensor:
+    """``metric`` of the model the current *hard* decisions describe (``raw``: the table's prediction alone)."""
     with torch.no_grad():
-        presence = OpPresence(decisions.blocks.presence().ops, decisions.blocks.hard().to(torch.float64)) \
-            if decisions.blocks is not None else None
+        presence = decisions.blocks.presence(hard=True) if decisions.blocks is not None else None
         channels = hard_channels(decisions.gates) if decisions.gates is not None else None
-        return cost_model.expected(metric, channels, decisions.precisions(), raw=True, presence=presence)
+        return cost_model.expected(metric, channels, decisions.precisions(), raw=raw, presence=presence)
 
 
 def harden(decisions: Decisions, example: Tensor, calibration: Tensor | None = None,
