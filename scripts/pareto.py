@@ -927,6 +927,9 @@ def train_stage(args: argparse.Namespace) -> pd.DataFrame:
                                                   "batch_size", "lr", "scratch_lrs", "optuna_trials", "seeds")}
         info = sweep.out / "targets.json"  # a run of some --targets keeps the others an earlier session swept
         before = json.loads(info.read_text()) if info.exists() else {}
+        seeds_before = str(before.get("settings", {}).get("seeds", "")).split(",")  # and the seeds (one per process)
+        budget["seeds"] = ",".join(str(k) for k in sorted({int(k) for k in [*seeds_before, *args.seed_list]
+                                                           if str(k).strip()}))
         (sweep.out / "targets.json").write_text(json.dumps({"model": args.model,
                                                             "targets_ms": sorted({*before.get("targets_ms", []),
                                                                                   *targets}),

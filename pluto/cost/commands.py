@@ -127,6 +127,9 @@ def register(subparsers) -> None:
     q.add_argument("--precision", default=None, help="comma-separated precisions (default: all of the table's)")
     q.add_argument("--out", default=None, help="write the table here (default: in place)")
     q.add_argument("--samples", type=_bounded(int, 3, 10_000), default=30)
+    q.add_argument("--boundaries", action="store_true",
+                   help="re-time only the mixed int8/fp32 networks (with the reference kernels, so the machine's "
+                        "level since the calibration is taken out) and refit the price of a precision change")
     q.set_defaults(func=_remeasure)
     q = sub.add_parser("import", help="add energy from an external power meter's CSV to a table")
     q.add_argument("table", help="existing table folder")
@@ -496,7 +499,7 @@ def _calibrate(args) -> int:
 
 def _remeasure(args) -> int:
     from pluto.cost.machine import fingerprint
-    from pluto.cost.profiler import calibrate, calibration_networks
+    from pluto.cost.profiler import calibrate, calibrate_boundaries, calibration_networks
     from pluto.cost.runtimes import Runtime
     from pluto.cost.table import LatencyTable
 
@@ -512,9 +515,17 @@ def _remeasure(args) -> int:
         raise ConfigError(f"{args.table} has no {', '.join(unknown)} entries (it has {', '.join(table.precisions)}); "
                           "pick --precision from those.")
     rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
-    calibrate(table, rt, calibration_networks(table), precisions, samples=args.samples)
+    if args.boundaries:
+        if not {"fp32", "int8"} <= set(table.precisions) or table.runtime != "onnxruntime":
+            raise ConfigError(f"{args.table} prices no precision changes (that needs fp32 and int8 entries on "
+                              f"onnxruntime; it has {', '.join(table.precisions)} on {table.runtime}): drop "
+                              "--boundaries")
+        calibrate_boundaries(table, rt, calibration_networks(table), samples=args.samples)
+    else:
+        calibrate(table, rt, calibration_networks(table), precisions, samples=args.samples)
     table.metadata.setdefault("remeasured", []).append(
-        {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "precisions": precisions,
+        {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+         "precisions": ["int8+fp32 boundaries"] if args.boundaries else precisions,
          "command": "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])})
     table.save(args.out or args.table)
     args.table = args.out or args.table

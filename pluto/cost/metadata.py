@@ -7,8 +7,9 @@ accepted untouched (newer tables may carry more); optional keys may be absent.
 
 ``metadata_sha256`` covers the values predictions depend on (:func:`metadata_digest`), so an edited
 calibration offset or batch is caught like an edited entries.csv. Calibration coefficients come from
-a non-negative least-squares fit and entries are non-negative and finite, so a table that passes
-cannot predict a negative, infinite or NaN cost.
+a non-negative least-squares fit (the signed per-group terms are bounded, and a prediction that uses them is
+floored), the price of a precision change is non-negative, and entries are non-negative and finite, so a table
+that passes cannot predict a negative, infinite or NaN cost.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ DEVICE_TYPES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 METRICS = ("latency_ms", "energy_mj")
 COEFFICIENTS = ("scale", "offset", "per_mb", "per_op")
+SIGNED_TERMS = ("per_act_mb", "per_op_group")  # per op group, signed
+BOUNDARY_COEFFICIENTS = ("per_edge", "per_mb")  # the price of a precision change between layers
 MAX_COEFFICIENT = 1e6
 # plausible ranges of entry columns: beyond them a value is a typo or an edit, not a measurement
 INT_RANGES = {"kernel": (1, 64), "stride": (1, 64), "hw": (1, 1 << 16), "cin": (1, 1 << 20), "cout": (1, 1 << 20),
@@ -114,6 +117,7 @@ def validate_metadata(metadata: Any, path: Path) -> dict:
         if not isinstance(overhead, dict) or not all(_is_number(v) and v >= 0 for v in overhead.values()):
             raise _fail(path, "overhead_ms", f"must map precisions to times >= 0 ms, got {overhead!r}")
     _validate_calibration(metadata.get("calibration"), path)
+    _validate_boundaries(metadata.get("calibration_boundary"), path)
     expected = metadata.get("metadata_sha256")
     if expected is not None and expected != metadata_digest(metadata):
         raise TableError(f"{path} does not match its metadata_sha256: a value predictions depend on (calibration, "
@@ -149,6 +153,28 @@ def _validate_calibration(calibration: Any, path: Path) -> None:
                         isinstance(g, str) and _is_number(v) and 0 <= v <= MAX_COEFFICIENT for g, v in scales.items()):
                     raise _fail(path, f"{key}.scales", "must map groups to finite numbers in "
                                 f"[0, {MAX_COEFFICIENT:g}], got {scales!r}")
+            for name in SIGNED_TERMS:  # per group, signed (ridged towards 0 by the fit)
+                terms = fit.get(name)
+                if terms is not None and (not isinstance(terms, dict) or not all(
+                        isinstance(g, str) and _is_number(v) and abs(v) <= MAX_COEFFICIENT for g, v in terms.items())):
+                    raise _fail(path, f"{key}.{name}", "must map groups to finite numbers in "
+                                f"[-{MAX_COEFFICIENT:g}, {MAX_COEFFICIENT:g}], got {terms!r}")
+
+
+def _validate_boundaries(boundary: Any, path: Path) -> None:
+    """``calibration_boundary.<metric>``: the price of a precision change, non-negative like the fit that made it."""
+    if boundary is None:
+        return
+    if not isinstance(boundary, dict):
+        raise _fail(path, "calibration_boundary", f"must be an object per metric, got {type(boundary).__name__}")
+    for metric, fit in boundary.items():
+        key = f"calibration_boundary.{metric}"
+        if not isinstance(fit, dict):
+            raise _fail(path, key, f"must be an object of fit coefficients, got {fit!r}")
+        for name in BOUNDARY_COEFFICIENTS:
+            if not (_is_number(fit.get(name)) and 0 <= fit[name] <= MAX_COEFFICIENT):
+                raise _fail(path, f"{key}.{name}", f"must be a finite number in [0, {MAX_COEFFICIENT:g}] (the fit is "
+                            f"non-negative), got {fit.get(name)!r}")
 
 
 def metadata_digest(metadata: dict) -> str:
@@ -160,7 +186,8 @@ def metadata_digest(metadata: dict) -> str:
     for precision, per_metric in (given.items() if isinstance(given, dict) else ()):
         if isinstance(per_metric, dict):
             calibration[precision] = {
-                metric: {k: per_metric[metric][k] for k in (*COEFFICIENTS, "scales") if k in per_metric[metric]}
+                metric: {k: per_metric[metric][k] for k in (*COEFFICIENTS, "scales", *SIGNED_TERMS)
+                         if k in per_metric[metric] and per_metric[metric][k] is not None}
                 for metric in METRICS if isinstance(per_metric.get(metric), dict)}
     covered = {"schema_version": metadata.get("schema_version"), "device": [device.get("type"), device.get("name")],
                "runtime": runtime.get("name"), "precisions": metadata.get("precisions"),
@@ -168,6 +195,10 @@ def metadata_digest(metadata: dict) -> str:
                "align": metadata.get("align"), "unaligned": metadata.get("unaligned"),
                "sha256": metadata.get("sha256"), "n_entries": metadata.get("n_entries"),
                "overhead_ms": metadata.get("overhead_ms"), "calibration": calibration}
+    boundary = metadata.get("calibration_boundary")
+    if isinstance(boundary, dict) and boundary:  # covered when present (tables without it keep their digest)
+        covered["calibration_boundary"] = {m: {k: f.get(k) for k in BOUNDARY_COEFFICIENTS}
+                                           for m, f in boundary.items() if isinstance(f, dict)}
     return hashlib.sha256(json.dumps(covered, sort_keys=True, default=str).encode()).hexdigest()
 
 

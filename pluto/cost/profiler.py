@@ -572,18 +572,27 @@ def calibrate(table: LatencyTable, rt: Runtime, networks: list[Network], precisi
 def calibrate_boundaries(table: LatencyTable, rt: Runtime, networks: list[Network], samples: int = 30,
                          min_sample_s: float = 0.002, progress: bool = True) -> None:
     """Time :func:`mixed_networks` as pluto deploys them and fit the price of a precision change
-    (:func:`fit_boundaries`); tables without both fp32 and int8 (or not on onnxruntime) have none to price."""
+    (:func:`fit_boundaries`); tables without both fp32 and int8 (or not on onnxruntime) have none to price.
+
+    The int8 reference kernels are timed in the same rounds: each record keeps the machine's *level* against the
+    int8 calibration (:func:`pluto.cost.adapt.machine_level`), so the boundaries can be re-timed alone later
+    (``pluto table remeasure TABLE --boundaries``) without the machine's drift since then read as a price."""
+    from pluto.cost.adapt import machine_level
+
     if not {"fp32", "int8"} <= set(table.precisions) or rt.name != "onnxruntime":
         return
     batch = table.metadata["batch"]
     mixed = mixed_networks(table, networks)
     works = [rt.prepare_onnx(network_onnx(model, x, "int8", bits), (x,))
              for _, model, shape, bits in mixed for x in [torch.randn(batch, *shape[-3:])]]
-    timed = measure_interleaved(rt, works, rounds=3, samples=samples, min_sample_s=min_sample_s,
-                                progress=progress, desc="calibrate mixed precision")
+    kernels = reference_workloads(rt, "int8", batch)
+    timed = measure_interleaved(rt, works + [w for _, w in kernels], rounds=3, samples=samples,
+                                min_sample_s=min_sample_s, progress=progress, desc="calibrate mixed precision")
+    kernel_ms = {name: t for (name, _), (t, _) in zip(kernels, timed[len(works):])}
+    level = machine_level(table, "int8", kernel_ms)
     del works
-    records = [{"model": label, "bits": bits, "measured_latency_ms": ms}
-               for (label, _, _, bits), (ms, _) in zip(mixed, timed)]
+    records = [{"model": label, "bits": bits, "measured_latency_ms": ms, **({"level": level} if level else {})}
+               for (label, _, _, bits), (ms, _) in zip(mixed, timed[:len(mixed)])]
     fit_boundaries(table, records, {label: (model, shape) for label, model, shape in networks})
 
 
@@ -639,7 +648,9 @@ def mixed_prediction(table: LatencyTable, model, shape, bits: dict[str, int], me
 
 def fit_boundaries(table: LatencyTable, records: list[dict], by_label: dict) -> None:
     """Fit ``measured = prediction without boundaries + per_edge * changes + per_mb * crossing MB`` (both >= 0,
-    relative least squares) on timed mixed-precision networks; stored in ``metadata['calibration_boundary']``."""
+    relative least squares) on timed mixed-precision networks; stored in ``metadata['calibration_boundary']``.
+    A record's ``level`` (the machine's speed when it was timed relative to the calibration, see
+    :func:`calibrate_boundaries`) divides its measurement."""
     from scipy.optimize import lsq_linear
 
     for metric in table.metrics:
@@ -652,7 +663,7 @@ def fit_boundaries(table: LatencyTable, records: list[dict], by_label: dict) -> 
             value, edges, mb = mixed_prediction(table, model, shape, r["bits"], metric, boundaries=False)
             base.append(value)
             design.append((edges, mb))
-            meas.append(r[f"measured_{metric}"])
+            meas.append(r[f"measured_{metric}"] / (r.get("level") or 1.0))
         base, design, meas = np.array(base), np.array(design), np.array(meas)
         coef = lsq_linear(design / meas[:, None], (meas - base) / meas, bounds=(0.0, np.inf)).x
         after = base + design @ coef

@@ -129,3 +129,9 @@ def test_the_price_of_a_precision_change_is_recovered_from_timed_mixed_networks(
     fit = table.metadata["calibration_boundary"]["latency_ms"]
     assert fit["per_edge"] == pytest.approx(0.004, rel=1e-3) and fit["per_mb"] == pytest.approx(0.25, rel=1e-3)
     assert fit["mape_with_pct"] < 1e-3 < fit["mape_without_pct"]
+    # re-timed later on a machine running 1.2x slower: the level recorded with each record takes the drift out
+    slow = [{**r, "measured_latency_ms": r["measured_latency_ms"] * 1.2, "level": 1.2} for r in records]
+    fit_boundaries(table, slow, by_label)
+    fit = table.metadata["calibration_boundary"]["latency_ms"]
+    assert fit["per_edge"] == pytest.approx(0.004, rel=1e-3) and fit["per_mb"] == pytest.approx(0.25, rel=1e-3)
+

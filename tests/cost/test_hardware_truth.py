@@ -228,3 +228,5 @@ def test_remeasure_refuses_a_table_from_another_machine_and_re_times_its_own(tmp
     assert main(["table", "remeasure", str(tmp_path / "t"), "--samples", "6"]) == 0
     after = LatencyTable.load(tmp_path / "t").metadata
     assert len(after["calibration"]["fp32"]["networks"]) == len(before) and after["remeasured"][-1]["precisions"] == ["fp32"]
+    assert main(["table", "remeasure", str(tmp_path / "t"), "--boundaries"]) == 2  # fp32 only: no change to price
+    assert "drop --boundaries" in capsys.readouterr().err

@@ -120,3 +120,20 @@ def test_alignment_classes(tiny_space):
     value = table.lookup(op, cin=grad_in, cout=16)
     value.backward()
     assert grad_in.grad > 0 and float(value) < 1.5 * aligned
+
+
+def test_the_price_of_a_precision_change_is_checked_and_covered_by_the_digest(tmp_path, table):
+    """``calibration_boundary`` moves every mixed-precision prediction: a negative price is refused by name, an
+    edited one like an edited calibration offset."""
+    table.metadata["calibration_boundary"] = {"latency_ms": {"per_edge": 0.004, "per_mb": 0.05}}
+    table.save(tmp_path / "t")
+    assert LatencyTable.load(tmp_path / "t").boundary_coefficients("latency_ms") == (0.004, 0.05)
+    meta = json.loads((tmp_path / "t" / METADATA).read_text())
+    meta["calibration_boundary"]["latency_ms"]["per_edge"] = 0.001
+    (tmp_path / "t" / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(TableError, match="metadata_sha256"):
+        LatencyTable.load(tmp_path / "t")
+    meta["calibration_boundary"]["latency_ms"]["per_edge"] = -0.001
+    (tmp_path / "t" / METADATA).write_text(json.dumps(meta))
+    with pytest.raises(TableError, match="calibration_boundary.latency_ms.per_edge"):
+        LatencyTable.load(tmp_path / "t")
