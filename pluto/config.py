@@ -76,6 +76,9 @@ class HwConfig:
     runner: Optional[str] = _opt(None, doc="remote measurement command template, e.g. 'ssh board ./bench {onnx}'")
     measure_samples: int = _opt(50, 5, 100_000, doc="timed samples per measurement round")
     measure_rounds: int = _opt(3, 1, 1000, doc="rounds per measurement (median of round medians)")
+    measure_level: bool = _opt(False, doc="in-loop measurements (correction, landing) at the table's level: the "
+                                          "reference kernels timed in the same rounds divide out the machine's "
+                                          "load (a shared VM); the final verdict stays the raw measurement")
     adapt: str = _opt("auto", choices=("auto", "off"),
                       doc="auto: adapt a CPU table made on another machine to this one before the search (cached)")
 

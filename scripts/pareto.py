@@ -69,6 +69,20 @@ results (``git add -f``); then measure with nothing else running::
     .venv/bin/python scripts/pareto.py --stage measure --tables cpu_ort_xeon_amx --model resnet20 \
         --out docs/results/pareto-resnet20-v2 --data-root /usr/share/datasets/fashion-mnist --test-limit 5000 --repeats 5
 
+v3 (2026-12-07): the joint arms again, the joint runs one at a time with the other core idle (in v2 the other core
+trained while a joint run measured in the loop: its landing measurements read ~1.2x the quiet ones, so v2's joint
+models sit at 0.80-0.86x of their targets when timed quietly); the baselines are v2's (symlinked, same dense models,
+data and budget), all measured together::
+
+    V2=../../pareto-resnet20-v2/cpu_ort_xeon_amx; mkdir -p docs/results/pareto-resnet20-v3/cpu_ort_xeon_amx
+    for m in _dense dense ptq uniform_depth optuna magnitude torch_pruning uniform; do
+        ln -sfn $V2/$m docs/results/pareto-resnet20-v3/cpu_ort_xeon_amx/$m; done
+    C3="${C/pareto-resnet20-v2/pareto-resnet20-v3}"
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C3 --methods joint       # nothing else running
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C3 --methods joint_macs &
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/pareto.py $C3 --methods joint_scratch &
+    .venv/bin/python scripts/pareto.py --stage measure ... --out docs/results/pareto-resnet20-v3 --tag resnet20-v3
+
 (the width-only baselines are infeasible at all three targets: at 8 channels everywhere ResNet-20 is predicted
 0.251 ms int8; ``--targets 0.28 --methods magnitude,torch_pruning`` adds them at a target they reach.) The v1 sweep
 (6 + 2 epochs, table-unit targets 0.27-0.65 ms, trained on the AMD EPYC) is ``docs/results/pareto-resnet20``.

@@ -17,6 +17,13 @@ Where it runs:
   (no shell) and reads ``latency_ms [energy_mj]`` from the last line of its output, e.g. ``0.412 3.1``
   or ``latency_ms=0.412 energy_mj=3.1``.
 - nowhere: :meth:`reachable` says why, and callers report "not measured".
+
+``level=True`` (``hw.measure_level``): a local onnxruntime measurement times the table's reference kernels in the
+same rounds as the model and divides by the machine's *level* (:func:`pluto.cost.adapt.machine_level`: how much
+slower the kernels run now than when the table's calibration was measured). On a shared 2-vCPU VM a neighbour on the
+other core slows every kernel alike (memory bandwidth, caches; 2026-12-07: int8 ResNet-20 0.29-0.36 ms within hours),
+and a search that lands on a target by a measurement taken under load lands short of it on the quiet machine the
+table describes. The raw figure and the level stay in ``Measurement.extra``.
 """
 from __future__ import annotations
 
@@ -98,10 +105,12 @@ def spread(values: list[float]) -> float:
 class Measurer:
     """Times models on the table's chip with the table's method; see the module docstring."""
 
-    def __init__(self, table: LatencyTable, runner: str | None = None, samples: int = 50, rounds: int = 3):
+    def __init__(self, table: LatencyTable, runner: str | None = None, samples: int = 50, rounds: int = 3,
+                 level: bool = False):
         if samples < 5 or rounds < 1:
             raise ConfigError(f"measurement needs samples >= 5 and rounds >= 1 (got {samples}, {rounds})")
         self.table, self.runner, self.samples, self.rounds = table, runner or None, samples, rounds
+        self.level = level
         self.batch = int(table.metadata.get("batch") or 1)
         self.threads = int(table.metadata.get("threads") or 1)
         self.device = table.device.get("type", "cpu")
@@ -195,16 +204,35 @@ class Measurer:
                             method=method, extra={"fingerprint": fp, "rounds_ms": m})
                 for m, q in zip(medians, iqrs)]
 
+    def _level_kernels(self, rt: Runtime, onnx: Path | None) -> tuple[str, list] | None:
+        """(precision, reference kernels) to time beside the model when ``level`` is on and the table stored the
+        kernels' times at its calibration for the model's precision (int8: a QDQ file), else None."""
+        if not self.level or self.table.runtime != "onnxruntime" or onnx is None:
+            return None
+        precision = "int8" if b"QuantizeLinear" in Path(onnx).read_bytes() else "fp32"
+        stored = ((self.table.metadata.get("calibration") or {}).get(precision) or {}).get("kernel_ms")
+        if not stored:
+            return None
+        from pluto.cost.profiler import reference_workloads
+
+        return precision, reference_workloads(rt, precision, self.batch)
+
     def _local(self, model, onnx, input_shape, bits) -> Measurement:
         rt = self._runtime()
         work = self._prepare(model, onnx, input_shape, bits)
+        kernels = self._level_kernels(rt, onnx)
+        kernel_rounds: dict[str, list[float]] = {name: [] for name, _ in (kernels[1] if kernels else [])}
         medians, iqrs = [], []
         # rounds that disagree (a neighbour's burst on a shared machine) get more rounds, up to 3x, before the median
         while len(medians) < self.rounds or (spread(medians) > ROUND_SPREAD and len(medians) < 3 * self.rounds):
             t = time_call(work, samples=self.samples, clock=rt.clock)
             medians.append(t.median_ms)
             iqrs.append(t.iqr_ms)
+            for name, kernel in (kernels[1] if kernels else []):  # the same round: the same load
+                timing = time_call(kernel, samples=max(5, self.samples // 5), clock=rt.clock)
+                kernel_rounds[name].append(timing.median_ms)
         latency = float(torch.tensor(medians).median())
+        extra = {"fingerprint": fingerprint(), "rounds_ms": medians, "rounds_spread": spread(medians)}
         energy = None
         if "energy_mj" in self.table.metrics:
             from pluto.cost.energy import measure_energy, open_meter
@@ -212,11 +240,20 @@ class Measurer:
             meter = open_meter("auto", rt.device)
             if meter is not None:  # the table's meter and sustained-loop method (NVML ticks every ~100 ms)
                 energy = measure_energy(meter, work, latency / 1e3, window_s=1.0)
+        if kernels:
+            from pluto.cost.adapt import machine_level
+
+            level = machine_level(self.table, kernels[0], {k: float(torch.tensor(v).median())
+                                                           for k, v in kernel_rounds.items()})
+            if level:
+                extra.update(raw_latency_ms=latency, level=level)
+                latency /= level
         return Measurement(latency, float(torch.tensor(iqrs).median()), energy, machine=describe(),
                            method=f"{self.table.runtime}, {self.threads} thread(s), {rt.clock} clock, batch "
-                                  f"{self.batch}, median of {len(medians)} x {self.samples}",
-                           extra={"fingerprint": fingerprint(), "rounds_ms": medians,
-                                  "rounds_spread": spread(medians)})
+                                  f"{self.batch}, median of {len(medians)} x {self.samples}"
+                                  + (f", at the table's level (machine at {extra['level']:.3f}x)" if "level" in extra
+                                     else ""),
+                           extra=extra)
 
     def _remote(self, onnx: Path) -> Measurement:
         fields = {"onnx": str(onnx), "batch": str(self.batch), "threads": str(self.threads)}

@@ -258,7 +258,8 @@ class Compression:
         self.measurer: Measurer | None = None
         mode = cfg.hw.measure
         if self.table is not None and mode != "off":
-            measurer = Measurer(self.table, cfg.hw.runner, samples=cfg.hw.measure_samples, rounds=cfg.hw.measure_rounds)
+            measurer = Measurer(self.table, cfg.hw.runner, samples=cfg.hw.measure_samples, rounds=cfg.hw.measure_rounds,
+                                level=bool(cfg.hw.get("measure_level", False)))
             ok, why = distributed.broadcast_object(measurer.reachable() if distributed.is_main() else None)
             if ok:
                 self.measurer = measurer
@@ -798,7 +799,8 @@ class Compression:
         not against a reference timed minutes earlier (the main job's dense int8 read 0.123 ms at the start of a run
         and 0.152 in the runs before it on the same machine, 2026-12-07: a target of 0.7x moved by 20 %)."""
         relative = getattr(self, "relative", {}).get("latency_ms")
-        measurer, dense = self.measurer, getattr(self, "dense_deployed", None)
+        measurer, dense = copy.copy(self.measurer), getattr(self, "dense_deployed", None)
+        measurer.level = False  # the verdict is the raw measurement (hw.measure_level steers the loop only)
         if relative is None or dense is None or self.onnx_path is None or measurer.runner \
                 or measurer.table.runtime != "onnxruntime":
             return measurer.measure(self.final, self.input_shape, onnx=self.onnx_path)

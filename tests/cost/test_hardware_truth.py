@@ -230,3 +230,21 @@ def test_remeasure_refuses_a_table_from_another_machine_and_re_times_its_own(tmp
     assert len(after["calibration"]["fp32"]["networks"]) == len(before) and after["remeasured"][-1]["precisions"] == ["fp32"]
     assert main(["table", "remeasure", str(tmp_path / "t"), "--boundaries"]) == 2  # fp32 only: no change to price
     assert "drop --boundaries" in capsys.readouterr().err
+
+
+def test_a_measurement_at_the_tables_level_divides_out_the_machines_load(tmp_path):
+    """``Measurer(level=True)`` times the reference kernels in the model's rounds and reports the model at the level
+    the table's calibration ran at: here the stored kernels are made 2x faster than this machine runs them."""
+    from pluto.cost.measure import Measurer
+    from pluto.models import create_model
+
+    table = profile(ProfileSpace.from_dict(SPACE), tmp_path / "t", runtime="onnxruntime", **FAST)
+    model = create_model("small_cnn", 10, 1, 12, width=0.25).eval()
+    raw = Measurer(table, samples=6, rounds=2).measure(model, (1, 12, 12))
+    assert "level" not in raw.extra
+    kernels = table.metadata["calibration"]["fp32"]["kernel_ms"]
+    table.metadata["calibration"]["fp32"]["kernel_ms"] = {k: v / 2 for k, v in kernels.items()}
+    levelled = Measurer(table, samples=6, rounds=2, level=True).measure(model, (1, 12, 12))
+    assert 1.4 < levelled.extra["level"] < 3.0
+    assert levelled.latency_ms == pytest.approx(levelled.extra["raw_latency_ms"] / levelled.extra["level"])
+    assert "level" in levelled.method
