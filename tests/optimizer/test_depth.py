@@ -156,3 +156,35 @@ def test_the_shipped_table_prices_every_dropped_block_as_a_saving(precision):
         shallower = skip_blocks(copy.deepcopy(model), sites, [site.block])
         value = CostModel(shallower, (1, 1, 28, 28), lat, precision).of_model(shallower, "latency_ms")
         assert value < full - 0.002, (site.block, value, full)
+
+
+def test_the_landing_puts_dropped_blocks_back_when_every_width_is_kept():
+    """Under the band with every channel kept, the landing restores dropped blocks (the most probable first) while
+    the chip's measurement stays within the target, and stops at the block that would exceed it."""
+    from pluto.optimizer.constraints import Constraint
+    from pluto.optimizer.decisions import land_on_target
+
+    torch.manual_seed(0)
+    d = attach(create_model("resnet20", 10, 1, 28), torch.zeros(1, 1, 28, 28), True, False, (8,), 0.9, None, "ste",
+               depth=True)
+    with torch.no_grad():
+        for logits in d.gates.logits:
+            logits.fill_(6.0)  # every channel kept: widths cannot grow
+        d.blocks.logits.copy_(torch.tensor([-1.0, -0.2, -3.0, -0.5, 2.0, 2.0, 2.0]))  # four dropped
+    searched = d.blocks.probabilities().detach()
+    d.trail["search_block_probs"] = {site.block: float(p) for site, p in zip(d.blocks.sites, searched)}
+    d.blocks.set_keep(d.blocks.probabilities() > 0.5)
+
+    def measure() -> dict[str, float]:  # 0.1 ms + 0.02 ms per kept block
+        return {"latency_ms": 0.1 + 0.02 * int(d.blocks.hard().sum())}
+
+    def land(target: float) -> dict:
+        return land_on_target(d, [Constraint("latency_ms", "latency_ms", target)], measure, (0.93, 1.0), 8)
+
+    notes = land(0.175)  # 3 kept: 0.16 (0.91x, under the band); the most probable block back: 0.18, over the target
+    assert "blocks_restored" not in notes and d.blocks.skipped() == ["layers.0", "layers.1", "layers.2", "layers.4"]
+    notes = land(0.2)  # layers.1 back: 0.18 (0.90x, still under), then layers.4: 0.20 (1.0x, in the band)
+    assert notes["blocks_restored"] == ["layers.1", "layers.4"] and notes["landed"] and "why" not in notes
+    assert d.blocks.skipped() == ["layers.0", "layers.2"]
+    notes = land(0.25)
+    assert notes["blocks_restored"] == ["layers.0", "layers.2"] and notes["landed"]  # 0.24 ms
