@@ -20,10 +20,10 @@ Where it runs:
 
 ``level=True`` (``hw.measure_level``): a local onnxruntime measurement times the table's reference kernels in the
 same rounds as the model and divides by the machine's *level* (:func:`pluto.cost.adapt.machine_level`: how much
-slower the kernels run now than when the table's calibration was measured). On a shared 2-vCPU VM a neighbour on the
-other core slows every kernel alike (memory bandwidth, caches; 2026-12-07: int8 ResNet-20 0.29-0.36 ms within hours),
-and a search that lands on a target by a measurement taken under load lands short of it on the quiet machine the
-table describes. The raw figure and the level stay in ``Measurement.extra``.
+slower the kernels run now than when the table's calibration was measured). A shared 2-vCPU VM drifts (neighbours,
+clocks; 2026-12-07: int8 ResNet-20 0.29-0.36 ms within hours), and a search that lands on a target by a measurement
+taken at a slow moment lands short of it when the machine is faster (``scripts/measure_level.py``). The raw figure
+and the level stay in ``Measurement.extra``.
 """
 from __future__ import annotations
 
