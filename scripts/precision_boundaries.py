@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         error = (frame[column] / frame.measured_ms - 1).abs().groupby(frame.bits).mean() * 100
         print(f"{label}: the fastest bit pattern predicted right for {int(fastest.sum())} of {len(fastest)} models; "
               f"mean |error| per pattern: " + ", ".join(f"{k} {v:.1f} %" for k, v in error.items()))
+        runs = frame[frame.model.isin(frame.model[frame.bits == "chosen"])]
+        if not runs.empty:  # saved runs: what their fp32 layers beyond the first cost, measured and predicted
+            ratios = {name: runs.pivot(index="model", columns="bits", values=col).eval("first_fp32 / chosen")
+                      for name, col in (("measured", "measured_ms"), ("predicted", column))}
+            print(f"{label}: saved runs, first_fp32 / chosen " + "; ".join(
+                f"{k} {v.mean():.2f}x ({v.min():.2f}-{v.max():.2f}x)" for k, v in ratios.items()))
     return 0
 
 
