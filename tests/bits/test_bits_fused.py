@@ -134,3 +134,74 @@ def test_weight_candidates_node_on_a_linear_layer_and_in_eval():
     for training in (True, False):
         choice.train(training)
         _assert_same(choice(weight), _old_weight(choice, weight), inputs, torch.randn(5, 7))
+
+
+@pytest.fixture
+def fused_on(monkeypatch):
+    """The fused CPU kernel for every per-tensor call (the suite runs with PLUTO_FUSED_QUANT=off)."""
+    from pluto.decisions.bits import quantizer
+
+    monkeypatch.setitem(quantizer._FUSED, "mode", "auto")
+    monkeypatch.setitem(quantizer._FUSED, "error", None)
+    monkeypatch.setattr(quantizer, "FUSED_MIN_NUMEL", 0)
+    return quantizer
+
+
+@pytest.mark.parametrize("bits,signed,symmetric,zero_point", [
+    (8, False, False, 0.0), (8, False, False, 3.3), (8, False, False, 255.0), (8, False, False, -3.0),
+    (4, False, False, 2.6), (8, True, True, None), (4, True, True, None), (8, False, False, "tiny step")])
+def test_the_fused_cpu_kernel_equals_the_eager_node(fused_on, bits, signed, symmetric, zero_point):
+    """The per-tensor (activation) quantizer's compiled CPU kernel: the same values bit for bit (ties at .5
+    included) and the same gradients for x, the step and the zero point, also on a 2-d input and in no_grad."""
+    torch.manual_seed(0)
+    q = LsqQuantizer(bits, signed, symmetric)
+    x0 = torch.randn(4, 8, 6, 6) * 2
+    q.init_from(x0)
+    with torch.no_grad():
+        if zero_point == "tiny step":
+            q.step.fill_(1e-9)
+        elif zero_point is not None:
+            q.zero_point.fill_(zero_point)
+        s = q.step.abs().clamp_min(1e-8)
+        x0[0, 0, 0, :6] = (torch.arange(6) + 0.5) * s  # exact ties: round half to even, as ONNX
+    grad_out = torch.randn_like(x0)
+    results = {}
+    for mode in ("off", "auto"):
+        fused_on.fused_quantization(mode)
+        x = x0.clone().requires_grad_()
+        q.step.grad = None
+        if not symmetric:
+            q.zero_point.grad = None
+        y = q(x)
+        y.backward(grad_out)
+        results[mode] = (y.detach(), x.grad, q.step.grad, None if symmetric else q.zero_point.grad)
+        with torch.no_grad():
+            results[mode + "/2d"] = (q(x0.reshape(16, -1)),)
+    assert fused_on._FUSED["error"] is None and fused_on._FUSED["kernels"] is not None
+    assert torch.equal(results["auto"][0], results["off"][0])
+    assert torch.equal(results["auto"][1], results["off"][1])
+    assert torch.equal(results["auto/2d"][0], results["off/2d"][0])
+    for new, old in zip(results["auto"][2:], results["off"][2:]):
+        if old is not None:
+            torch.testing.assert_close(new, old, rtol=1e-4, atol=1e-6)
+
+
+def test_a_fused_kernel_that_cannot_compile_warns_once_and_runs_eagerly(fused_on, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setitem(fused_on._FUSED, "kernels", (broken, broken))
+    torch.manual_seed(0)
+    q = LsqQuantizer(8, False, False)
+    x = torch.randn(2, 3, 4, 4).requires_grad_()
+    q.init_from(x.detach())
+    with pytest.warns(RuntimeWarning, match="did not compile.*PLUTO_FUSED_QUANT=off"):
+        y = q(x)
+    y.sum().backward()
+    fused_on.fused_quantization("off")
+    x2 = x.detach().clone().requires_grad_()
+    y2 = q(x2)
+    y2.sum().backward()
+    assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad)
+    with pytest.raises(Exception, match="fused quantization mode 'fast'"):
+        fused_on.fused_quantization("fast")
