@@ -99,7 +99,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return bn
 
 
-@pytest.mark.parametrize("candidates", [(4, 8), (4, 8, 32), (8, 16), (4, 8, 16, 32), (8,), (4, 16)])
+@pytest.mark.parametrize("candidates", [(4, 8), (4, 8, 32), (8, 16), (4, 8, 16, 32), (8,), (4, 16), (16, 32), (32, 16)])
 @pytest.mark.parametrize("mode", ["soft", "gumbel", "hard"])
 @pytest.mark.parametrize("fold", [True, False])
 def test_weight_candidates_node_equals_composite(candidates, mode, fold):
@@ -123,6 +123,31 @@ def test_weight_candidates_node_equals_composite(candidates, mode, fold):
         for bits in candidates:
             choice.harden(bits)
             _assert_same(choice(weight), _old_weight(choice, weight), inputs, grad_out)
+
+
+@pytest.mark.parametrize("candidates", [(16, 32), (32, 16), (4, 16, 32)])
+@pytest.mark.parametrize("mode", ["soft", "gumbel"])
+def test_the_fp16_fp32_input_mixture_node_equals_the_lerp(candidates, mode):
+    """The GPU search's fp16/fp32 input mixture (one node, identity gradient to x) against ``lerp``'s."""
+    torch.manual_seed(3)
+    x = (torch.randn(4, 3, 9, 9) * 50).requires_grad_()  # large values: fp16 rounding is visible
+    choice = BitWidthChoice(3, candidates, mode=mode, temperature=0.7)
+    with torch.no_grad():
+        choice.alpha.copy_(torch.randn(len(candidates)))
+    choice.train()
+    choice.begin_call()
+    weights = choice._step_weights
+    if len(candidates) == 2:
+        i16 = choice.candidates.index(16)
+        reference = torch.lerp(x, fp16_ste(x), weights[i16])
+    else:
+        reference = sum(w * (fp16_ste(x) if b == 16 else x if b == 32 else choice.input_quantizers["8"](x))
+                        for b, w in zip(choice.candidates, weights))
+    grad_out = torch.randn_like(x)
+    new = choice.quantize_input(x)
+    _assert_same(new, reference, [x, choice.alpha], grad_out)
+    assert _grads(new, [choice.alpha], grad_out)[0].abs().sum() > 0  # the bit logits learn from the mixture
+    choice.end_call()
 
 
 def test_weight_candidates_node_on_a_linear_layer_and_in_eval():

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pluto.decisions.bits.quantizer import (_EPS, LsqQuantizer, fp16_ste, host_attr, integer_range,
-                                            step_gradient_sign)
+from pluto.decisions.bits.quantizer import (_EPS, LsqQuantizer, fp16_mixture, fp16_ste, host_attr,
+                                            integer_range, step_gradient_sign)
 from pluto.errors import ConfigError
 
 SUPPORTED_BITS = (4, 8, 16, 32)
@@ -315,8 +315,9 @@ class BitWidthChoice(nn.Module):
 
         Candidates that represent ``value`` alike (the inputs of W4A8 and W8A8 both pass the 8-bit
         activation quantizer) are one term with their summed weight; one term is ``Q(value)`` itself
-        (its weight is 1 identically, so it carries no gradient to ``alpha``), two terms are one
-        ``lerp`` (one pass; exact at one-hot weights), more are the plain weighted sum."""
+        (its weight is 1 identically, so it carries no gradient to ``alpha``), fp16 + fp32 is one
+        :func:`fp16_mixture` node, other pairs are one ``lerp`` (one pass; exact at one-hot weights), more
+        are the plain weighted sum."""
         def represented(bits: int) -> int:
             return self.activation_bits[bits] if is_input and bits <= 8 else bits
 
@@ -328,6 +329,9 @@ class BitWidthChoice(nn.Module):
         if len(groups) == 1:
             return self._quantize(value, next(iter(groups)), quantizers)
         weights = self._step_weights if self._step_weights is not None else self._mixture_weights()
+        if set(groups) == {16, 32} and value.dtype == torch.float32:  # the GPU's fp16/fp32 search: one node
+            idx = groups[16]
+            return fp16_mixture(value, weights[idx].sum() if len(idx) > 1 else weights[idx[0]])
         terms = [(self._quantize(value, bits, quantizers), weights[idx].sum() if len(idx) > 1 else weights[idx[0]])
                  for bits, idx in groups.items()]
         if len(terms) == 2:
