@@ -425,6 +425,60 @@ def _find_supernet(model: nn.Module, decisions: Decisions) -> Supernet:
     return decisions.supernet
 
 
+def polish_precision(decisions: Decisions, constraints: list[Constraint], measure: Callable[[], dict[str, float]],
+                     margin: float = 0.03) -> dict[str, Any]:
+    """After hardening: move the layers the search left in a float precision to their integer candidate when the
+    chip measures the whole model faster that way (by more than ``margin``), before the landing spends the budget.
+
+    Why measured and not priced: a float layer between integer neighbours breaks the integer runtime's layout region
+    (onnxruntime puts transposes and extra quantize nodes around each fp32 island), which no per-op table entry
+    sees: every v2 ResNet-20 joint run kept its stem, shortcut 1x1 convs and classifier in fp32, and int8 except the
+    stem measured 0.86x of that pattern while the table predicted 1.02x (2026-12-07, Intel Xeon AMX). Two trials at
+    most: every float layer to its widest integer candidate, then the same except the network's first layer (whose
+    input is the raw image). Returns what was measured and decided (``decisions.json``'s ``precision_polish``)."""
+    from pluto.decisions.bits import bit_choices
+
+    notes: dict[str, Any] = {"margin": margin, "measurements": []}
+    table_constraints = [c for c in constraints if c.source == "table"]
+    choices = bit_choices(decisions.model) if decisions.quantized else {}
+    floats = {name: max(b for b in c.candidates if b <= 8) for name, c in choices.items()
+              if c.chosen_bits > 8 and any(b <= 8 for b in c.candidates)}
+    if not floats or not table_constraints:
+        notes["skipped"] = "no float layer with an integer candidate" if table_constraints or not choices \
+            else "no measured constraint"
+        return notes
+    before = {name: choices[name].chosen_bits for name in floats}
+
+    def ratio(label: str) -> float:
+        measured = measure()
+        notes["measurements"].append({"trial": label, **{k: round(v, 5) for k, v in measured.items()}})
+        return measured_ratio(measured, table_constraints)
+
+    def assign(bits: dict[str, int]) -> None:
+        for name, b in bits.items():
+            choices[name].harden(b)
+
+    base = ratio("as searched")
+    first = next(iter(choices))  # the layer that reads the network input (bit_choices keeps module order)
+    trials = [("all integer", dict(floats))]
+    if first in floats and len(floats) > 1:
+        trials.append(("all integer except the first layer", {n: b for n, b in floats.items() if n != first}))
+    best, best_ratio = None, base
+    for label, bits in trials:
+        assign(bits)
+        r = ratio(label)
+        assign(before)
+        if r < best_ratio * (1 - margin):
+            best, best_ratio = (label, bits), r
+    if best is not None:
+        assign(best[1])
+        notes.update(chosen=best[0], layers={n: f"{before[n]} -> {b}" for n, b in best[1].items()},
+                     measured_gain=round(1 - best_ratio / base, 4))
+    else:
+        notes["chosen"] = "as searched"
+    return notes
+
+
 def land_on_target(decisions: Decisions, constraints: list[Constraint], measure: Callable[[], dict[str, float]],
                    band: tuple[float, float] = (0.93, 1.0), max_measurements: int = 8,
                    round_to: int | None = None) -> dict[str, Any]:

@@ -64,7 +64,8 @@ from pluto.engine.optim import OptimizerGroup, build_optimizer, build_scheduler,
 from pluto.engine.run import RunContext
 from pluto.errors import ConfigError, PlutoError
 from pluto.optimizer.constraints import Constraint, check_feasible, constraints_from_config, relative_targets
-from pluto.optimizer.decisions import Decisions, attach, build_concrete, fix_decisions, land_on_target
+from pluto.optimizer.decisions import Decisions, attach, build_concrete, fix_decisions, land_on_target, \
+    polish_precision
 from pluto.optimizer.lagrangian import LagrangianConfig, LagrangianObjective
 from pluto.tasks import Classification, Task
 
@@ -739,6 +740,11 @@ class Compression:
                 model, _ = build_concrete(d, self.example, self.calibration[:64])
                 return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
 
+            if self.c.polish_precision and d.quantized:
+                d.trail["precision_polish"] = polish = polish_precision(d, self.constraints, measure)
+                if polish.get("layers"):
+                    print(f"precision polish: {polish['chosen']} measured {polish['measured_gain']:.1%} faster "
+                          f"({len(polish['layers'])} layers from float to integer)")
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
                                                 int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]
@@ -751,7 +757,8 @@ class Compression:
         # every rank built the concrete model from the same decisions; all fine-tune rank 0's, and a rank whose
         # architecture came out different stops the run here instead of training a mismatch
         distributed.broadcast_module(final, what="hardened model")
-        trail.update({k: v for k, v in d.trail.items() if k in ("projection", "landing", "search_block_probs")})
+        trail.update({k: v for k, v in d.trail.items()
+                      if k in ("projection", "precision_polish", "landing", "search_block_probs")})
         trail["correction"] = {"scale": dict(self.cost_model.correction), "offset": dict(self.cost_model.offset)}
         self.trail = trail
         self.final = final.to(self.device)

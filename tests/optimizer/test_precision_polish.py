@@ -1,0 +1,71 @@
+"""The measured precision polish (``polish_precision``): after hardening, layers the search left in fp32 move to int8
+when the chip measures the whole model faster that way — all of them, or all but the first layer — and stay as
+searched when neither trial beats the searched pattern by the margin."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pluto.decisions.bits import bit_choices, harden_bits
+from pluto.models import create_model
+from pluto.optimizer.constraints import Constraint
+from pluto.optimizer.decisions import attach, build_concrete, polish_precision
+
+ISLANDS = ("stem.0", "layers.3.shortcut.0", "layers.6.shortcut.0", "fc")
+
+
+@pytest.fixture
+def searched():
+    """A ResNet-20 hardened the way the v2 joint runs ended: int8 everywhere except an fp32 stem, fp32 downsampling shortcuts
+    and an fp32 classifier."""
+    torch.manual_seed(0)
+    d = attach(create_model("resnet20", 10, 1, 28), torch.zeros(1, 1, 28, 28), False, True, (8, 32))
+    names = list(bit_choices(d.model))
+    assert names[0] == "stem.0" and set(ISLANDS) <= set(names)
+    harden_bits(d.model, {n: 32 if n in ISLANDS else 8 for n in names})
+    return d
+
+
+def _chip(d, costs: dict[frozenset, float]):
+    """A chip whose latency depends on which of the islands run in fp32 (and counts its measurements)."""
+    calls = []
+
+    def measure() -> dict[str, float]:
+        fp32 = frozenset(n for n, c in bit_choices(d.model).items() if c.chosen_bits == 32)
+        calls.append(fp32)
+        return {"latency_ms": costs[fp32]}
+    return measure, calls
+
+
+LATENCY = [Constraint("latency_ms", "latency_ms", 0.2)]
+
+
+def test_the_islands_move_to_int8_when_the_chip_measures_it_faster(searched):
+    measure, calls = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.17, frozenset({"stem.0"}): 0.18})
+    notes = polish_precision(searched, LATENCY, measure)
+    assert notes["chosen"] == "all integer" and notes["measured_gain"] == pytest.approx(0.15)
+    assert set(notes["layers"]) == set(ISLANDS) and len(notes["measurements"]) == 3 == len(calls)
+    assert all(c.chosen_bits == 8 for c in bit_choices(searched.model).values())
+    model, trail = build_concrete(searched, torch.zeros(1, 1, 28, 28))  # the concrete model runs what was measured
+    assert set(trail["bits"].values()) == {8}
+
+
+def test_the_first_layer_stays_float_when_only_that_pattern_is_faster(searched):
+    measure, _ = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.21, frozenset({"stem.0"}): 0.17})
+    notes = polish_precision(searched, LATENCY, measure)
+    assert notes["chosen"] == "all integer except the first layer" and "stem.0" not in notes["layers"]
+    assert {n for n, c in bit_choices(searched.model).items() if c.chosen_bits == 32} == {"stem.0"}
+
+
+def test_the_searched_pattern_stays_when_no_trial_beats_it_by_the_margin(searched):
+    measure, _ = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.197, frozenset({"stem.0"}): 0.25})
+    notes = polish_precision(searched, LATENCY, measure, margin=0.03)
+    assert notes["chosen"] == "as searched" and "layers" not in notes
+    assert {n for n, c in bit_choices(searched.model).items() if c.chosen_bits == 32} == set(ISLANDS)
+
+
+def test_nothing_is_measured_without_float_layers_or_a_measured_constraint(searched):
+    measure, calls = _chip(searched, {})
+    assert "skipped" in polish_precision(searched, [Constraint("macs", "macs", 1e6)], measure)
+    harden_bits(searched.model, {n: 8 for n in bit_choices(searched.model)})
+    assert "skipped" in polish_precision(searched, LATENCY, measure) and not calls
