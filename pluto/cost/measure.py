@@ -205,6 +205,17 @@ class Measurer:
                             method=method, extra={"fingerprint": fp, "rounds_ms": m})
                 for m, q in zip(medians, iqrs)]
 
+    def measure_models(self, models: list[nn.Module], input_shape: tuple[int, ...]) -> list[Measurement]:
+        """Several models against each other: exported as deployed and timed in interleaved rounds
+        (:meth:`measure_interleaved`) on an onnxruntime table or a remote runner; one after another on a PyTorch
+        runtime."""
+        if self.table.runtime != "onnxruntime" and not self.runner:
+            return [self.measure(m, input_shape) for m in models]
+        with tempfile.TemporaryDirectory() as tmp:
+            files = [deployable_onnx(m, input_shape, Path(tmp) / f"model{i}.onnx", self.weight_type())
+                     for i, m in enumerate(models)]
+            return self.measure_interleaved(files, input_shape)
+
     def _level_kernels(self, rt: Runtime, onnx: Path | None) -> tuple[str, list] | None:
         """(precision, reference kernels) to time beside the model when ``level`` is on and the table stored the
         kernels' times at its calibration for the model's precision (int8: a QDQ file), else None."""

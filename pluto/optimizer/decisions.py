@@ -425,7 +425,8 @@ def _find_supernet(model: nn.Module, decisions: Decisions) -> Supernet:
     return decisions.supernet
 
 
-def polish_precision(decisions: Decisions, constraints: list[Constraint], measure: Callable[[], dict[str, float]],
+def polish_precision(decisions: Decisions, constraints: list[Constraint], build: Callable[[], Any],
+                     measure_models: Callable[[list[Any]], list[dict[str, float]]],
                      margin: float = 0.03) -> dict[str, Any]:
     """After hardening: move the layers the search left in a float precision to their integer candidate when the
     chip measures the whole model faster that way (by more than ``margin``), before the landing spends the budget.
@@ -433,12 +434,15 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], measur
     Why measured and not priced: a float layer between integer neighbours breaks the integer runtime's layout region
     (onnxruntime puts transposes and extra quantize nodes around each fp32 island), which no per-op table entry
     sees: every v2 ResNet-20 joint run kept its stem, shortcut 1x1 convs and classifier in fp32, and int8 except the
-    stem measured 0.86x of that pattern while the table predicted 1.02x (2026-12-07, Intel Xeon AMX). Two trials at
-    most: every float layer to its widest integer candidate, then the same except the network's first layer (whose
-    input is the raw image). Returns what was measured and decided (``decisions.json``'s ``precision_polish``)."""
+    stem measured 0.86x of that pattern while the table predicted 1.02x (2026-12-07, Intel Xeon AMX). Three
+    patterns: as searched, every float layer at its widest integer candidate, the same except the network's first
+    layer (whose input is the raw image). ``build()`` makes the concrete model of the current hard decisions;
+    ``measure_models(models)`` measures them against each other (interleaved rounds, so a shared machine's drift
+    moves all alike: the gain is a few percent, the drift between separate measurements as much). Returns what was
+    measured and decided (``decisions.json``'s ``precision_polish``)."""
     from pluto.decisions.bits import bit_choices
 
-    notes: dict[str, Any] = {"margin": margin, "measurements": []}
+    notes: dict[str, Any] = {"margin": margin}
     table_constraints = [c for c in constraints if c.source == "table"]
     choices = bit_choices(decisions.model) if decisions.quantized else {}
     floats = {name: max(b for b in c.candidates if b <= 8) for name, c in choices.items()
@@ -447,35 +451,34 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], measur
         notes["skipped"] = "no float layer with an integer candidate" if table_constraints or not choices \
             else "no measured constraint"
         return notes
-    before = {name: choices[name].chosen_bits for name in floats}
-
-    def ratio(label: str) -> float:
-        measured = measure()
-        notes["measurements"].append({"trial": label, **{k: round(v, 5) for k, v in measured.items()}})
-        return measured_ratio(measured, table_constraints)
+    searched = {name: choices[name].chosen_bits for name in floats}
 
     def assign(bits: dict[str, int]) -> None:
         for name, b in bits.items():
             choices[name].harden(b)
 
-    base = ratio("as searched")
     first = next(iter(choices))  # the layer that reads the network input (bit_choices keeps module order)
-    trials = [("all integer", dict(floats))]
+    trials = [("as searched", {}), ("all integer", dict(floats))]
     if first in floats and len(floats) > 1:
         trials.append(("all integer except the first layer", {n: b for n, b in floats.items() if n != first}))
-    best, best_ratio = None, base
-    for label, bits in trials:
+    models = []
+    for _, bits in trials:
         assign(bits)
-        r = ratio(label)
-        assign(before)
-        if r < best_ratio * (1 - margin):
-            best, best_ratio = (label, bits), r
-    if best is not None:
-        assign(best[1])
-        notes.update(chosen=best[0], layers={n: f"{before[n]} -> {b}" for n, b in best[1].items()},
-                     measured_gain=round(1 - best_ratio / base, 4))
-    else:
-        notes["chosen"] = "as searched"
+        models.append(build())
+        assign(searched)
+    measured = measure_models(models)
+    notes["measurements"] = [{"trial": label, **{k: round(v, 5) for k, v in m.items()}}
+                             for (label, _), m in zip(trials, measured)]
+    ratios = [measured_ratio(m, table_constraints) for m in measured]
+    best = 0
+    for i in range(1, len(trials)):
+        if ratios[i] < ratios[best] * (1 - margin):
+            best = i
+    notes["chosen"] = trials[best][0]
+    if best:
+        assign(trials[best][1])
+        notes.update(layers={n: f"{searched[n]} -> {b}" for n, b in trials[best][1].items()},
+                     measured_gain=round(1 - ratios[best] / ratios[0], 4))
     return notes
 
 

@@ -736,12 +736,16 @@ class Compression:
         if self.measurer is not None and self.c.land and distributed.is_main():
             band = tuple(float(b) for b in self.c.land_band)
 
+            def build() -> nn.Module:
+                return build_concrete(d, self.example, self.calibration[:64])[0].cpu().eval()
+
             def measure() -> dict[str, float]:
-                model, _ = build_concrete(d, self.example, self.calibration[:64])
-                return self.measurer.measure(model.cpu().eval(), self.input_shape).as_metrics()
+                return self.measurer.measure(build(), self.input_shape).as_metrics()
 
             if self.c.polish_precision and d.quantized:
-                d.trail["precision_polish"] = polish = polish_precision(d, self.constraints, measure)
+                polish = polish_precision(d, self.constraints, build, lambda models: [
+                    m.as_metrics() for m in self.measurer.measure_models(models, self.input_shape)])
+                d.trail["precision_polish"] = polish
                 if polish.get("layers"):
                     print(f"precision polish: {polish['chosen']} measured {polish['measured_gain']:.1%} faster "
                           f"({len(polish['layers'])} layers from float to integer)")

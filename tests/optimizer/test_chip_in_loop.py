@@ -212,6 +212,20 @@ def test_measure_interleaved_times_onnx_files_against_each_other(tmp_path):
         Measurer(LatencyTable.load("latency_tables/h100_cudagraph")).measure_interleaved([small], (1, 1, 14, 14))
 
 
+def test_measure_models_exports_and_times_models_against_each_other():
+    """``Measurer.measure_models`` (the precision polish's comparison): modules exported as deployed, then timed in
+    the same interleaved rounds, one Measurement per model in order."""
+    from pluto.cost.table import LatencyTable
+
+    measurer = Measurer(LatencyTable.load("latency_tables/cpu_ort_xeon_amx"), samples=5, rounds=2)
+    if not measurer.reachable()[0]:
+        pytest.skip(measurer.where())
+    small, big = (create_model("edsr", 0, 1, 14, width=w, blocks=b).eval() for w, b in ((2, 1), (64, 4)))
+    out = measurer.measure_models([small, big], (1, 1, 14, 14))
+    assert len(out) == 2 and all(len(m.extra["rounds_ms"]) == 2 for m in out)
+    assert out[1].latency_ms > 3 * out[0].latency_ms
+
+
 @pytest.mark.parametrize("rounds_ms, taken, latency", [([1.0, 1.02, 0.99], 3, 1.0),  # steady: the rounds asked
                                                        ([1.0, 1.5, 1.0, 1.01, 0.99, 1.0, 1.0, 1.4, 1.0], 9, 1.0)])
 def test_rounds_that_disagree_get_more_rounds_before_the_median(monkeypatch, rounds_ms, taken, latency):

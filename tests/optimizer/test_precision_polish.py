@@ -27,45 +27,49 @@ def searched():
 
 
 def _chip(d, costs: dict[frozenset, float]):
-    """A chip whose latency depends on which of the islands run in fp32 (and counts its measurements)."""
+    """``build`` and ``measure_models`` of a chip whose latency depends on which islands run in fp32 (a "model" here
+    is the set of fp32 layers it was built with); counts the models measured together per call."""
     calls = []
 
-    def measure() -> dict[str, float]:
-        fp32 = frozenset(n for n, c in bit_choices(d.model).items() if c.chosen_bits == 32)
-        calls.append(fp32)
-        return {"latency_ms": costs[fp32]}
-    return measure, calls
+    def build() -> frozenset:
+        return frozenset(n for n, c in bit_choices(d.model).items() if c.chosen_bits == 32)
+
+    def measure_models(models: list[frozenset]) -> list[dict[str, float]]:
+        calls.append(len(models))
+        return [{"latency_ms": costs[m]} for m in models]
+    return build, measure_models, calls
 
 
 LATENCY = [Constraint("latency_ms", "latency_ms", 0.2)]
 
 
 def test_the_islands_move_to_int8_when_the_chip_measures_it_faster(searched):
-    measure, calls = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.17, frozenset({"stem.0"}): 0.18})
-    notes = polish_precision(searched, LATENCY, measure)
+    costs = {frozenset(ISLANDS): 0.20, frozenset(): 0.17, frozenset({"stem.0"}): 0.18}
+    build, measure, calls = _chip(searched, costs)
+    notes = polish_precision(searched, LATENCY, build, measure)
     assert notes["chosen"] == "all integer" and notes["measured_gain"] == pytest.approx(0.15)
-    assert set(notes["layers"]) == set(ISLANDS) and len(notes["measurements"]) == 3 == len(calls)
+    assert set(notes["layers"]) == set(ISLANDS) and len(notes["measurements"]) == 3 and calls == [3]  # together
     assert all(c.chosen_bits == 8 for c in bit_choices(searched.model).values())
     model, trail = build_concrete(searched, torch.zeros(1, 1, 28, 28))  # the concrete model runs what was measured
     assert set(trail["bits"].values()) == {8}
 
 
 def test_the_first_layer_stays_float_when_only_that_pattern_is_faster(searched):
-    measure, _ = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.21, frozenset({"stem.0"}): 0.17})
-    notes = polish_precision(searched, LATENCY, measure)
+    build, measure, _ = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.21, frozenset({"stem.0"}): 0.17})
+    notes = polish_precision(searched, LATENCY, build, measure)
     assert notes["chosen"] == "all integer except the first layer" and "stem.0" not in notes["layers"]
     assert {n for n, c in bit_choices(searched.model).items() if c.chosen_bits == 32} == {"stem.0"}
 
 
 def test_the_searched_pattern_stays_when_no_trial_beats_it_by_the_margin(searched):
-    measure, _ = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.197, frozenset({"stem.0"}): 0.25})
-    notes = polish_precision(searched, LATENCY, measure, margin=0.03)
+    build, measure, _ = _chip(searched, {frozenset(ISLANDS): 0.20, frozenset(): 0.197, frozenset({"stem.0"}): 0.25})
+    notes = polish_precision(searched, LATENCY, build, measure, margin=0.03)
     assert notes["chosen"] == "as searched" and "layers" not in notes
     assert {n for n, c in bit_choices(searched.model).items() if c.chosen_bits == 32} == set(ISLANDS)
 
 
 def test_nothing_is_measured_without_float_layers_or_a_measured_constraint(searched):
-    measure, calls = _chip(searched, {})
-    assert "skipped" in polish_precision(searched, [Constraint("macs", "macs", 1e6)], measure)
+    build, measure, calls = _chip(searched, {})
+    assert "skipped" in polish_precision(searched, [Constraint("macs", "macs", 1e6)], build, measure)
     harden_bits(searched.model, {n: 8 for n in bit_choices(searched.model)})
-    assert "skipped" in polish_precision(searched, LATENCY, measure) and not calls
+    assert "skipped" in polish_precision(searched, LATENCY, build, measure) and not calls
