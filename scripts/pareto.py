@@ -83,6 +83,20 @@ data and budget), all measured together::
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/pareto.py $C3 --methods joint_scratch &
     .venv/bin/python scripts/pareto.py --stage measure ... --out docs/results/pareto-resnet20-v3 --tag resnet20-v3
 
+v4 (2026-12-07, afternoon): the joint arms with the measured precision polish (``compress.polish_precision``: the
+fp32 layers the search keeps move to int8 when the chip measures the model faster, before the landing), alone on the
+machine as in v3; baselines v2's, ``joint_macs`` v3's (symlinked); ``joint_scratch`` retrains v4's architectures::
+
+    V2=../../pareto-resnet20-v2/cpu_ort_xeon_amx; mkdir -p docs/results/pareto-resnet20-v4/cpu_ort_xeon_amx
+    for m in _dense dense ptq uniform_depth optuna magnitude torch_pruning uniform; do
+        ln -sfn $V2/$m docs/results/pareto-resnet20-v4/cpu_ort_xeon_amx/$m; done
+    ln -sfn ../../pareto-resnet20-v3/cpu_ort_xeon_amx/joint_macs docs/results/pareto-resnet20-v4/cpu_ort_xeon_amx/
+    C4="${C/pareto-resnet20-v2/pareto-resnet20-v4}"
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C4 --methods joint       # nothing else running
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C4 --methods joint_scratch --seeds 0 &
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/pareto.py $C4 --methods joint_scratch --seeds 1,2 &
+    .venv/bin/python scripts/pareto.py --stage measure ... --out docs/results/pareto-resnet20-v4 --tag resnet20-v4
+
 (the width-only baselines are infeasible at all three targets: at 8 channels everywhere ResNet-20 is predicted
 0.251 ms int8; ``--targets 0.28 --methods magnitude,torch_pruning`` adds them at a target they reach.) The v1 sweep
 (6 + 2 epochs, table-unit targets 0.27-0.65 ms, trained on the AMD EPYC) is ``docs/results/pareto-resnet20``.
