@@ -155,11 +155,18 @@ def _state(step) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def deterministic_cudnn():
-    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+def deterministic_cudnn(monkeypatch):
+    """Deterministic kernels: without them two *uncaptured* joint runs already differ as much as a replayed one
+    differs from them (atomic adds in the cost model's gathers' backward; H100, 2026-12-07: small_cnn 1.0e-3 vs
+    1.4e-3, resnet18 0.065 vs 0.056 after 12 steps); with them all three agree bit for bit."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
     yield
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
 @pytest.mark.gpu
