@@ -428,15 +428,16 @@ def _find_supernet(model: nn.Module, decisions: Decisions) -> Supernet:
 def polish_precision(decisions: Decisions, constraints: list[Constraint], build: Callable[[], Any],
                      measure_models: Callable[[list[Any]], list[dict[str, float]]],
                      margin: float = 0.03) -> dict[str, Any]:
-    """After hardening: move the layers the search left in a float precision to their integer candidate when the
-    chip measures the whole model faster that way (by more than ``margin``), before the landing spends the budget.
+    """After hardening: move the layers the search left in a float precision to a cheaper candidate (int8, else fp16
+    from fp32: a GPU search's fp16 layers among fp32 ones pay cast kernels) when the chip measures the whole model
+    faster that way (by more than ``margin``), before the landing spends the budget.
 
     Why measured and not priced: a float layer between integer neighbours breaks the integer runtime's layout region
     (onnxruntime puts transposes and extra quantize nodes around each fp32 island), which no per-op table entry
     sees: every v2 ResNet-20 joint run kept its stem, shortcut 1x1 convs and classifier in fp32, and int8 except the
     stem measured 0.86x of that pattern while the table predicted 1.02x (2026-12-07, Intel Xeon AMX). Three
-    patterns: as searched, every float layer at its widest integer candidate, the same except the network's first
-    layer (whose input is the raw image). ``build()`` makes the concrete model of the current hard decisions;
+    patterns: as searched, every such layer at its cheaper precision, the same except the network's first layer
+    (whose input is the raw image). ``build()`` makes the concrete model of the current hard decisions;
     ``measure_models(models)`` measures them against each other (interleaved rounds, so a shared machine's drift
     moves all alike: the gain is a few percent, the drift between separate measurements as much). Returns what was
     measured and decided (``decisions.json``'s ``precision_polish``)."""
@@ -445,10 +446,10 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
     notes: dict[str, Any] = {"margin": margin}
     table_constraints = [c for c in constraints if c.source == "table"]
     choices = bit_choices(decisions.model) if decisions.quantized else {}
-    floats = {name: max(b for b in c.candidates if b <= 8) for name, c in choices.items()
-              if c.chosen_bits > 8 and any(b <= 8 for b in c.candidates)}
+    floats = {name: b for name, b in ((name, _cheaper_precision(c.candidates, c.chosen_bits))
+                                      for name, c in choices.items()) if b is not None}
     if not floats or not table_constraints:
-        notes["skipped"] = "no float layer with an integer candidate" if table_constraints or not choices \
+        notes["skipped"] = "no layer with a cheaper int8/fp16 candidate" if table_constraints or not choices \
             else "no measured constraint"
         return notes
     searched = {name: choices[name].chosen_bits for name in floats}
@@ -458,9 +459,11 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
             choices[name].harden(b)
 
     first = next(iter(choices))  # the layer that reads the network input (bit_choices keeps module order)
-    trials = [("as searched", {}), ("all integer", dict(floats))]
+    kinds = set(floats.values())
+    label = "all integer" if kinds == {8} else "all fp16" if kinds == {16} else "all int8/fp16"
+    trials = [("as searched", {}), (label, dict(floats))]
     if first in floats and len(floats) > 1:
-        trials.append(("all integer except the first layer", {n: b for n, b in floats.items() if n != first}))
+        trials.append((f"{label} except the first layer", {n: b for n, b in floats.items() if n != first}))
     models = []
     for _, bits in trials:
         assign(bits)
@@ -480,6 +483,15 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
         notes.update(layers={n: f"{searched[n]} -> {b}" for n, b in trials[best][1].items()},
                      measured_gain=round(1 - ratios[best] / ratios[0], 4))
     return notes
+
+
+def _cheaper_precision(candidates: tuple[int, ...], chosen: int) -> int | None:
+    """The precision a layer left at ``chosen`` bits moves to in the polish: int8 if a candidate (from fp16/fp32),
+    else fp16 (from fp32); never int4, whose accuracy cost no latency measurement can weigh."""
+    for bits in (8, 16):
+        if bits in candidates and chosen > bits:
+            return bits
+    return None
 
 
 def land_on_target(decisions: Decisions, constraints: list[Constraint], measure: Callable[[], dict[str, float]],

@@ -748,7 +748,7 @@ class Compression:
                 d.trail["precision_polish"] = polish
                 if polish.get("layers"):
                     print(f"precision polish: {polish['chosen']} measured {polish['measured_gain']:.1%} faster "
-                          f"({len(polish['layers'])} layers from float to integer)")
+                          f"({len(polish['layers'])} layers to a cheaper precision)")
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
                                                 int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]

@@ -73,3 +73,23 @@ def test_nothing_is_measured_without_float_layers_or_a_measured_constraint(searc
     assert "skipped" in polish_precision(searched, [Constraint("macs", "macs", 1e6)], build, measure)
     harden_bits(searched.model, {n: 8 for n in bit_choices(searched.model)})
     assert "skipped" in polish_precision(searched, LATENCY, build, measure) and not calls
+
+
+def test_a_gpu_search_moves_its_fp32_layers_to_fp16_and_never_to_int4():
+    """Candidates (16, 32): the polish tries fp16 for the fp32 layers; candidates (4, 32): nothing to try (int4's
+    accuracy cost is not the chip's to weigh)."""
+    torch.manual_seed(0)
+    d = attach(create_model("resnet20", 10, 1, 28), torch.zeros(1, 1, 28, 28), False, True, (16, 32))
+    names = list(bit_choices(d.model))
+    harden_bits(d.model, {n: 32 if n in ISLANDS else 16 for n in names})
+
+    def build() -> frozenset:
+        return frozenset(n for n, c in bit_choices(d.model).items() if c.chosen_bits == 32)
+
+    costs = {frozenset(ISLANDS): 0.20, frozenset(): 0.15, frozenset({"stem.0"}): 0.18}
+    notes = polish_precision(d, LATENCY, build, lambda models: [{"latency_ms": costs[m]} for m in models])
+    assert notes["chosen"] == "all fp16" and set(notes["layers"].values()) == {"32 -> 16"}
+    assert all(c.chosen_bits == 16 for c in bit_choices(d.model).values())
+    d4 = attach(create_model("resnet20", 10, 1, 28), torch.zeros(1, 1, 28, 28), False, True, (4, 32))
+    harden_bits(d4.model, {n: 32 for n in bit_choices(d4.model)})
+    assert "skipped" in polish_precision(d4, LATENCY, build, lambda models: [])
