@@ -169,6 +169,32 @@ def deterministic_cudnn(monkeypatch):
     torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
+def replay_batch(model_name: str):
+    """The replay comparison's model (dropout off: no random draws) and one batch of 32 on the GPU."""
+    from pluto.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(model_name, 10, 1, 28)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    device = torch.device("cuda")
+    return model, torch.randn(32, 1, 28, 28, device=device), torch.randint(0, 10, (32,), device=device)
+
+
+def run_steps(overhead, model, x, y, flags: dict, mode: str, folder: Path, steps: int = 12):
+    """``steps`` steps of one ``scripts/overhead.py`` variant in ``trainer.compile`` mode ``mode``, logging every 2nd:
+    (the step, its state before, its state after)."""
+    torch.manual_seed(1)
+    step = overhead.build_step(model, x, y, str(GPU_TABLE), (16, 32), x.device, folder, compile_mode=mode,
+                               extra=("trainer.log_every=2",), **flags)
+    initial = _state(step)
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return step, initial, _state(step)
+
+
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("model_name", ["small_cnn", "resnet18"])
@@ -181,27 +207,12 @@ def test_replayed_steps_train_as_uncaptured_steps(model_name, tmp_path, determin
     if not (GPU_TABLE / "metadata.json").exists():
         pytest.skip("table h100_cudagraph not shipped here")
     overhead = _overhead()
-    from pluto.models import create_model
-
-    device = torch.device("cuda")
-    torch.manual_seed(0)
-    model = create_model(model_name, 10, 1, 28)
-    for m in model.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    x, y = torch.randn(32, 1, 28, 28, device=device), torch.randint(0, 10, (32,), device=device)
+    model, x, y = replay_batch(model_name)
     problems = []
     for name, flags in (overhead.VARIANTS[0], overhead.VARIANTS[-1]):
         states = {}
         for mode in ("default", "step-graph"):
-            torch.manual_seed(1)
-            step = overhead.build_step(model, x, y, str(GPU_TABLE), (16, 32), device, tmp_path / f"{name[:5]}{mode}",
-                                       compile_mode=mode, extra=("trainer.log_every=2",), **flags)
-            initial = _state(step)
-            for _ in range(12):
-                step()
-            torch.cuda.synchronize()
-            states[mode] = _state(step)
+            step, initial, states[mode] = run_steps(overhead, model, x, y, flags, mode, tmp_path / f"{name[:5]}{mode}")
             if mode == "step-graph":
                 assert step.graphs.captures == (1 if name == "plain" else 2), vars(step.graphs)
                 assert step.graphs.replays >= 6, vars(step.graphs)
