@@ -166,7 +166,8 @@ class JointCompressConfig:
     measure_every: str = _opt("auto", pattern=r"auto|\d+",
                               doc="search steps between measured candidates: auto (~10 per search) | N | 0 (off)")
     correction_smoothing: float = _opt(0.5, 0, 1, lo_open=True, doc="EMA weight of each new measured/predicted ratio")
-    polish_precision: bool = _opt(True, doc="after hardening, move float layers to int when the chip measures it faster")
+    polish_precision: bool = _opt(True, doc="with the landing: move fp32/fp16 layers to int8 (else fp16) when the chip "
+                                            "measures the model faster that way")
     land: bool = _opt(True, doc="after hardening, move widths until the measured cost is in land_band x target")
     land_band: list = _opt([0.93, 1.0], doc="[low, high] fractions of the target the measured cost must land in")
     land_measurements: int = _opt(16, 1, 1000, doc="measurements the landing may spend")
