@@ -470,10 +470,10 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
         models.append(build())
         assign(searched)
     measured = measure_models(models)
-    notes["measurements"] = [{"trial": label, **{k: round(v, 5) for k, v in m.items()}}
-                             for (label, _), m in zip(trials, measured)]
+    notes["measurements"] = [{"trial": trial, **{k: round(v, 5) for k, v in m.items()}}
+                             for (trial, _), m in zip(trials, measured)]
     ratios = [measured_ratio(m, table_constraints) for m in measured]
-    best = 0
+    best = 0  # a later (less uniform) pattern must beat the one chosen so far by the margin
     for i in range(1, len(trials)):
         if ratios[i] < ratios[best] * (1 - margin):
             best = i
