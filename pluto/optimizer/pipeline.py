@@ -742,13 +742,17 @@ class Compression:
             def measure() -> dict[str, float]:
                 return self.measurer.measure(build(), self.input_shape).as_metrics()
 
-            if self.c.polish_precision and d.quantized:
-                polish = polish_precision(d, self.constraints, build, lambda models: [
+            def polish(key: str) -> None:
+                notes = polish_precision(d, self.constraints, build, lambda models: [
                     m.as_metrics() for m in self.measurer.measure_models(models, self.input_shape)])
-                d.trail["precision_polish"] = polish
-                if polish.get("layers"):
-                    print(f"precision polish: {polish['chosen']} measured {polish['measured_gain']:.1%} faster "
-                          f"({len(polish['layers'])} layers to a cheaper precision)")
+                d.trail[key] = notes
+                if notes.get("layers"):
+                    print(f"{key.replace('_', ' ')}: {notes['chosen']} measured {notes['measured_gain']:.1%} faster "
+                          f"({len(notes['layers'])} layers to a cheaper precision)")
+
+            polishing = self.c.polish_precision and d.quantized
+            if polishing:
+                polish("precision_polish")
             d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
                                                 int(self.c.land_measurements), round_to=self.align)
             landing = d.trail["landing"]
@@ -756,13 +760,16 @@ class Compression:
                 landing.update(silence_untrained(d, searched))
             status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
             print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
+            if polishing:  # the landing changed widths or blocks: what is fastest can change with them (only faster)
+                polish("precision_polish_after_landing")
         distributed.broadcast_module(d.model, what="hard decisions")  # rank 0's landed gates, bits and ops
         final, trail = build_concrete(d, self.example, self.calibration, copy_first=False)
         # every rank built the concrete model from the same decisions; all fine-tune rank 0's, and a rank whose
         # architecture came out different stops the run here instead of training a mismatch
         distributed.broadcast_module(final, what="hardened model")
         trail.update({k: v for k, v in d.trail.items()
-                      if k in ("projection", "precision_polish", "landing", "search_block_probs")})
+                      if k in ("projection", "precision_polish", "landing", "precision_polish_after_landing",
+                               "search_block_probs")})
         trail["correction"] = {"scale": dict(self.cost_model.correction), "offset": dict(self.cost_model.offset)}
         self.trail = trail
         self.final = final.to(self.device)

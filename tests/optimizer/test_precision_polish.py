@@ -93,3 +93,28 @@ def test_a_gpu_search_moves_its_fp32_layers_to_fp16_and_never_to_int4():
     d4 = attach(create_model("resnet20", 10, 1, 28), torch.zeros(1, 1, 28, 28), False, True, (4, 32))
     harden_bits(d4.model, {n: 32 for n in bit_choices(d4.model)})
     assert "skipped" in polish_precision(d4, LATENCY, build, lambda models: [])
+
+
+def test_a_quantized_run_polishes_before_and_after_the_landing(tmp_path):
+    """End to end through the pipeline with a board that charges by ONNX file size: the polish measures its patterns
+    together before the landing and again after it (the landing changes widths and blocks, so what is fastest can
+    change), both recorded in decisions.json, and the deployed bits are the ones the polish measured fastest."""
+    import json
+
+    from pluto.train import compose, run
+    from tests.optimizer.test_chip_in_loop import _board
+
+    run(compose(["recipe=smoke_compress", "logger=none", "trainer.threads=1", "compress.distill=false",
+                 "compress.quantize=true", "compress.bits=[8,32]", "hw=cpu_ort_int8",
+                 f"hw.runner='{_board(tmp_path, 1.0)}'", "constraints.macs=null", "constraints.latency_ms=0.8x"]),
+        run_dir=tmp_path / "run")
+    decisions = json.loads((tmp_path / "run" / "decisions.json").read_text())
+    before, after = decisions["precision_polish"], decisions["precision_polish_after_landing"]
+    for notes in (before, after):
+        assert "skipped" in notes or (notes["measurements"][0]["trial"] == "as searched"
+                                      and len(notes["measurements"]) in (2, 3))
+    moved = {**before.get("layers", {}), **after.get("layers", {})}  # what the board measured faster ships
+    assert all(decisions["bits"][name] == int(change.split("-> ")[1]) for name, change in moved.items())
+    if not moved:  # this board charges the QDQ export's extra nodes: the searched bits ship unchanged
+        assert before["chosen"] == after["chosen"] == "as searched"
+        assert any(bits == 32 for bits in decisions["bits"].values())
