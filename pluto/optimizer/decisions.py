@@ -449,8 +449,8 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
     floats = {name: b for name, b in ((name, _cheaper_precision(c.candidates, c.chosen_bits))
                                       for name, c in choices.items()) if b is not None}
     if not floats or not table_constraints:
-        notes["skipped"] = "no layer with a cheaper int8/fp16 candidate" if table_constraints or not choices \
-            else "no measured constraint"
+        notes["skipped"] = "no measured constraint" if not table_constraints else \
+            "no layer with a cheaper int8/fp16 candidate"
         return notes
     searched = {name: choices[name].chosen_bits for name in floats}
 

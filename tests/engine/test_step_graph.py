@@ -155,7 +155,7 @@ def _state(step) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
-def deterministic_cudnn(monkeypatch):
+def deterministic_kernels(monkeypatch):
     """Deterministic kernels: without them two *uncaptured* joint runs already differ as much as a replayed one
     differs from them (atomic adds in the cost model's gathers' backward; H100, 2026-12-07: small_cnn 1.0e-3 vs
     1.4e-3, resnet18 0.065 vs 0.056 after 12 steps); with them all three agree bit for bit."""
@@ -198,7 +198,7 @@ def run_steps(overhead, model, x, y, flags: dict, mode: str, folder: Path, steps
 @pytest.mark.gpu
 @cuda
 @pytest.mark.parametrize("model_name", ["small_cnn", "resnet18"])
-def test_replayed_steps_train_as_uncaptured_steps(model_name, tmp_path, deterministic_cudnn):
+def test_replayed_steps_train_as_uncaptured_steps(model_name, tmp_path, deterministic_kernels):
     """Plain and joint steps, ``step-graph`` against ``default`` (the same compiled forward, uncaptured), 12 steps
     logging every 2nd (two warm-up steps of each kind run as is, then each kind is captured and replayed; the joint
     step's logging step is a kind of its own): the weights, decision logits, optimizer moments and multipliers agree
