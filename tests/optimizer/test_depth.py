@@ -188,3 +188,33 @@ def test_the_landing_puts_dropped_blocks_back_when_every_width_is_kept():
     assert d.blocks.skipped() == ["layers.0", "layers.2"]
     notes = land(0.25)
     assert notes["blocks_restored"] == ["layers.0", "layers.2"] and notes["landed"]  # 0.24 ms
+
+
+def test_the_landing_tries_the_next_block_when_one_would_exceed_the_target():
+    """Blocks of different stages cost different amounts on the chip: when the most probable dropped block would
+    exceed the target, a cheaper one may still fit, so the landing tries it instead of stopping."""
+    from pluto.optimizer.constraints import Constraint
+    from pluto.optimizer.decisions import land_on_target
+
+    torch.manual_seed(0)
+    d = attach(create_model("resnet20", 10, 1, 28), torch.zeros(1, 1, 28, 28), True, False, (8,), 0.9, None, "ste",
+               depth=True)
+    with torch.no_grad():
+        for logits in d.gates.logits:
+            logits.fill_(6.0)
+        d.blocks.logits.copy_(torch.tensor([-1.0, -0.2, -3.0, -0.5, 2.0, 2.0, 2.0]))
+    searched = d.blocks.probabilities().detach()
+    d.trail["search_block_probs"] = {site.block: float(p) for site, p in zip(d.blocks.sites, searched)}
+    d.blocks.set_keep(d.blocks.probabilities() > 0.5)
+    dear = {"layers.0", "layers.1", "layers.2"}  # the 28 px stage: 0.04 ms a block, the others 0.01 ms
+
+    def measure() -> dict[str, float]:
+        kept = [s.block for s, k in zip(d.blocks.sites, d.blocks.hard().tolist()) if k]
+        return {"latency_ms": 0.1 + sum(0.04 if b in dear else 0.01 for b in kept)}
+
+    assert measure()["latency_ms"] == pytest.approx(0.13)
+    notes = land_on_target(d, [Constraint("latency_ms", "latency_ms", 0.15)], measure, (0.93, 1.0), 8)
+    # layers.1 (the most probable) would read 0.17 ms: left out; layers.4 fits (0.14 ms = 0.93x): landed
+    assert notes["blocks_over_target"] == ["layers.1"] and notes["blocks_restored"] == ["layers.4"]
+    assert notes["landed"] and "why" not in notes
+    assert d.blocks.skipped() == ["layers.0", "layers.1", "layers.2"]
