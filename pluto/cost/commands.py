@@ -71,6 +71,9 @@ def register(subparsers) -> None:
     p.add_argument("--energy-window", type=_bounded(float, 0.0, 600.0, lo_open=True), default=0.3,
                    help="seconds of sustained loop per energy reading")
     p.add_argument("--limit", type=_bounded(int, 1), default=None, help="measure at most this many new entries, then stop")
+    p.add_argument("--unaligned", action="store_true", help="also measure channel counts that are not multiples of "
+                   "the fast kernel width (each grid knot k gets k - 1: the slow-kernel regime of unrounded pruned "
+                   "widths), on their own grid; added to an existing --out table, only the new points are timed")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_profile)
 
@@ -258,7 +261,7 @@ def profile_space(space_path: str | None, models: str | None, shapes: list[tuple
     return ProfileSpace.from_dict(data)
 
 
-def _precision_spaces(items: list[str] | None) -> dict:
+def _precision_spaces(items: list[str] | None, unaligned: bool = False) -> dict:
     from pluto.cost.space import ProfileSpace
 
     out = {}
@@ -266,8 +269,17 @@ def _precision_spaces(items: list[str] | None) -> dict:
         precision, sep, path = item.partition("=")
         if not sep or not path:
             raise ConfigError(f"--precision-space {item!r}: write PRECISION=SPACE_YAML, e.g. int8=configs/space/cpu_int8.yaml")
-        out[precision.strip()] = ProfileSpace.load(path.strip())
+        out[precision.strip()] = _with_unaligned(ProfileSpace.load(path.strip()), unaligned)
     return out
+
+
+def _with_unaligned(space: "ProfileSpace", unaligned: bool) -> "ProfileSpace":
+    """``space`` with its unaligned grid points switched on (``--unaligned``), recorded in its source."""
+    import dataclasses
+
+    if not unaligned or space.unaligned:
+        return space
+    return dataclasses.replace(space, unaligned=True, source={**space.source, "unaligned": True})
 
 
 def _profile(args) -> int:
@@ -278,11 +290,11 @@ def _profile(args) -> int:
                           f"threads {args.threads}, rounds {args.rounds}, samples {args.samples})")
     precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
     command = "pluto " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    space = profile_space(args.space, args.model, args.input_shape, Path(args.out))
+    space = _with_unaligned(profile_space(args.space, args.model, args.input_shape, Path(args.out)), args.unaligned)
     table = profile(space, args.out, args.device, args.runtime, precisions, args.batch,
                     args.threads, args.energy, args.samples, energy_window_s=args.energy_window, command=command,
                     progress=not args.no_progress, limit=args.limit, rounds=args.rounds, chunk=args.chunk,
-                    pin=not args.no_pin, precision_spaces=_precision_spaces(args.precision_space))
+                    pin=not args.no_pin, precision_spaces=_precision_spaces(args.precision_space, args.unaligned))
     state = "complete" if table.metadata.get("complete") else "incomplete (re-run the same command to resume)"
     print(f"{table}: {state}")
     for precision, fit in table.metadata.get("calibration", {}).items():

@@ -248,3 +248,26 @@ def test_a_measurement_at_the_tables_level_divides_out_the_machines_load(tmp_pat
     assert 1.4 < levelled.extra["level"] < 3.0
     assert levelled.latency_ms == pytest.approx(levelled.extra["raw_latency_ms"] / levelled.extra["level"])
     assert "level" in levelled.method
+
+
+def test_profile_unaligned_adds_only_the_unaligned_points_to_an_existing_table(tmp_path):
+    """`pluto profile ... --unaligned` on a finished table times only the k - 1 points (the slow-kernel regime of
+    unrounded widths), keeps every existing entry as it was, and records the table as having unaligned grids."""
+    out = tmp_path / "t"
+    (tmp_path / "space.yaml").write_text(json.dumps(SPACE))
+    cmd = [sys.executable, "-m", "pluto.cli", "profile", "--space", str(tmp_path / "space.yaml"), "--out", str(out),
+           "--samples", "6", "--rounds", "2", "--no-progress", "--energy", "none"]
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    before = LatencyTable.load(out).entries
+    assert not LatencyTable.load(out).unaligned
+    run = subprocess.run([*cmd, "--unaligned"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    table = LatencyTable.load(out)
+    unaligned = ProfileSpace.from_dict({**SPACE, "unaligned": True})
+    assert table.unaligned and table.metadata["space"]["unaligned"] is True
+    assert len(table.entries) == len(unaligned.unit_ops()) > len(before)
+    key = list(KEY_COLUMNS)
+    merged = before.merge(table.entries, on=key, suffixes=("", "_after"))
+    assert len(merged) == len(before) and (merged["latency_ms"] == merged["latency_ms_after"]).all()
+    odd = table.entries[(table.entries["cout"] % 2 == 1) & (table.entries["kind"] == "conv")]
+    assert len(odd) > 0  # k - 1 points (e.g. 7, 15) were timed
