@@ -10,7 +10,9 @@ threads and clock) in ``--rounds`` rounds of shuffled order (randomized interlea
 shared machine hits all networks alike), then predicted from the table. Where the table prices energy and
 this machine has a meter (NVML on a GPU), every network's energy is measured too (tick-aligned sustained
 loop, the table's window) and reported beside the latency. Prints, overall and per
-family: % within +-10 % (nn-Meter's headline metric), +-5 %, MAPE and Spearman rank correlation;
+family: % within +-10 % (nn-Meter's headline metric), +-5 %, MAPE and Spearman rank correlation, also at the
+machine's level while they were measured (a shared VM's level moves ~10 % within minutes): read from the five
+reference kernels and from ``--level-networks`` of the table's own calibration networks timed in the same rounds;
 writes ``docs/results/fidelity_<machine>_<runtime>_<precision>[_tag].{csv,json,png}``.
 
     python scripts/fidelity.py --table latency_tables/cpu_ort_xeon --precision fp32 --families zoo --n 80
@@ -34,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tqdm import tqdm  # noqa: E402
 
 from pluto.cost import energy as energy_mod  # noqa: E402
-from pluto.cost.adapt import ZOO_FAMILIES, energy_window, family_networks, kernel_workloads, machine_level, \
-    space_networks  # noqa: E402
+from pluto.cost.adapt import (ZOO_FAMILIES, energy_window, family_networks, kernel_workloads,  # noqa: E402
+                              level_networks, machine_level, network_level, space_networks)
 from pluto.cost.machine import describe  # noqa: E402
 from pluto.cost.ops import extract_ops  # noqa: E402
 from pluto.cost.profiler import measure_interleaved, prepare_network  # noqa: E402
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not measure energy even where the table has it and a meter is readable")
     ap.add_argument("--energy-window", type=float, default=None, help="seconds per energy reading (default: the table's)")
     ap.add_argument("--tag", default="", help="suffix of the output files, e.g. 'adapted'")
+    ap.add_argument("--level-networks", type=int, default=12, metavar="K",
+                    help="time K of the table's calibration networks in the same rounds and report the figures also "
+                         "at the level they read (0: off)")
     ap.add_argument("--recompute", default=None, metavar="CSV",
                     help="re-predict a previous run's networks (same --families/--n/--seed) from the table as it is "
                          "now, keeping that run's measurements")
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     nets = held_out(table, args.families, shapes, args.n, args.seed)
     previous = pd.read_csv(args.recompute).set_index("model") if args.recompute else None
-    energies, kernel_ms = None, {}
+    energies, kernel_ms, probe_ms = None, {}, {}
     if previous is not None:
         measured = [(float(previous.loc[name, "measured_latency_ms"]), float(previous.loc[name, "iqr_ms"]))
                     for name, _, _, _ in nets]
@@ -124,15 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         previous_json = Path(args.recompute).with_suffix(".json")
         if previous_json.exists():
             kernel_ms = json.loads(previous_json.read_text()).get("kernel_ms") or {}
+            probe_ms = json.loads(previous_json.read_text()).get("level_network_ms") or {}
     else:
         device = table.device.get("type", "cpu")
         rt = Runtime(table.runtime, device, int(table.metadata.get("threads") or 1))
         works = [prepare_network(rt, model, shape, args.precision, table.metadata["batch"])
                  for _, _, model, shape in nets]
         named = kernel_workloads(table, args.precision)  # timed in the same rounds: the machine's level now
-        measured = measure_interleaved(rt, works + [w for _, w in named], args.rounds, args.samples, progress=True,
-                                       desc="measure")
+        probes = [(label, prepare_network(rt, model, shape, args.precision, table.metadata["batch"]))
+                  for label, model, shape in level_networks(table, args.precision, args.level_networks)]
+        extra = [w for _, w in named] + [w for _, w in probes]
+        measured = measure_interleaved(rt, works + extra, args.rounds, args.samples, progress=True, desc="measure")
         kernel_ms = {name: t for (name, _), (t, _) in zip(named, measured[len(works):])}
+        probe_ms = {name: t for (name, _), (t, _) in zip(probes, measured[len(works) + len(named):])}
         measured = measured[:len(works)]
         meter = None
         if "energy_mj" in table.metrics and args.energy:
@@ -160,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     level = machine_level(table, args.precision, kernel_ms)
     if level is not None:  # the table's prediction at the level the machine ran at while these were measured
         frame["predicted_at_level_ms"] = frame["predicted_latency_ms"] * level
+    net_level = network_level(table, args.precision, probe_ms)
+    if net_level is not None:  # the same, the level read from the table's own calibration networks
+        frame["predicted_at_network_level_ms"] = frame["predicted_latency_ms"] * net_level
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"{slug(table.device['name'])}_{table.runtime}_{args.precision}" + (f"_{args.tag}" if args.tag else "")
@@ -177,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                "kernel_ms": kernel_ms, "machine_level": level,
                "latency_ms_at_level": summarize(frame["predicted_at_level_ms"].to_numpy(),
                                                 frame["measured_latency_ms"].to_numpy()) if level else None,
+               "level_network_ms": probe_ms, "network_level": net_level,
+               "latency_ms_at_network_level": summarize(frame["predicted_at_network_level_ms"].to_numpy(),
+                                                        frame["measured_latency_ms"].to_numpy()) if net_level else None,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if energies is not None:
         summary["energy_mj"] = summarize(frame["predicted_energy_mj"].to_numpy(), frame["measured_energy_mj"].to_numpy())
@@ -199,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ALL at machine level':<22} {s['n']:>4} {s['within_10pct']:>9.1f}% {s['within_5pct']:>8.1f}% "
               f"{s['mape']:>7.2f} {s['bias_pct']:>+7.1f} {s['spearman']:>9.3f}   (reference kernels ran {level:.3f}x "
               "the table's calibration-time level)")
+    if net_level is not None:
+        s = summary["latency_ms_at_network_level"]
+        print(f"{'ALL at network level':<22} {s['n']:>4} {s['within_10pct']:>9.1f}% {s['within_5pct']:>8.1f}% "
+              f"{s['mape']:>7.2f} {s['bias_pct']:>+7.1f} {s['spearman']:>9.3f}   ({len(probe_ms)} of the table's "
+              f"calibration networks ran {net_level:.3f}x their calibration-time time)")
     scatter(frame, f"{args.table} {args.precision} on {where[:40]}\n{overall['within_10pct']:.0f}% within "
             f"+-10%, MAPE {overall['mape']:.1f}%, Spearman {overall['spearman']:.3f}", out / f"fidelity_{tag}.png")
     (out / f"fidelity_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -146,6 +146,34 @@ def machine_level(table: LatencyTable, precision: str, here_ms: dict[str, float]
     return float(np.exp(np.mean(np.log(ratios)))) if ratios else None
 
 
+def level_networks(table: LatencyTable, precision: str, k: int = 12) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
+    """``k`` of the table's own calibration networks whose calibration-time measurement at ``precision`` is stored
+    (spread over the list, so over its families): timed again beside what is predicted, they read the machine's
+    level the way the table was fitted (:func:`network_level`)."""
+    from pluto.cost.profiler import calibration_networks
+
+    stored = {r["model"] for r in ((table.metadata.get("calibration") or {}).get(precision) or {}).get("networks", [])
+              if r.get("measured_latency_ms")}
+    nets = [net for net in calibration_networks(table) if net[0] in stored]
+    if not nets or k <= 0:
+        return []
+    step = max(1, len(nets) // k)
+    return nets[::step][:k]
+
+
+def network_level(table: LatencyTable, precision: str, here_ms: dict[str, float]) -> float | None:
+    """How fast this machine runs now relative to the table's calibration, read from whole networks: the median
+    over :func:`level_networks` of (time here / their stored calibration-time time); None without any.
+
+    Whole networks, not the five reference kernels: on the AMX Xeon (2026-12-07 15:18) the kernels read 1.145x their
+    calibration-time level while the same 88 held-out networks ran 1.093x their time of 7 minutes earlier."""
+    stored = {r["model"]: r["measured_latency_ms"]
+              for r in ((table.metadata.get("calibration") or {}).get(precision) or {}).get("networks", [])
+              if r.get("measured_latency_ms")}
+    ratios = [here_ms[name] / stored[name] for name in here_ms if name in stored and stored[name] > 0]
+    return float(np.exp(np.median(np.log(ratios)))) if ratios else None
+
+
 def check(table: LatencyTable, precision: str | None = None) -> dict:
     """Time the reference kernels here and compare with the table's: ``{ratios, max_deviation, agrees, message}``."""
     precision = precision or ("fp32" if "fp32" in table.precisions else table.precisions[0])

@@ -43,9 +43,12 @@ _DTYPES = {"precision": str, "kind": str, "act": str, "variant": str, "kernel": 
 
 
 def entry_key(op: OpSpec, precision: str) -> tuple:
-    """The table row key of ``op`` at its nominal channels (grouped convs priced at cin / groups)."""
+    """The table row key of ``op`` at its nominal channels. A grouped conv has its own entries, variant ``g<groups>``
+    with ``cin`` per group (tables made before those existed price it as the dense conv of the same MACs)."""
+    grouped = op.kind == "conv" and op.groups > 1
     cin = op.cin // op.groups if op.kind == "conv" else op.cin
-    return (precision, op.kind, op.kernel, op.stride, op.hw, op.act, bool(op.bn), op.variant, cin, op.cout)
+    variant = f"g{op.groups}" if grouped else op.variant
+    return (precision, op.kind, op.kernel, op.stride, op.hw, op.act, bool(op.bn), variant, cin, op.cout)
 
 
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
@@ -306,7 +309,7 @@ class LatencyTable:
         cin = torch.as_tensor(op.cin if cin is None else cin, dtype=torch.float64)
         cout = torch.as_tensor(op.cout if cout is None else cout, dtype=torch.float64)
         if op.kind == "conv" and op.groups > 1:
-            cin = cin / op.groups  # grouped conv priced as a dense conv of the same MACs
+            cin = cin / op.groups  # grids of grouped convs (and their dense fallback) are per group
         terms = self.hw_terms(op, precision)
         if len(terms) == 1:
             coef, key = terms[0]
@@ -324,6 +327,8 @@ class LatencyTable:
         key = entry_key(op, precision)[:-2]
         if not self._by_key:
             self._grid(key, "latency_ms", ())
+        if key[7] != op.variant and not self._hws_for(key):  # a grouped conv in a table without grouped entries:
+            key = (*key[:7], op.variant)  # priced as the dense conv of the same MACs, as it was made
         if self._by_key.get(key):
             return [(1.0, key)]
         hws = sorted({k[4] for k in self._hws_for(key)})

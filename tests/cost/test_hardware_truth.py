@@ -271,3 +271,17 @@ def test_profile_unaligned_adds_only_the_unaligned_points_to_an_existing_table(t
     assert len(merged) == len(before) and (merged["latency_ms"] == merged["latency_ms_after"]).all()
     odd = table.entries[(table.entries["cout"] % 2 == 1) & (table.entries["kind"] == "conv")]
     assert len(odd) > 0  # k - 1 points (e.g. 7, 15) were timed
+
+
+def test_network_level_is_the_median_ratio_of_the_tables_own_calibration_networks():
+    """The level read from whole networks: the median of (time now / stored calibration-time time) over the table's
+    calibration networks timed again; networks it has no stored time for are ignored, none at all gives None."""
+    from types import SimpleNamespace
+
+    from pluto.cost.adapt import network_level
+
+    stored = [{"model": f"net{i}", "measured_latency_ms": ms} for i, ms in enumerate([0.2, 0.5, 1.0, 2.0, 4.0])]
+    table = SimpleNamespace(metadata={"calibration": {"fp32": {"networks": stored}}})
+    here = {"net0": 0.22, "net1": 0.55, "net2": 1.1, "net3": 2.6, "net4": 4.0, "unknown": 9.0}
+    assert network_level(table, "fp32", here) == pytest.approx(1.1)  # one outlier each way does not move a median
+    assert network_level(table, "int8", here) is None and network_level(table, "fp32", {}) is None

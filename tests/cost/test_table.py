@@ -137,3 +137,36 @@ def test_the_price_of_a_precision_change_is_checked_and_covered_by_the_digest(tm
     (tmp_path / "t" / METADATA).write_text(json.dumps(meta))
     with pytest.raises(TableError, match="calibration_boundary.latency_ms.per_edge"):
         LatencyTable.load(tmp_path / "t")
+
+
+def test_grouped_convs_have_entries_of_their_own_and_older_tables_fall_back_to_dense_ones():
+    """onnxruntime runs a grouped conv 2-3x slower than the dense conv of the same MACs (RegNet in context, 2026-12-07):
+    the profiling space emits grouped units (groups kept, cin per group on the grid) keyed ``g<groups>``, lookups
+    read them, and a table made before they existed still prices the op as the dense conv of the same MACs."""
+    import pandas as pd
+
+    from pluto.cost.profiler import COLUMNS
+    from pluto.cost.space import ProfileSpace
+    from pluto.cost.table import SCHEMA_VERSION, entry_key
+
+    space = ProfileSpace.from_dict({"name": "g", "channel_grid": [16, 32, 64, 128, 256, 512], "min_width": 0.25,
+                                    "models": [{"name": "regnet_x_400mf", "input_shape": [1, 28, 28]}]})
+    grouped = [op for op in space.unit_ops() if op.kind == "conv" and op.groups > 1]
+    assert grouped and all(op.cout % op.groups == 0 and op.cin % op.groups == 0 for op in grouped)
+    assert {entry_key(op, "fp32")[7] for op in grouped} == {f"g{g}" for g in {op.groups for op in grouped}}
+
+    op = OpSpec("conv", "g", 64, 64, 3, 1, groups=4, hw=7, act="relu", bn=True)
+    assert entry_key(op, "fp32")[7:] == ("g4", 16, 64)
+    rows = []
+    for variant, ms in (("g4", 0.03), ("", 0.01)):  # grouped 3x the dense conv of the same MACs
+        for cin in (8, 16):
+            for cout in (32, 64):
+                rows.append(["fp32", "conv", 3, 1, 7, "relu", True, variant, cin, cout, ms * cin * cout / 1024, 0.0,
+                             None, 30])
+    meta = {"schema_version": SCHEMA_VERSION, "name": "t", "device": {"type": "cpu", "name": "Test CPU"},
+            "runtime": {"name": "onnxruntime"}, "precisions": ["fp32"], "metrics": ["latency_ms"], "batch": 1,
+            "threads": 1, "created": "2026-01-01", "command": "synthetic", "method": {}, "align": 1, "space": {}}
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    assert float(LatencyTable(frame, meta).lookup(op)) == pytest.approx(0.03)
+    older = LatencyTable(frame[frame["variant"] != "g4"].reset_index(drop=True), meta)
+    assert float(older.lookup(op)) == pytest.approx(0.01)
