@@ -97,6 +97,14 @@ machine as in v3; baselines v2's, ``joint_macs`` v3's (symlinked); ``joint_scrat
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/pareto.py $C4 --methods joint_scratch --seeds 1,2 &
     .venv/bin/python scripts/pareto.py --stage measure ... --out docs/results/pareto-resnet20-v4 --tag resnet20-v4
 
+v5 (2026-12-07, evening): the joint arm again with the next-block landing, on the table with unaligned grids, alone on
+the machine; baselines v2's, ``joint_macs`` v3's (symlinked as for v4, into ``pareto-resnet20-v5``); ``joint_scratch``
+not re-run::
+
+    C5="${C/pareto-resnet20-v2/pareto-resnet20-v5}"
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C5 --methods joint       # nothing else running
+    .venv/bin/python scripts/pareto.py --stage measure ... --out docs/results/pareto-resnet20-v5 --tag resnet20-v5
+
 (the width-only baselines are infeasible at all three targets: at 8 channels everywhere ResNet-20 is predicted
 0.251 ms int8; ``--targets 0.28 --methods magnitude,torch_pruning`` adds them at a target they reach.) The v1 sweep
 (6 + 2 epochs, table-unit targets 0.27-0.65 ms, trained on the AMD EPYC) is ``docs/results/pareto-resnet20``.

@@ -435,9 +435,10 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
     Why measured and not priced: a float layer between integer neighbours breaks the integer runtime's layout region
     (onnxruntime puts transposes and extra quantize nodes around each fp32 island), which no per-op table entry
     sees: every v2 ResNet-20 joint run kept its stem, shortcut 1x1 convs and classifier in fp32, and int8 except the
-    stem measured 0.86x of that pattern while the table predicted 1.02x (2026-12-07, Intel Xeon AMX). Three
+    stem measured 0.86x of that pattern while the table predicted 1.02x (2026-12-07, Intel Xeon AMX). Up to four
     patterns: as searched, every such layer at its cheaper precision, the same except the network's first layer
-    (whose input is the raw image). ``build()`` makes the concrete model of the current hard decisions;
+    (whose input is the raw image), and — when the search made the first layer integer — the cheaper pattern with
+    the first layer at its widest float candidate (v5's searches made every ResNet-20 layer int8, stem included). ``build()`` makes the concrete model of the current hard decisions;
     ``measure_models(models)`` measures them against each other (interleaved rounds, so a shared machine's drift
     moves all alike: the gain is a few percent, the drift between separate measurements as much). Returns what was
     measured and decided (``decisions.json``'s ``precision_polish``)."""
@@ -448,22 +449,30 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
     choices = bit_choices(decisions.model) if decisions.quantized else {}
     floats = {name: b for name, b in ((name, _cheaper_precision(c.candidates, c.chosen_bits))
                                       for name, c in choices.items()) if b is not None}
-    if not floats or not table_constraints:
+    first = next(iter(choices), None)  # the layer that reads the network input (bit_choices keeps module order)
+    # an integer first layer may be the slow one (ResNet-20's stem reads one input channel: int8 measured slower than
+    # fp32 on the AMX Xeon, 2026-12-07): try it at its widest float candidate, the others as cheap as they go
+    widest = max(choices[first].candidates) if first is not None else 0
+    float_first = widest if first is not None and choices[first].chosen_bits <= 8 < widest else None
+    if not (floats or float_first) or not table_constraints:
         notes["skipped"] = "no measured constraint" if not table_constraints else \
-            "no layer with a cheaper int8/fp16 candidate"
+            "no layer with a cheaper int8/fp16 candidate and no integer first layer with a float one"
         return notes
-    searched = {name: choices[name].chosen_bits for name in floats}
+    searched = {name: choices[name].chosen_bits for name in [*floats, *([first] if float_first else [])]}
 
     def assign(bits: dict[str, int]) -> None:
         for name, b in bits.items():
             choices[name].harden(b)
 
-    first = next(iter(choices))  # the layer that reads the network input (bit_choices keeps module order)
     kinds = set(floats.values())
-    label = "all integer" if kinds == {8} else "all fp16" if kinds == {16} else "all int8/fp16"
-    trials = [("as searched", {}), (label, dict(floats))]
+    label = "all integer" if kinds <= {8} else "all fp16" if kinds == {16} else "all int8/fp16"
+    trials = [("as searched", {})]
+    if floats:
+        trials.append((label, dict(floats)))
     if first in floats and len(floats) > 1:
         trials.append((f"{label} except the first layer", {n: b for n, b in floats.items() if n != first}))
+    if float_first:
+        trials.append((f"{label}, the first layer fp{float_first}", {**floats, first: float_first}))
     models = []
     for _, bits in trials:
         assign(bits)

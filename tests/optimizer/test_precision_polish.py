@@ -68,11 +68,27 @@ def test_the_searched_pattern_stays_when_no_trial_beats_it_by_the_margin(searche
     assert {n for n, c in bit_choices(searched.model).items() if c.chosen_bits == 32} == set(ISLANDS)
 
 
-def test_nothing_is_measured_without_float_layers_or_a_measured_constraint(searched):
+def test_nothing_is_measured_without_a_measured_constraint_or_anything_to_try(searched):
     build, measure, calls = _chip(searched, {})
     assert "skipped" in polish_precision(searched, [Constraint("macs", "macs", 1e6)], build, measure)
-    harden_bits(searched.model, {n: 8 for n in bit_choices(searched.model)})
+    names = list(bit_choices(searched.model))
+    harden_bits(searched.model, {n: 32 if n == names[0] else 8 for n in names})  # float stem, the rest int8
     assert "skipped" in polish_precision(searched, LATENCY, build, measure) and not calls
+
+
+def test_an_integer_first_layer_is_tried_in_float_when_the_search_made_every_layer_integer(searched):
+    """v5's searches made every ResNet-20 layer int8, stem included, which the v4 measurements found slow: with no
+    float layer left, the polish still tries the first layer at fp32 and keeps it where the chip says so."""
+    harden_bits(searched.model, {n: 8 for n in bit_choices(searched.model)})
+    build, measure, calls = _chip(searched, {frozenset(): 0.20, frozenset({"stem.0"}): 0.18})
+    notes = polish_precision(searched, LATENCY, build, measure)
+    assert calls == [2] and notes["chosen"] == "all integer, the first layer fp32"
+    assert notes["layers"] == {"stem.0": "8 -> 32"} and notes["measured_gain"] == pytest.approx(0.1)
+    assert {n for n, c in bit_choices(searched.model).items() if c.chosen_bits == 32} == {"stem.0"}
+    harden_bits(searched.model, {n: 8 for n in bit_choices(searched.model)})
+    build, measure, _ = _chip(searched, {frozenset(): 0.20, frozenset({"stem.0"}): 0.199})
+    assert polish_precision(searched, LATENCY, build, measure)["chosen"] == "as searched"
+    assert all(c.chosen_bits == 8 for c in bit_choices(searched.model).values())
 
 
 def test_a_gpu_search_moves_its_fp32_layers_to_fp16_and_never_to_int4():
