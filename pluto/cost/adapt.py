@@ -146,14 +146,19 @@ def machine_level(table: LatencyTable, precision: str, here_ms: dict[str, float]
     return float(np.exp(np.mean(np.log(ratios)))) if ratios else None
 
 
+def _stored_networks(table: LatencyTable, precision: str) -> dict[str, float]:
+    """Calibration network -> its stored calibration-time latency (ms) at ``precision``."""
+    records = ((table.metadata.get("calibration") or {}).get(precision) or {}).get("networks", [])
+    return {r["model"]: float(r["measured_latency_ms"]) for r in records if (r.get("measured_latency_ms") or 0) > 0}
+
+
 def level_networks(table: LatencyTable, precision: str, k: int = 12) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     """``k`` of the table's own calibration networks whose calibration-time measurement at ``precision`` is stored
     (spread over the list, so over its families): timed again beside what is predicted, they read the machine's
     level the way the table was fitted (:func:`network_level`)."""
     from pluto.cost.profiler import calibration_networks
 
-    stored = {r["model"] for r in ((table.metadata.get("calibration") or {}).get(precision) or {}).get("networks", [])
-              if r.get("measured_latency_ms")}
+    stored = _stored_networks(table, precision)
     nets = [net for net in calibration_networks(table) if net[0] in stored]
     if not nets or k <= 0:
         return []
@@ -167,10 +172,8 @@ def network_level(table: LatencyTable, precision: str, here_ms: dict[str, float]
 
     Whole networks, not the five reference kernels: on the AMX Xeon (2026-12-07 15:18) the kernels read 1.145x their
     calibration-time level while the same 88 held-out networks ran 1.093x their time of 7 minutes earlier."""
-    stored = {r["model"]: r["measured_latency_ms"]
-              for r in ((table.metadata.get("calibration") or {}).get(precision) or {}).get("networks", [])
-              if r.get("measured_latency_ms")}
-    ratios = [here_ms[name] / stored[name] for name in here_ms if name in stored and stored[name] > 0]
+    stored = _stored_networks(table, precision)
+    ratios = [here_ms[name] / stored[name] for name in here_ms if name in stored]
     return float(np.exp(np.median(np.log(ratios)))) if ratios else None
 
 
