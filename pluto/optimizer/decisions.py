@@ -439,7 +439,7 @@ def polish_precision(decisions: Decisions, constraints: list[Constraint], build:
     patterns: as searched, every such layer at its cheaper precision, the same except the network's first layer
     (whose input is the raw image), and — when the search made the first layer integer — the cheaper pattern with
     the first layer at its widest float candidate (v5's searches made every ResNet-20 layer int8, stem included).
-``build()`` makes the concrete model of the current hard decisions; ``measure_models(models)`` measures them
+    ``build()`` makes the concrete model of the current hard decisions; ``measure_models(models)`` measures them
     against each other (interleaved rounds, so a shared machine's drift moves all alike: the gain is a few percent,
     the drift between separate measurements as much). Returns what was measured and decided (``decisions.json``'s
     ``precision_polish``)."""
