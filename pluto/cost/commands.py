@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--unaligned", action="store_true", help="also measure channel counts that are not multiples of "
                    "the fast kernel width (each grid knot k gets k - 1: the slow-kernel regime of unrounded pruned "
                    "widths), on their own grid; added to an existing --out table, only the new points are timed")
+    p.add_argument("--refresh", action="store_true", help="re-time the --out table's existing entries too (e.g. "
+                   "when its reference kernels show the machine changed since they were measured; the old rows are "
+                   "kept as entries.stale-<date>.csv and a killed run resumes them)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_profile)
 
@@ -294,7 +297,8 @@ def _profile(args) -> int:
     table = profile(space, args.out, args.device, args.runtime, precisions, args.batch,
                     args.threads, args.energy, args.samples, energy_window_s=args.energy_window, command=command,
                     progress=not args.no_progress, limit=args.limit, rounds=args.rounds, chunk=args.chunk,
-                    pin=not args.no_pin, precision_spaces=_precision_spaces(args.precision_space, args.unaligned))
+                    pin=not args.no_pin, precision_spaces=_precision_spaces(args.precision_space, args.unaligned),
+                    refresh=args.refresh)
     state = "complete" if table.metadata.get("complete") else "incomplete (re-run the same command to resume)"
     print(f"{table}: {state}")
     for precision, fit in table.metadata.get("calibration", {}).items():

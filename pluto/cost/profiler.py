@@ -31,7 +31,7 @@ from pluto.cost.table import weight_bytes
 from pluto.cost.runtimes import Prepared, Runtime, device_info, export_onnx, time_call
 from pluto.cost.space import Network, ProfileSpace
 from pluto.cost.table import ENTRIES, KEY_COLUMNS, METADATA, SCHEMA_VERSION, VALUE_COLUMNS, LatencyTable, \
-    entry_key, read_entries
+    entry_key, op_of_key, read_entries
 from pluto.cost.units import Identity, build_unit
 from pluto.errors import ConfigError, TableError
 
@@ -80,6 +80,45 @@ class _ReferenceKernels:
                                            "drift_pct": float((np.percentile(arr, 90) - np.percentile(arr, 10))
                                                               / med * 100)}
         return out
+
+
+# How far this run's reference kernels may sit from those stored with a table's existing entries before extending it
+# is reported: cpu_ort_xeon_amx's 6,030 entries of 2026-12-05 and the 12,775 unaligned ones added on 2026-12-07 were
+# measured with the reference kernels 1.33-1.9x apart (conv3x3_64_28 0.284 -> 0.377 ms, dwconv3x3_96_28 0.044 ->
+# 0.081 ms), and the same kernels moved 0.6-1.5x within the hour on 2026-12-07 (scripts/fidelity.py CSVs of 17:43).
+# Whether re-timing helps is the user's call: on that VM a table re-timed in one state (`--refresh`-style, 17:09-17:41)
+# predicted held-out networks *worse* at every level than the mixed one (55.7-62.5 % vs 65.9-70.5 % within +-10 % at
+# the oracle level), because the state moves again before anything is predicted.
+RESUME_TOLERANCE = 0.2
+STALE_PREFIX = "entries.stale-"  # rows set aside by `pluto profile --refresh`, re-timed into entries.csv
+
+
+def stale_reference(stored: dict, here: dict[tuple[str, str], float], tolerance: float = RESUME_TOLERANCE) -> dict:
+    """``{precision: {kernel: here / stored}}`` for each precision whose reference kernels moved since a table's
+    existing entries were measured (``stored``: its ``metadata['reference']``): their geometric mean by more than
+    ``tolerance``, or one kernel by more than twice that; empty if none moved. A loaded machine's noise (a few %
+    to ~15 % on one kernel) stays under both."""
+    ratios: dict = {}
+    for (precision, name), ms in here.items():
+        then = ((stored.get(precision) or {}).get(name) or {}).get("median_ms")
+        if then and ms:
+            ratios.setdefault(precision, {})[name] = ms / then
+    return {p: r for p, r in ratios.items()
+            if abs(math.exp(np.mean(np.log(list(r.values())))) - 1) > tolerance
+            or max(abs(v - 1) for v in r.values()) > 2 * tolerance}
+
+
+def _stale_note(out: Path, moved: dict, n_rows: int) -> dict:
+    """Say (one line on stderr) that the machine moved since ``out``'s existing entries were measured; the record
+    kept in the metadata (``resumed_off_level``)."""
+    ratios = [r for v in moved.values() for r in v.values()]
+    detail = "; ".join(f"{p}: " + ", ".join(f"{k} {r:.2f}x" for k, r in v.items()) for p, v in moved.items())
+    print(f"warning: the reference kernels run {min(ratios):.2f}-{max(ratios):.2f}x their times when the {n_rows} "
+          f"entries of {out} were measured ({detail}): the new entries describe another machine state; to re-time "
+          "the existing ones too, stop and re-run with --refresh (they are kept as entries.stale-<date>.csv)",
+          file=sys.stderr)
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "entries_before": n_rows,
+            "kernel_ratio": moved}
 
 
 @contextlib.contextmanager
@@ -402,7 +441,7 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
             samples: int = 24, min_sample_s: float = 0.001, energy_window_s: float = 0.3, unroll: int = 10,
             command: str | None = None, progress: bool = True, limit: int | None = None, rounds: int = 3,
             chunk: int = 64, seed: int = 0, pin: bool = True,
-            precision_spaces: dict[str, ProfileSpace] | None = None) -> LatencyTable:
+            precision_spaces: dict[str, ProfileSpace] | None = None, refresh: bool = False) -> LatencyTable:
     """Measure ``space`` on this machine into table folder ``out`` and return the sealed table.
 
     ``threads``: intra-op threads (CPU); ``energy``: 'auto' | 'nvml' | 'rapl' | 'none';
@@ -411,6 +450,11 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
     interleaving (each entry timed in ``rounds`` shuffled rounds of ``samples / rounds`` samples while its
     chunk of ``chunk`` units stays prepared); ``pin``: pin single-threaded CPU profiling to one core;
     ``precision_spaces``: a smaller space for some precisions (e.g. int8 only for the int8 recipes' families).
+
+    Resuming or extending a table first times the reference kernels: if they moved by more than
+    ``RESUME_TOLERANCE`` since its entries were measured, it says so and records it (``resumed_off_level``);
+    ``refresh`` re-times every existing entry too, keeping the old rows as ``entries.stale-<date>.csv`` (a killed
+    refresh resumes them).
     """
     if batch < 1 or threads < 1 or samples < 3 or rounds < 1 or chunk < 1:
         raise ConfigError(f"profile needs batch >= 1, threads >= 1, samples >= 3, rounds >= 1, chunk >= 1 (got batch "
@@ -429,6 +473,23 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         settings["fingerprint"] = fingerprint()
     old = _check_resumable(meta_path, settings)
     rows = _read_intact_rows(entries_path)
+    if refresh and rows:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stale = out / f"{STALE_PREFIX}{stamp}.csv"
+        entries_path.rename(stale)
+        print(f"--refresh: {len(rows)} entries kept in {stale}; every entry is timed again", file=sys.stderr)
+        rows = []
+    # entries set aside by --refresh (this run's or a killed one's) are timed again even where the space lacks them
+    stale_keys = {tuple(r[:len(KEY_COLUMNS)]) for path in sorted(out.glob(f"{STALE_PREFIX}*.csv"))
+                  for r in _read_intact_rows(path) if r[0] in precisions}
+    off_level = old.get("resumed_off_level", [])
+    if rows and old.get("reference"):  # resuming: is this still the machine state the entries describe?
+        kernels = _ReferenceKernels(rt, precisions, batch, unroll)
+        for _ in range(3):
+            kernels.time_all(max(3, samples // rounds), min_sample_s)
+        moved = stale_reference(old["reference"], {k: float(np.median(v)) for k, v in kernels.times.items()})
+        if moved:
+            off_level = [*old.get("resumed_off_level", []), _stale_note(out, moved, len(rows))]
     with open(entries_path, "w", newline="") as f:  # rewrite without a torn last line
         csv.writer(f).writerows([COLUMNS, *rows])
     done = {tuple(r[:len(KEY_COLUMNS)]) for r in rows}
@@ -464,6 +525,8 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         "machine": {**cpu_facts(), "fingerprint": fingerprint()} if device == "cpu" else dev,
         "reference": old.get("reference", {}), "calibration_groups": "fine",
     }
+    if off_level:
+        metadata["resumed_off_level"] = off_level
     metadata["method"].update(rounds=rounds, chunk=chunk, samples_per_round=max(3, samples // rounds),
                               interleaving="shuffled entries, chunks prepared once, shuffled rounds; entry = median of "
                                            "round medians", reference_kernels=[k for k, _ in REFERENCE_KERNELS],
@@ -489,6 +552,8 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
     elif "align_probe" in old:
         metadata["align"], metadata["align_probe"] = old["align"], old["align_probe"]
     todo = [(p, op) for p in precisions for op in ops_for[p] if tuple(map(str, entry_key(op, p))) not in done]
+    planned = done | {tuple(map(str, entry_key(op, p))) for p, op in todo}
+    todo += [op_of_key(key) for key in sorted(stale_keys - planned)]
     if limit is not None:
         todo = todo[:limit]
     # Randomized interleaving (Google Benchmark's random interleaving): entries are taken in a shuffled order, in
@@ -533,6 +598,7 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
     meta_path.write_text(json.dumps(metadata, indent=2, default=str) + "\n")
     measured = {tuple(r[:len(KEY_COLUMNS)]) for r in _read_intact_rows(entries_path)}
     remaining = [1 for p in precisions for op in ops_for[p] if tuple(map(str, entry_key(op, p))) not in measured]
+    remaining += [1 for key in stale_keys if key not in measured]
     if remaining:
         return LatencyTable.load(out, allow_incomplete=True)
 

@@ -51,6 +51,20 @@ def entry_key(op: OpSpec, precision: str) -> tuple:
     return (precision, op.kind, op.kernel, op.stride, op.hw, op.act, bool(op.bn), variant, cin, op.cout)
 
 
+def op_of_key(key) -> tuple[str, OpSpec]:
+    """(precision, the unit's :class:`OpSpec`) of a table row key (:func:`entry_key`'s inverse; strings as a CSV reads
+    them are accepted): what re-timing an existing entry builds."""
+    precision, kind, kernel, stride, hw, act, bn, variant, cin, cout = key
+    variant = "" if variant is None or (isinstance(variant, float) and np.isnan(variant)) else str(variant)
+    cin, cout = int(cin), int(cout)
+    groups = cout if kind == "dwconv" else 1
+    if kind == "conv" and variant.startswith("g") and variant[1:].isdigit():
+        groups, variant, cin = int(variant[1:]), "", cin * int(variant[1:])
+    bn = bn if isinstance(bn, bool) else str(bn) == "True"
+    return str(precision), OpSpec(str(kind), f"entry_{kind}", cin, cout, int(kernel), int(stride), groups, int(hw),
+                                  str(act), bn, variant)
+
+
 BYTES_PER_WEIGHT = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
 
 

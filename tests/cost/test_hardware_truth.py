@@ -285,3 +285,47 @@ def test_network_level_is_the_median_ratio_of_the_tables_own_calibration_network
     here = {"net0": 0.22, "net1": 0.55, "net2": 1.1, "net3": 2.6, "net4": 4.0, "unknown": 9.0}
     assert network_level(table, "fp32", here) == pytest.approx(1.1)  # one outlier each way does not move a median
     assert network_level(table, "int8", here) is None and network_level(table, "fp32", {}) is None
+
+
+def test_stale_reference_flags_a_moved_machine_and_not_noise():
+    from pluto.cost.profiler import stale_reference
+
+    stored = {"fp32": {"conv": {"median_ms": 0.284}, "dw": {"median_ms": 0.044}, "add": {"median_ms": 0.018}}}
+    noisy = {("fp32", "conv"): 0.30, ("fp32", "dw"): 0.048, ("fp32", "add"): 0.017}  # +-10 %: the same machine
+    assert stale_reference(stored, noisy) == {}
+    moved = {("fp32", "conv"): 0.377, ("fp32", "dw"): 0.081, ("fp32", "add"): 0.022}  # cpu_ort_xeon_amx, 12-05 -> 12-07
+    flagged = stale_reference(stored, moved)
+    assert set(flagged) == {"fp32"} and flagged["fp32"]["dw"] == pytest.approx(0.081 / 0.044)
+    one_kernel = {("fp32", "conv"): 0.284, ("fp32", "dw"): 0.044 * 1.5, ("fp32", "add"): 0.018}
+    assert set(stale_reference(stored, one_kernel)) == {"fp32"}
+    assert stale_reference({}, moved) == {}  # a table without reference kernels cannot be checked
+
+
+def test_extending_a_table_on_a_moved_machine_says_so_and_refresh_re_times_every_entry(tmp_path, capsys):
+    """A table whose reference kernels ran twice as fast as now (the machine moved under it): extending it says so in
+    one line naming --refresh and records it; with --refresh every entry, the space's and those only the old rows had,
+    is timed again, and the old rows are kept aside."""
+    space = ProfileSpace.from_dict(SPACE)
+    out = tmp_path / "t"
+    profile(space, out, runtime="onnxruntime", **FAST)
+    meta = json.loads((out / "metadata.json").read_text())
+    for kernels in meta["reference"].values():
+        for v in kernels.values():
+            v["median_ms"] /= 2.0
+    (out / "metadata.json").write_text(json.dumps(meta))
+    grown = ProfileSpace.from_dict({**SPACE, "unaligned": True})
+    table = profile(grown, out, runtime="onnxruntime", **FAST)
+    assert "--refresh" in capsys.readouterr().err
+    record = table.metadata["resumed_off_level"]
+    assert len(record) == 1 and record[0]["kernel_ratio"]["fp32"]["conv3x3_64_28"] > 1.4
+    # a row only the old table has (as after a space change) is re-timed too
+    rows = (out / ENTRIES).read_text().splitlines()
+    extra = rows[1].split(",")
+    extra[KEY_COLUMNS.index("cout")] = "24"  # a channel count no grid of the space has
+    (out / ENTRIES).write_text("\n".join([*rows, ",".join(extra)]) + "\n")
+    before = (out / ENTRIES).read_text()
+    table = profile(grown, out, runtime="onnxruntime", refresh=True, **FAST)
+    keys = table.entries[list(KEY_COLUMNS)].astype(str).agg("|".join, axis=1)
+    assert keys.is_unique and len(table.entries) == len(grown.unit_ops()) + 1
+    stale = list(out.glob("entries.stale-*.csv"))
+    assert len(stale) == 1 and stale[0].read_text() == before

@@ -170,3 +170,18 @@ def test_grouped_convs_have_entries_of_their_own_and_older_tables_fall_back_to_d
     assert float(LatencyTable(frame, meta).lookup(op)) == pytest.approx(0.03)
     older = LatencyTable(frame[frame["variant"] != "g4"].reset_index(drop=True), meta)
     assert float(older.lookup(op)) == pytest.approx(0.01)
+
+
+def test_op_of_key_inverts_entry_key_for_every_kind_the_zoo_profiles():
+    from pluto.cost.space import ProfileSpace
+    from pluto.cost.table import entry_key, op_of_key
+
+    space = ProfileSpace.load("configs/space/cpu_zoo.yaml")
+    ops = space.unit_ops()
+    kinds = {op.kind for op in ops}
+    assert {"conv", "dwconv", "add", "linear"} <= kinds and any(op.kind == "conv" and op.groups > 1 for op in ops)
+    for op in ops:
+        key = entry_key(op, "int8")
+        assert entry_key(op_of_key(key)[1], "int8") == key
+        as_csv = tuple(str(v) for v in key)  # how a resumed profile reads its rows
+        assert tuple(map(str, entry_key(op_of_key(as_csv)[1], "int8"))) == as_csv
