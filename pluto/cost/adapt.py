@@ -196,6 +196,40 @@ def check(table: LatencyTable, precision: str | None = None) -> dict:
     return {"agrees": agrees, "ratios": ratios, "max_deviation": dev, "message": message, "here_ms": here}
 
 
+def entry_drift(table: LatencyTable, precision: str = "fp32", per_group: int = 6, seed: int = 0, rounds: int = 3,
+                samples: int = 18, min_ms: float = 0.005) -> dict[str, dict]:
+    """Re-time ``per_group`` of the table's own entries of each calibration group here (seeded sample of entries
+    >= ``min_ms``, interleaved rounds, the table's overhead subtracted as the profiler did): ``{group: {ratio, n,
+    min, max}}`` with ratio = median(time here / entry).
+
+    The reference kernels are five aligned ops; a machine can move its kernel classes apart (on the AMX Xeon VM,
+    2026-12-07: aligned convs timed 1.1-2.1x their 2026-12-05 entries at 17:00 while unaligned ones sat at 0.9-1.2x
+    theirs, and units moved by ~0.6x within the next hour while whole networks held their level). One ratio per
+    group shows which classes moved, and by how much, against the entries themselves."""
+    from pluto.cost.profiler import measure_interleaved
+    from pluto.cost.runtimes import Runtime
+    from pluto.cost.table import KEY_COLUMNS, op_of_key
+    from pluto.cost.units import build_unit
+
+    rows = table.entries[(table.entries["precision"] == precision) & (table.entries["latency_ms"] >= min_ms)]
+    by_group: dict[str, list] = {}
+    for (_, row), key in zip(rows.iterrows(), rows[list(KEY_COLUMNS)].itertuples(index=False)):
+        _, op = op_of_key(tuple(key))
+        by_group.setdefault(table.group_of(op), []).append((float(row["latency_ms"]), op))
+    rng = random.Random(seed)
+    picked = [(g, ms, op) for g, items in sorted(by_group.items()) for ms, op in rng.sample(items, min(per_group, len(items)))]
+    rt = Runtime(table.runtime, table.device.get("type", "cpu"), int(table.metadata.get("threads") or 1))
+    batch = int(table.metadata.get("batch") or 1)
+    works = [rt.prepare(*build_unit(op, batch), precision) for _, _, op in picked]
+    times = measure_interleaved(rt, works, rounds, samples, min_sample_s=0.001)
+    overhead = float((table.metadata.get("overhead_ms") or {}).get(precision) or 0.0)
+    ratios: dict[str, list[float]] = {}
+    for (group, entry_ms, _), (ms, _) in zip(picked, times):
+        ratios.setdefault(group, []).append(max(ms - overhead, 0.05 * ms) / entry_ms)
+    return {g: {"ratio": float(np.median(r)), "n": len(r), "min": float(min(r)), "max": float(max(r))}
+            for g, r in ratios.items()}
+
+
 # ---- adaptation ---------------------------------------------------------------------------------
 def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, seed: int = 0,
           prior: float = 0.3, progress: bool = True, energy_window_s: float | None = None) -> dict:

@@ -120,6 +120,10 @@ def register(subparsers) -> None:
     q.set_defaults(func=_calibrate)
     q = sub.add_parser("check", help="time the reference kernels here: does the table describe this machine?")
     q.add_argument("table")
+    q.add_argument("--entries", type=_bounded(int, 1, 1000), default=None, metavar="K",
+                   help="also re-time K of the table's own entries per op group and print time here / entry per "
+                        "group (shows which kernel classes moved; ~1 s per 10 entries)")
+    q.add_argument("--precision", default=None, help="precision to check (default: fp32 if the table has it)")
     q.set_defaults(func=_check)
     q = sub.add_parser("refit", help="re-fit a table's calibration from its stored whole-network measurements")
     q.add_argument("table")
@@ -553,8 +557,16 @@ def _check(args) -> int:
     from pluto.cost.table import LatencyTable
 
     table = LatencyTable.load(args.table)
-    result = check(table)
+    result = check(table, args.precision)
     print(result["message"])
     for k, r in result["ratios"].items():
         print(f"  {k}: {r:.2f}x")
+    if args.entries:
+        from pluto.cost.adapt import entry_drift
+
+        precision = args.precision or ("fp32" if "fp32" in table.precisions else table.precisions[0])
+        drift = entry_drift(table, precision, args.entries)
+        print(f"{args.entries} entries per op group re-timed here ({precision}); time here / entry:")
+        for group, d in drift.items():
+            print(f"  {group:12s} {d['ratio']:.2f}x  (n {d['n']}, {d['min']:.2f}-{d['max']:.2f})")
     return 0 if result["agrees"] else 1

@@ -329,3 +329,20 @@ def test_extending_a_table_on_a_moved_machine_says_so_and_refresh_re_times_every
     assert keys.is_unique and len(table.entries) == len(grown.unit_ops()) + 1
     stale = list(out.glob("entries.stale-*.csv"))
     assert len(stale) == 1 and stale[0].read_text() == before
+
+
+def test_entry_drift_shows_which_op_groups_moved(tmp_path):
+    """Re-timing a table's own entries per op group: a table whose conv entries are half what this machine runs reads
+    about twice the ratio for the conv groups that it reads for the others."""
+    from pluto.cost.adapt import entry_drift
+
+    table = profile(ProfileSpace.from_dict(SPACE), tmp_path / "t", runtime="onnxruntime", **FAST)
+    convs = table.entries["kind"] == "conv"
+    table.entries.loc[convs, "latency_ms"] *= 0.5
+    drift = entry_drift(table, "fp32", per_group=4, min_ms=0.0)
+    conv_groups = [g for g in drift if g.startswith("conv")]
+    others = [g for g in drift if not g.startswith("conv") and g != "dwconv"]
+    assert conv_groups and others and all(drift[g]["n"] >= 1 for g in drift)
+    conv = np.median([drift[g]["ratio"] for g in conv_groups])
+    rest = np.median([drift[g]["ratio"] for g in others])
+    assert 1.4 < conv / rest < 2.9
