@@ -202,10 +202,11 @@ def entry_drift(table: LatencyTable, precision: str = "fp32", per_group: int = 6
     >= ``min_ms``, interleaved rounds, the table's overhead subtracted as the profiler did): ``{group: {ratio, n,
     min, max}}`` with ratio = median(time here / entry).
 
-    The reference kernels are five aligned ops; a machine can move its kernel classes apart (on the AMX Xeon VM,
-    2026-12-07: aligned convs timed 1.1-2.1x their 2026-12-05 entries at 17:00 while unaligned ones sat at 0.9-1.2x
-    theirs, and units moved by ~0.6x within the next hour while whole networks held their level). One ratio per
-    group shows which classes moved, and by how much, against the entries themselves."""
+    The reference kernels are five aligned ops; a machine can move its kernel classes apart. On the AMX Xeon VM at
+    2026-12-07 18:06, against cpu_ort_xeon_amx, aligned convs (entries of 2026-12-05) ran 0.93x their entries and
+    unaligned ones (2026-12-07) 0.63-0.75x; against the table re-timed an hour earlier every group ran 0.45-0.72x
+    (docs/results/entry_drift_2026-12-07_intel-xeon-amx.txt). One ratio per group shows which classes moved, and by
+    how much, against the entries themselves."""
     from pluto.cost.profiler import measure_interleaved
     from pluto.cost.runtimes import Runtime
     from pluto.cost.table import KEY_COLUMNS, op_of_key

@@ -85,10 +85,11 @@ class _ReferenceKernels:
 # How far this run's reference kernels may sit from those stored with a table's existing entries before extending it
 # is reported: cpu_ort_xeon_amx's 6,030 entries of 2026-12-05 and the 12,775 unaligned ones added on 2026-12-07 were
 # measured with the reference kernels 1.33-1.9x apart (conv3x3_64_28 0.284 -> 0.377 ms, dwconv3x3_96_28 0.044 ->
-# 0.081 ms), and the same kernels moved 0.6-1.5x within the hour on 2026-12-07 (scripts/fidelity.py CSVs of 17:43).
-# Whether re-timing helps is the user's call: on that VM a table re-timed in one state (`--refresh`-style, 17:09-17:41)
-# predicted held-out networks *worse* at every level than the mixed one (55.7-62.5 % vs 65.9-70.5 % within +-10 % at
-# the oracle level), because the state moves again before anything is predicted.
+# 0.081 ms), and an hour later they ran 0.58-0.87x their stored times (docs/results/entry_drift_2026-12-07_*.txt).
+# Whether re-timing helps is the user's call: on that VM the table re-timed in one sitting (17:09-17:41,
+# latency_tables/cpu_ort_xeon_amx_retimed) predicted held-out networks worse than the mixed one (59.1-62.5 % vs
+# 63.6-71.6 % within +-10 % at the oracle level, scripts/fidelity_level.py), because the state moves again before
+# anything is predicted.
 RESUME_TOLERANCE = 0.2
 STALE_PREFIX = "entries.stale-"  # rows set aside by `pluto profile --refresh`, re-timed into entries.csv
 
