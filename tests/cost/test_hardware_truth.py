@@ -285,6 +285,10 @@ def test_network_level_is_the_median_ratio_of_the_tables_own_calibration_network
     here = {"net0": 0.22, "net1": 0.55, "net2": 1.1, "net3": 2.6, "net4": 4.0, "unknown": 9.0}
     assert network_level(table, "fp32", here) == pytest.approx(1.1)  # one outlier each way does not move a median
     assert network_level(table, "int8", here) is None and network_level(table, "fp32", {}) is None
+    # an adapted table's fit was made on its reference networks: the level is read against those
+    adapted = [{"model": "net2", "measured_latency_ms": 1.1}, {"model": "net3", "measured_latency_ms": 2.6}]
+    table.metadata["calibration"]["fp32"]["reference_networks"] = adapted
+    assert network_level(table, "fp32", here) == pytest.approx(1.0)
 
 
 def test_stale_reference_flags_a_moved_machine_and_not_noise():
