@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--samples", type=int, default=12)
+    p.add_argument("--folds", type=int, default=0,
+                   help="also fit the table's whole-network calibration (pluto.cost.profiler.fit_calibration) on the "
+                        "other folds' networks for each way of summing, and predict this fold's (k-fold by network)")
     p.add_argument("--csv", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -109,7 +112,44 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in sums.items():
         level, sd, within = spread(measured, v)
         print(f"  {name:30s} level {level:.3f}  sd(log) {sd:.3f}  within +-10 % at that level {within:.1f} %")
+    if args.folds > 1:
+        print(f"\ncalibrated on the other {args.folds - 1} folds, predicting each fold's networks:")
+        for name, costs in (("table entries", {}), ("units alone now", alone), ("units behind a neighbour now", behind)):
+            predicted = cross_validated(table, ops_of, measured, costs, args.folds)
+            level, sd, within = spread(measured, predicted)
+            print(f"  {name:30s} level {level:.3f}  sd(log) {sd:.3f}  within +-10 % at that level {within:.1f} %")
     return 0
+
+
+def cross_validated(table: LatencyTable, ops_of: list, measured: np.ndarray, costs: dict, folds: int) -> np.ndarray:
+    """Each network predicted by the table's calibration model fitted (``fit_calibration``, the table's own fit as
+    the prior) on the other folds, its convs priced by ``costs`` (entry key -> ms), the rest by the table."""
+    import copy
+
+    from pluto.cost.profiler import fit_calibration
+    from pluto.cost.table import weight_bytes
+
+    points = []
+    for ops, ms in zip(ops_of, measured):
+        parts: dict[str, float] = {}
+        for op in ops:
+            group = table.group_of(op)
+            parts[group] = parts.get(group, 0.0) + costs.get(entry_key(op, "fp32"),
+                                                             float(table.lookup(op, "latency_ms", "fp32")))
+        points.append((parts, weight_bytes(ops, "fp32") / 1e6, len(ops), float(ms), table.activations(ops),
+                       table.counts(ops)))
+    prior = table.metadata["calibration"]["fp32"]["latency_ms"]
+    out = np.empty(len(points))
+    for k in range(folds):
+        test = [i for i in range(len(points)) if i % folds == k]
+        fitted = copy.copy(table)
+        fitted.metadata = copy.deepcopy(table.metadata)
+        fitted.metadata["calibration"]["fp32"]["latency_ms"] = fit_calibration(
+            [pt for i, pt in enumerate(points) if i % folds != k], prior_fit=prior)
+        for i in test:
+            parts, mb, n_ops, _, act, counts = points[i]
+            out[i] = float(fitted.calibrate(parts, "latency_ms", "fp32", mb * 1e6, n_ops, act, counts))
+    return out
 
 
 if __name__ == "__main__":

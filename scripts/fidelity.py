@@ -15,6 +15,12 @@ machine's level while they were measured (a shared VM's level moves ~10 % within
 reference kernels and from ``--level-networks`` of the table's own calibration networks timed in the same rounds;
 writes ``docs/results/fidelity_<machine>_<runtime>_<precision>[_tag].{csv,json,png}``.
 
+``--adapt-beside N`` is ``pluto table calibrate`` done in the same rounds: the table's N reference networks (seed 0,
+the set ``pluto table calibrate`` times; held-out networks use another seed and are never fitted) are timed with the
+held-out ones, the calibration is refitted to them (:func:`pluto.cost.adapt.refit_to`, on a copy in memory), and
+the held-out networks are predicted by the refitted table. A shared VM's state moves 10-20 % within minutes, so an
+adaptation measured minutes before the held-out networks mis-states their level; this takes that out.
+
     python scripts/fidelity.py --table latency_tables/cpu_ort_xeon --precision fp32 --families zoo --n 80
     python scripts/fidelity.py --table /tmp/adapted --precision int8 --families zoo --n 60 --tag adapted
 """
@@ -37,10 +43,11 @@ from tqdm import tqdm  # noqa: E402
 
 from pluto.cost import energy as energy_mod  # noqa: E402
 from pluto.cost.adapt import (ZOO_FAMILIES, energy_window, family_networks, kernel_workloads,  # noqa: E402
-                              level_networks, machine_level, network_level, space_networks)
+                              level_networks, machine_level, network_level, reference_networks, refit_to,
+                              space_networks)
 from pluto.cost.machine import describe  # noqa: E402
 from pluto.cost.ops import extract_ops  # noqa: E402
-from pluto.cost.profiler import measure_interleaved, prepare_network  # noqa: E402
+from pluto.cost.profiler import measure_interleaved, prepare_network, priceable  # noqa: E402
 from pluto.cost.runtimes import Runtime, device_info  # noqa: E402
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.errors import ConfigError  # noqa: E402
@@ -110,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--level-networks", type=int, default=12, metavar="K",
                     help="time K of the table's calibration networks in the same rounds and report the figures also "
                          "at the level they read (0: off)")
+    ap.add_argument("--adapt-beside", type=int, default=0, metavar="N",
+                    help="time the table's N reference networks in the same rounds and refit its calibration to them "
+                         "before predicting (pluto table calibrate without the minutes between; 0: off)")
+    ap.add_argument("--adapt-prior", type=float, default=0.3, help="pull towards the table's fit (as calibrate's)")
     ap.add_argument("--recompute", default=None, metavar="CSV",
                     help="re-predict a previous run's networks (same --families/--n/--seed) from the table as it is "
                          "now, keeping that run's measurements")
@@ -120,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     nets = held_out(table, args.families, shapes, args.n, args.seed)
     previous = pd.read_csv(args.recompute).set_index("model") if args.recompute else None
-    energies, kernel_ms, probe_ms = None, {}, {}
+    energies, kernel_ms, probe_ms, adapt_ms = None, {}, {}, {}
+    refs = [net for net in reference_networks(table, args.adapt_beside, 0, args.precision)
+            if priceable(table, net[2], net[3], args.precision)] if args.adapt_beside else []
     if previous is not None:
         measured = [(float(previous.loc[name, "measured_latency_ms"]), float(previous.loc[name, "iqr_ms"]))
                     for name, _, _, _ in nets]
@@ -130,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if previous_json.exists():
             kernel_ms = json.loads(previous_json.read_text()).get("kernel_ms") or {}
             probe_ms = json.loads(previous_json.read_text()).get("level_network_ms") or {}
+            adapt_ms = json.loads(previous_json.read_text()).get("adapt_network_ms") or {}
     else:
         device = table.device.get("type", "cpu")
         rt = Runtime(table.runtime, device, int(table.metadata.get("threads") or 1))
@@ -138,10 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         named = kernel_workloads(table, args.precision)  # timed in the same rounds: the machine's level now
         probes = [(label, prepare_network(rt, model, shape, args.precision, table.metadata["batch"]))
                   for label, model, shape in level_networks(table, args.precision, args.level_networks)]
-        extra = [w for _, w in named] + [w for _, w in probes]
+        adapting = [prepare_network(rt, model, shape, args.precision, table.metadata["batch"])
+                    for _, _, model, shape in refs]
+        extra = [w for _, w in named] + [w for _, w in probes] + adapting
         measured = measure_interleaved(rt, works + extra, args.rounds, args.samples, progress=True, desc="measure")
         kernel_ms = {name: t for (name, _), (t, _) in zip(named, measured[len(works):])}
         probe_ms = {name: t for (name, _), (t, _) in zip(probes, measured[len(works) + len(named):])}
+        adapt_ms = {net[0]: t for net, (t, _) in zip(refs, measured[len(works) + len(named) + len(probes):])}
         measured = measured[:len(works)]
         meter = None
         if "energy_mj" in table.metrics and args.energy:
@@ -154,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             energies = [energy_mod.measure_energy(meter, work, ms / 1e3, window)
                         for work, (ms, _) in tqdm(list(zip(works, measured)), desc="energy")]
         del works
+    if refs and adapt_ms:  # pluto table calibrate, on the networks timed in the same rounds (the table in memory)
+        refit_to(table, args.precision, [net for net in refs if net[0] in adapt_ms],
+                 [adapt_ms[net[0]] for net in refs if net[0] in adapt_ms], prior=args.adapt_prior)
     rows = []
     for i, ((name, family, model, shape), (median, iqr)) in enumerate(zip(nets, measured)):
         ops = extract_ops(model, shape)
@@ -166,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                        predicted_energy_mj=table.predict_ops(ops, "energy_mj", args.precision))
         rows.append(row)
     frame = pd.DataFrame(rows)
-    level = machine_level(table, args.precision, kernel_ms)
+    # adapted beside: the refitted calibration already carries this moment's level (reading it again counts it twice)
+    level = None if adapt_ms else machine_level(table, args.precision, kernel_ms)
     if level is not None:  # the table's prediction at the level the machine ran at while these were measured
         frame["predicted_at_level_ms"] = frame["predicted_latency_ms"] * level
-    net_level = network_level(table, args.precision, probe_ms)
+    net_level = None if adapt_ms else network_level(table, args.precision, probe_ms)
     if net_level is not None:  # the same, the level read from the table's own calibration networks
         frame["predicted_at_network_level_ms"] = frame["predicted_latency_ms"] * net_level
     out = Path(args.out)
@@ -190,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                "latency_ms_at_level": summarize(frame["predicted_at_level_ms"].to_numpy(),
                                                 frame["measured_latency_ms"].to_numpy()) if level else None,
                "level_network_ms": probe_ms, "network_level": net_level,
+               "adapt_network_ms": adapt_ms, "adapted_beside": len(adapt_ms),
                "latency_ms_at_network_level": summarize(frame["predicted_at_network_level_ms"].to_numpy(),
                                                         frame["measured_latency_ms"].to_numpy()) if net_level else None,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -250,10 +250,8 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
     now describe this machine); returns the summary also stored as ``metadata['adapted']``.
     """
     from pluto.cost import energy as energy_mod
-    from pluto.cost.ops import extract_ops
-    from pluto.cost.profiler import fit_calibration, measure_interleaved, prepare_network, priceable
+    from pluto.cost.profiler import measure_interleaved, prepare_network, priceable
     from pluto.cost.runtimes import Runtime, device_info
-    from pluto.cost.table import weight_bytes
 
     start = time.perf_counter()
     device = table.device.get("type", "cpu")
@@ -304,14 +302,8 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
         for metric, values in (("latency_ms", [ms for ms, _ in measured]), ("energy_mj", energies)):
             if values is None:
                 continue
-            points = []
-            for (label, family, model, shape), value in zip(nets_p, values):
-                ops = extract_ops(model, shape)
-                parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
-                points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value, table.activations(ops),
-                               table.counts(ops)))
             err_before = _mape(table, nets_p, values, precision, metric)
-            cal[metric] = fit_calibration(points, prior=prior, prior_fit=cal.get(metric))
+            refit_to(table, precision, nets_p, values, metric, prior)
             suffix = "" if metric == "latency_ms" else "_energy"
             result[f"mape_before_pct{suffix}"] = err_before
             result[f"mape_after_pct{suffix}"] = cal[metric]["mape_calibrated_pct"]
@@ -330,6 +322,27 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
     summary["seconds"] = round(time.perf_counter() - start, 1)
     table.metadata["adapted"] = summary
     return summary
+
+
+def refit_to(table: LatencyTable, precision: str, nets: list[Sample], values, metric: str = "latency_ms",
+             prior: float = 0.3) -> dict:
+    """Refit the table's whole-network ``metric`` calibration at ``precision`` to ``nets`` measured as ``values``
+    here, pulled towards its current fit with weight ``prior`` (:func:`pluto.cost.profiler.fit_calibration`); the
+    table is changed in place and the new fit returned. The step :func:`adapt` runs after timing its reference
+    networks, and ``scripts/fidelity.py --adapt-beside`` after timing them in the same rounds as what it predicts."""
+    from pluto.cost.ops import extract_ops
+    from pluto.cost.profiler import fit_calibration
+    from pluto.cost.table import weight_bytes
+
+    points = []
+    for (_, _, model, shape), value in zip(nets, values):
+        ops = extract_ops(model, shape)
+        parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
+        points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value, table.activations(ops),
+                       table.counts(ops)))
+    cal = table.metadata.setdefault("calibration", {}).setdefault(precision, {})
+    cal[metric] = fit_calibration(points, prior=prior, prior_fit=cal.get(metric))
+    return cal[metric]
 
 
 def energy_window(table: LatencyTable) -> float:
