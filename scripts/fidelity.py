@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             energies = [energy_mod.measure_energy(meter, work, ms / 1e3, window)
                         for work, (ms, _) in tqdm(list(zip(works, measured)), desc="energy")]
         del works
-    if refs and adapt_ms:  # pluto table calibrate, on the networks timed in the same rounds (the table in memory)
+    adapted = bool(refs and adapt_ms)
+    if adapted:  # pluto table calibrate, on the networks timed in the same rounds (the table in memory)
         refit_to(table, args.precision, [net for net in refs if net[0] in adapt_ms],
                  [adapt_ms[net[0]] for net in refs if net[0] in adapt_ms], prior=args.adapt_prior)
     rows = []
@@ -187,10 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     frame = pd.DataFrame(rows)
     # adapted beside: the refitted calibration already carries this moment's level (reading it again counts it twice)
-    level = None if adapt_ms else machine_level(table, args.precision, kernel_ms)
+    level = None if adapted else machine_level(table, args.precision, kernel_ms)
     if level is not None:  # the table's prediction at the level the machine ran at while these were measured
         frame["predicted_at_level_ms"] = frame["predicted_latency_ms"] * level
-    net_level = None if adapt_ms else network_level(table, args.precision, probe_ms)
+    net_level = None if adapted else network_level(table, args.precision, probe_ms)
     if net_level is not None:  # the same, the level read from the table's own calibration networks
         frame["predicted_at_network_level_ms"] = frame["predicted_latency_ms"] * net_level
     out = Path(args.out)
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                "latency_ms_at_level": summarize(frame["predicted_at_level_ms"].to_numpy(),
                                                 frame["measured_latency_ms"].to_numpy()) if level else None,
                "level_network_ms": probe_ms, "network_level": net_level,
-               "adapt_network_ms": adapt_ms, "adapted_beside": len(adapt_ms),
+               "adapt_network_ms": adapt_ms if adapted else {}, "adapted_beside": len(adapt_ms) if adapted else 0,
                "latency_ms_at_network_level": summarize(frame["predicted_at_network_level_ms"].to_numpy(),
                                                         frame["measured_latency_ms"].to_numpy()) if net_level else None,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
