@@ -126,18 +126,11 @@ def cross_validated(table: LatencyTable, ops_of: list, measured: np.ndarray, cos
     the prior) on the other folds, its convs priced by ``costs`` (entry key -> ms), the rest by the table."""
     import copy
 
+    from pluto.cost.adapt import calibration_point
     from pluto.cost.profiler import fit_calibration
-    from pluto.cost.table import weight_bytes
 
-    points = []
-    for ops, ms in zip(ops_of, measured):
-        parts: dict[str, float] = {}
-        for op in ops:
-            group = table.group_of(op)
-            parts[group] = parts.get(group, 0.0) + costs.get(entry_key(op, "fp32"),
-                                                             float(table.lookup(op, "latency_ms", "fp32")))
-        points.append((parts, weight_bytes(ops, "fp32") / 1e6, len(ops), float(ms), table.activations(ops),
-                       table.counts(ops)))
+    points = [calibration_point(table, ops, float(ms), "fp32", price=lambda op: costs.get(entry_key(op, "fp32")))
+              for ops, ms in zip(ops_of, measured)]
     prior = table.metadata["calibration"]["fp32"]["latency_ms"]
     out = np.empty(len(points))
     for k in range(folds):

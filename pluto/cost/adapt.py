@@ -332,17 +332,30 @@ def refit_to(table: LatencyTable, precision: str, nets: list[Sample], values, me
     networks, and ``scripts/fidelity.py --adapt-beside`` after timing them in the same rounds as what it predicts."""
     from pluto.cost.ops import extract_ops
     from pluto.cost.profiler import fit_calibration
-    from pluto.cost.table import weight_bytes
 
-    points = []
-    for (_, _, model, shape), value in zip(nets, values):
-        ops = extract_ops(model, shape)
-        parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
-        points.append((parts, weight_bytes(ops, precision) / 1e6, len(ops), value, table.activations(ops),
-                       table.counts(ops)))
+    points = [calibration_point(table, extract_ops(model, shape), value, precision, metric)
+              for (_, _, model, shape), value in zip(nets, values)]
     cal = table.metadata.setdefault("calibration", {}).setdefault(precision, {})
     cal[metric] = fit_calibration(points, prior=prior, prior_fit=cal.get(metric))
     return cal[metric]
+
+
+def calibration_point(table: LatencyTable, ops, value: float, precision: str, metric: str = "latency_ms",
+                      price=None) -> tuple:
+    """One whole network as :func:`pluto.cost.profiler.fit_calibration` takes it: (entry sums per calibration group,
+    weight MB, op count, measured ``value``, activation MB per group, op count per group). ``price``: an optional
+    op -> cost (None: the table's entry) to try other units with the same fit."""
+    from pluto.cost.table import weight_bytes
+
+    if price is None:
+        parts = {g: float(v) for g, v in table.summed(ops, metric, precision).items()}
+    else:
+        parts: dict[str, float] = {}
+        for op in ops:
+            cost = price(op)
+            group = table.group_of(op)
+            parts[group] = parts.get(group, 0.0) + (float(table.lookup(op, metric, precision)) if cost is None else cost)
+    return (parts, weight_bytes(ops, precision) / 1e6, len(ops), value, table.activations(ops), table.counts(ops))
 
 
 def energy_window(table: LatencyTable) -> float:
