@@ -211,7 +211,7 @@ def entry_drift(table: LatencyTable, precision: str = "fp32", per_group: int = 6
     unaligned ones (2026-12-07) 0.63-0.75x; against the table re-timed an hour earlier every group ran 0.45-0.72x
     (docs/results/entry_drift_2026-12-07_intel-xeon-amx.txt). One ratio per group shows which classes moved, and by
     how much, against the entries themselves."""
-    from pluto.cost.profiler import measure_interleaved
+    from pluto.cost.profiler import measure_interleaved, net_of_overhead
     from pluto.cost.runtimes import Runtime
     from pluto.cost.table import KEY_COLUMNS, op_of_key
     from pluto.cost.units import build_unit
@@ -230,7 +230,7 @@ def entry_drift(table: LatencyTable, precision: str = "fp32", per_group: int = 6
     overhead = float((table.metadata.get("overhead_ms") or {}).get(precision) or 0.0)
     ratios: dict[str, list[float]] = {}
     for (group, entry_ms, _), (ms, _) in zip(picked, times):
-        ratios.setdefault(group, []).append(max(ms - overhead, 0.05 * ms) / entry_ms)
+        ratios.setdefault(group, []).append(net_of_overhead(ms, overhead) / entry_ms)
     return {g: {"ratio": float(np.median(r)), "n": len(r), "min": float(min(r)), "max": float(max(r))}
             for g, r in ratios.items()}
 

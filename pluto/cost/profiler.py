@@ -228,6 +228,12 @@ def interleaved_rounds(rt: Runtime, works: list[Prepared], rounds: int = 3, samp
     return medians, iqrs
 
 
+def net_of_overhead(median_ms: float, overhead_ms: float) -> float:
+    """A unit's entry from its timed median: the runtime's per-call overhead subtracted, floored at 5 % of the median
+    (a unit faster than the noise of the overhead is not priced at zero)."""
+    return max(median_ms - overhead_ms, 0.05 * median_ms)
+
+
 def measure_interleaved(rt: Runtime, works: list[Prepared], rounds: int = 3, samples: int = 30,
                         min_sample_s: float = 0.002, seed: int = 0, progress: bool = False,
                         desc: str = "measure") -> list[tuple[float, float]]:
@@ -586,7 +592,7 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
                                                        energy_window_s)
             for i, (precision, op) in enumerate(part):
                 median = float(np.median(times[i]))
-                latency = max(median - metadata["overhead_ms"][precision], 0.05 * median)
+                latency = net_of_overhead(median, metadata["overhead_ms"][precision])
                 writer.writerow([*map(str, entry_key(op, precision)), f"{latency:.6g}",
                                  f"{float(np.median(iqrs[i])):.6g}", "" if math.isnan(mjs[i]) else f"{mjs[i]:.6g}",
                                  rounds * per_round])
