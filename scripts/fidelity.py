@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [tuple(int(v) for v in s.split(",")) for s in (args.input_shape or ["1,28,28", "3,32,32"])]
     start = time.time()
     nets = held_out(table, args.families, shapes, args.n, args.seed)
+    unpriced = sorted({family for _, family, model, shape in nets if not priceable(table, model, shape, args.precision)})
+    if unpriced:  # before minutes of timing, not after
+        raise ConfigError(f"{args.table} cannot price {', '.join(unpriced)} at {args.precision}: choose --families "
+                          f"among those it covers, or add them with `pluto profile --model {','.join(unpriced)} "
+                          f"--precision {args.precision} --out {args.table}`")
     previous = pd.read_csv(args.recompute).set_index("model") if args.recompute else None
     energies, kernel_ms, probe_ms, adapt_ms = None, {}, {}, {}
     refs = [net for net in reference_networks(table, args.adapt_beside, 0, args.precision)
@@ -249,4 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")

@@ -204,6 +204,50 @@ def probe_alignment(rt: Runtime, hw: int = 14) -> tuple[int, dict]:
                    "rule": "16 if c=56 is >12 % slower per MAC than 48/64; else 8 if 44 vs 40/48; else 4"}
 
 
+def probe_near_align(rt: Runtime, align: int, precisions=("fp32",), hw: int = 14) -> tuple[int | None, dict]:
+    """Measure whether channel counts that are multiples of a smaller number (align / 4, align / 2, ... down to 2)
+    run nearly as fast as aligned ones, while the others do not (:attr:`LatencyTable.near_align`).
+
+    For each candidate m, 3x3 convs and depthwise 3x3s at c = 6 * align (aligned), c + m (a multiple of m only) and
+    c + 1, c + m - 1 (neither) are timed in interleaved rounds; m is near-aligned when, over both kernels and every
+    precision, the multiple of m sits closer to the aligned time than to the unaligned ones (log-ratio under half
+    of theirs). The smallest such m is returned (None: none is). On the AMX Xeon VM (ORT, 1 thread, 2026-12-07) at
+    fp32: 3x3 conv on 100 channels 1.28x the 96-channel one, on 97-99 / 101-103 channels 1.8-2.0x; depthwise 1.05x
+    against 4.9-5.1x (``scripts/channel_residues.py``)."""
+    from pluto.cost.units import build_unit
+
+    if align < 4:
+        return None, {"rule": "align < 4: no smaller multiple to probe"}
+    base = 6 * align
+    candidates = [m for m in (align // 4, align // 2) if m >= 2 and align % m == 0]
+    widths = sorted({base} | {base + d for m in candidates for d in (m, 1, m - 1) if d})
+    ops = [(kind, c, OpSpec(kind, f"probe_{kind}{c}", c, c, 3, 1, c if kind == "dwconv" else 1, hw, "relu", True))
+           for kind in ("conv", "dwconv") for c in widths]
+    works = [(precision, kind, c, rt.prepare(*build_unit(op, 1), precision)) for precision in precisions
+             for kind, c, op in ops]
+    times = measure_interleaved(rt, [w for *_, w in works], rounds=5, samples=15, min_sample_s=0.001)
+    ms = {(p, k, c): t for (p, k, c, _), (t, _) in zip(works, times)}
+    verdict: dict[str, dict] = {}
+    near = None
+    for m in candidates:
+        near_log, off_log = [], []
+        for p in precisions:
+            for k in ("conv", "dwconv"):
+                aligned = ms[(p, k, base)]
+                near_log.append(abs(math.log(ms[(p, k, base + m)] / aligned)))
+                off = [ms[(p, k, base + d)] for d in (1, m - 1) if d]
+                off_log.append(abs(math.log(float(np.median(off)) / aligned)))
+        ok = float(np.mean(near_log)) < 0.5 * float(np.mean(off_log))
+        verdict[str(m)] = {"mean_abs_log_ratio_multiple": float(np.mean(near_log)),
+                           "mean_abs_log_ratio_other": float(np.mean(off_log)), "near": ok}
+        if ok and near is None:
+            near = m
+    return near, {"hw": hw, "base": base, "precisions": list(precisions), "verdict": verdict,
+                  "ms": {f"{p}/{k}/{c}": t for (p, k, c), t in ms.items()},
+                  "rule": "smallest m whose multiples are closer to the aligned time than to the others "
+                          "(mean |log ratio| under half)"}
+
+
 def interleaved_rounds(rt: Runtime, works: list[Prepared], rounds: int = 3, samples: int = 30,
                        min_sample_s: float = 0.002, seed: int = 0, progress: bool = False,
                        desc: str = "measure") -> tuple[list[list[float]], list[list[float]]]:
@@ -558,6 +602,11 @@ def profile(space: ProfileSpace, out: str | Path, device: str = "cpu", runtime: 
         metadata["align"], metadata["align_probe"] = probe_alignment(rt)
     elif "align_probe" in old:
         metadata["align"], metadata["align_probe"] = old["align"], old["align_probe"]
+    if device == "cpu" and runtime == "onnxruntime" and space.unaligned and "near_align_probe" not in old:
+        metadata["near_align"], metadata["near_align_probe"] = probe_near_align(rt, int(metadata["align"] or 1),
+                                                                                precisions)
+    elif "near_align_probe" in old:
+        metadata["near_align"], metadata["near_align_probe"] = old.get("near_align"), old["near_align_probe"]
     todo = [(p, op) for p in precisions for op in ops_for[p] if tuple(map(str, entry_key(op, p))) not in done]
     planned = done | {tuple(map(str, entry_key(op, p))) for p, op in todo}
     todo += [op_of_key(key) for key in sorted(stale_keys - planned)]

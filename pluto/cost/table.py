@@ -253,15 +253,36 @@ class LatencyTable:
         return int(self.metadata.get("align", 1))
 
     @property
+    def near_align(self) -> int | None:
+        """A smaller channel multiple whose kernels run close to the aligned ones (metadata ``near_align``, measured
+        by :func:`pluto.cost.profiler.probe_near_align`), or None. On the AMX Xeon VM (ORT 1 thread, fp32,
+        2026-12-07) a 3x3 conv on 100 channels ran 1.28x the one on 96 and a depthwise 1.05x, while on 97-99 or
+        101-103 channels they ran 1.8-2.0x and 4.9-5.1x (``scripts/channel_residues.py``): a width that is a multiple
+        of 4 reads the aligned grid (its own calibration group ``<group>_q``), any other width the unaligned one."""
+        near = self.metadata.get("near_align")
+        return int(near) if near and self.unaligned and int(near) < self.align else None
+
+    @property
     def unaligned(self) -> bool:
         """Whether the table measured unaligned channel counts on their own grid (space ``unaligned: true``)."""
         return bool(self.metadata.get("unaligned", self.metadata.get("space", {}).get("unaligned", False)))
 
-    def _row_class(self, kind: str, cin: int, cout: int) -> tuple[bool, ...]:
+    def _near(self, v: int) -> bool:
+        """Whether channel count ``v`` (not a multiple of ``align``) is a near-aligned one: a multiple of
+        :attr:`near_align` at least ``align`` wide (narrower ones stay unaligned: no aligned grid point lies below)."""
+        near = self.near_align
+        return bool(near) and v >= self.align and v % near == 0
+
+    def _row_class(self, kind: str, cin: int, cout: int) -> tuple[bool | str, ...]:
+        """Grid class of a table row: aligned (True), unaligned (False), or near-aligned ('q': kept out of both grids,
+        a near-aligned query reads the aligned grid and its calibration group's scale)."""
         if not self.unaligned:
             return ()
         a = self.align
-        return (cin % a == 0, cout % a == 0) if kind in MATRIX_KINDS else (cout % a == 0,)
+
+        def cls(v: int) -> bool | str:
+            return True if v % a == 0 else "q" if self._near(v) else False
+        return (cls(cin), cls(cout)) if kind in MATRIX_KINDS else (cls(cout),)
 
     def _query_class(self, kind: str, cin: Tensor, cout: Tensor) -> tuple[bool, ...]:
         """Alignment class of a query: integer, fixed counts by residue; real-valued (expected) counts
@@ -273,7 +294,7 @@ class LatencyTable:
             if x.requires_grad:
                 return True
             v = float(x)
-            return v != round(v) or round(v) % self.align == 0
+            return v != round(v) or round(v) % self.align == 0 or self._near(round(v))
         return (aligned(cin), aligned(cout)) if kind in MATRIX_KINDS else (aligned(cout),)
 
     def _grid(self, key: tuple, metric: str, cls: tuple[bool, ...]) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -465,9 +486,9 @@ class LatencyTable:
 
     @staticmethod
     def _scale(scales: dict, group: str, fit: dict) -> float:
-        """A group's scale; a group the fit has not seen takes its parent's ('conv_kxk_u' -> 'conv_kxk',
-        'eltwise' -> 'other'), else the global scale."""
-        for name in (group, group[:-2] if group.endswith("_u") else None, FINE_PARENTS.get(group)):
+        """A group's scale; a group the fit has not seen takes its parent's ('conv_kxk_u' or 'conv_kxk_q' ->
+        'conv_kxk', 'eltwise' -> 'other'), else the global scale."""
+        for name in (group, group[:-2] if group.endswith(("_u", "_q")) else None, FINE_PARENTS.get(group)):
             if name and name in scales:
                 return scales[name]
         return fit.get("scale", 1.0)
@@ -504,16 +525,21 @@ class LatencyTable:
         if op.kind not in ("conv", "dwconv") or not (self.unaligned or (fine and self.align > 1)):
             return group
         if fine:  # aligned = every channel count is a multiple of `align` (inputs narrower than `align`: the stem)
-            def ok(x, narrow_ok: bool) -> bool:
+            near = self.near_align
+
+            def ok(x, narrow_ok: bool, multiple: int) -> bool:
                 x = torch.as_tensor(x)
                 if x.requires_grad:
                     return True  # expected (real-valued) counts: the materializer snaps them to `align`
                 v = float(x)
-                return v != round(v) or round(v) % self.align == 0 or (narrow_ok and v < self.align)
+                return (v != round(v) or (narrow_ok and v < self.align) or round(v) % multiple == 0 and
+                        (multiple == self.align or self._near(round(v))))
             c_in = (op.cin // op.groups if op.kind == "conv" else op.cin) if cin is None else cin
             c_out = op.cout if cout is None else cout
-            aligned = ok(c_out, False) and (op.kind == "dwconv" or ok(c_in, True))
-            return group if aligned else f"{group}_u"
+            for multiple, suffix in ((self.align, ""), (near, "_q")):
+                if multiple and ok(c_out, False, multiple) and (op.kind == "dwconv" or ok(c_in, True, multiple)):
+                    return group + suffix
+            return f"{group}_u"
         cin = torch.as_tensor(op.cin // op.groups if op.kind == "conv" else op.cin if cin is None else cin)
         cout = torch.as_tensor(op.cout if cout is None else cout)
         aligned = all(self._query_class(op.kind if op.kind == "conv" else "dwconv", cin, cout))
