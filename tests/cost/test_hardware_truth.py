@@ -374,3 +374,24 @@ def test_entry_drift_shows_which_op_groups_moved(tmp_path, monkeypatch):
         assert drift[g]["ratio"] == pytest.approx(1.0) and drift[g]["max"] == pytest.approx(1.0)
     # entries under min_ms are not re-timed: a floor above every entry leaves nothing to read
     assert entry_drift(table, "fp32", min_ms=1e9) == {}
+
+
+@pytest.mark.parametrize("world, expected", [({16: 1.0, 4: 1.1}, 4), ({16: 1.0, 8: 1.05}, 8), ({16: 1.0}, None)])
+def test_probe_near_align_finds_the_smallest_multiple_that_runs_near_the_aligned_kernels(monkeypatch, world, expected):
+    """On a fake clock: widths that are multiples of a key of ``world`` run at its factor of the aligned time (per
+    channel squared), all others at 2x; the probe returns the smallest near multiple, None where there is none."""
+    import pluto.cost.profiler as profiler
+    import pluto.cost.units as units
+    from types import SimpleNamespace
+
+    def factor(c: int) -> float:
+        return min((f for m, f in world.items() if c % m == 0), default=2.0)
+
+    monkeypatch.setattr(units, "build_unit", lambda op, batch=1: (op, ()))
+    rt = SimpleNamespace(prepare=lambda op, inputs, precision: op)
+    monkeypatch.setattr(profiler, "measure_interleaved",
+                        lambda rt, ops, *a, **k: [(1e-5 * op.cin ** 2 * factor(op.cin), 0.0) for op in ops])
+    near, probe = profiler.probe_near_align(rt, 16, ("fp32", "int8"))
+    assert near == expected
+    assert set(probe["verdict"]) == {"4", "8"} and probe["verdict"]["4"]["near"] == (expected == 4)
+    assert profiler.probe_near_align(rt, 2)[0] is None  # nothing smaller than align 2 to probe

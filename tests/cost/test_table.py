@@ -122,6 +122,48 @@ def test_alignment_classes(tiny_space):
     assert grad_in.grad > 0 and float(value) < 1.5 * aligned
 
 
+def test_near_aligned_widths_read_the_aligned_grid_and_their_own_calibration_group(tiny_space):
+    """A table that measured a near-aligned multiple (near_align 4 under align 8): a width that is a multiple of 4 and
+    at least 8 reads the aligned grid and prices in '<group>_q' (the parent's scale until a fit has its own); other
+    widths, and multiples of 4 narrower than align, read the unaligned grid; rows at near-aligned widths belong to
+    neither grid (with near_align unset they were unaligned rows)."""
+    import pandas as pd
+
+    table = make_table(tiny_space.__class__.from_dict({**tiny_space.source, "unaligned": True, "align": 8}),
+                       precisions=("fp32",))
+    table.metadata.update(align=8, unaligned=True, calibration_groups="fine")
+    slow = table.entries["cin"] % 8 != 0
+    table.entries.loc[slow & (table.entries["kind"] == "conv"), "latency_ms"] *= 3
+    key = (table.entries["kind"] == "conv") & (table.entries["kernel"] == 3) & (table.entries["hw"] == 14)
+    odd = table.entries[key & (table.entries["cin"] == 31)].assign(cin=20)  # rows at a near-aligned width, 100x
+    odd["latency_ms"] *= 100
+    table.entries = pd.concat([table.entries, odd], ignore_index=True)
+    op = OpSpec("conv", "c", 16, 16, 3, hw=14, act="relu", bn=True)
+
+    def price(t, cin):
+        t._grids, t._by_key = {}, {}
+        return float(t.lookup(op, cin=cin, cout=16))
+
+    without = {c: price(table, c) for c in (12, 13, 19, 4)}
+    assert table.group_of(OpSpec("conv", "c", 12, 16, 3, hw=14)) == "conv_kxk_u"
+    table.metadata["near_align"] = 4
+    near = {c: price(table, c) for c in (8, 12, 13, 16, 19, 4)}
+    assert near[8] < near[12] < near[16] and near[12] < 1.5 * near[16]  # between the aligned neighbours
+    assert near[13] > 2 * near[12] and near[13] == pytest.approx(without[13])  # 13: unaligned, as before
+    assert without[19] > 1.3 * near[19]  # the near-aligned rows sat on the unaligned grid; now on neither
+    assert near[4] == pytest.approx(without[4])  # narrower than align: stays unaligned
+    groups = {c: table.group_of(OpSpec("conv", "c", c, 16, 3, hw=14)) for c in (12, 13, 16, 4)}
+    assert groups == {12: "conv_kxk_q", 13: "conv_kxk_u", 16: "conv_kxk", 4: "conv_kxk"}  # 4 in: the stem rule
+    assert table.group_of(OpSpec("conv", "c", 16, 20, 3, hw=14)) == "conv_kxk_q"
+    assert table.group_of(OpSpec("conv", "c", 16, 18, 3, hw=14)) == "conv_kxk_u"
+    table.metadata["calibration"] = {"fp32": {"latency_ms": {"scales": {"conv_kxk": 2.0, "conv_kxk_u": 3.0},
+                                                             "offset": 0.0}}}
+    fit = table.calibration_coefficients("latency_ms", "fp32", ["conv_kxk_q", "conv_kxk_u", "conv_kxk"])
+    assert fit["scales"] == [2.0, 3.0, 2.0]
+    table.metadata["align"] = 4  # a near multiple not below align means nothing
+    assert table.near_align is None
+
+
 def test_the_price_of_a_precision_change_is_checked_and_covered_by_the_digest(tmp_path, table):
     """``calibration_boundary`` moves every mixed-precision prediction: a negative price is refused by name, an
     edited one like an edited calibration offset."""
