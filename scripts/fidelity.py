@@ -120,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapt-beside", type=int, default=0, metavar="N",
                     help="time the table's N reference networks in the same rounds and refit its calibration to them "
                          "before predicting (pluto table calibrate without the minutes between; 0: off)")
-    ap.add_argument("--adapt-prior", type=float, default=0.3, help="pull towards the table's fit (as calibrate's)")
+    ap.add_argument("--adapt-prior", type=lambda v: v if v == "level" else float(v), default=None,
+                    help="pull towards the table's levelled fit (as calibrate's --prior), or 'level' for the level "
+                         "alone; default: as calibrate decides")
     ap.add_argument("--recompute", default=None, metavar="CSV",
                     help="re-predict a previous run's networks (same --families/--n/--seed) from the table as it is "
                          "now, keeping that run's measurements")
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 frame["measured_latency_ms"].to_numpy()) if level else None,
                "level_network_ms": probe_ms, "network_level": net_level,
                "adapt_network_ms": adapt_ms if adapted else {}, "adapted_beside": len(adapt_ms) if adapted else 0,
+               "adaptation": (table._fit("latency_ms", args.precision).get("adaptation") if adapted else None),
                "latency_ms_at_network_level": summarize(frame["predicted_at_network_level_ms"].to_numpy(),
                                                         frame["measured_latency_ms"].to_numpy()) if net_level else None,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -115,8 +115,10 @@ def register(subparsers) -> None:
     q.add_argument("--networks", type=_bounded(int, 3, 200), default=20, help="reference networks to time")
     q.add_argument("--rounds", type=_bounded(int, 1, 100), default=3)
     q.add_argument("--samples", type=_bounded(int, 3, 10_000), default=24)
-    q.add_argument("--prior", type=_bounded(float, 0.0, 1e6), default=0.3,
-                   help="pull of the refit towards the table's own fit (transfer); 0 = fit the references alone")
+    q.add_argument("--prior", type=_bounded(float, 0.0, 1e6), default=None,
+                   help="pull of the refit towards the table's own fit, set to this machine's level (0 = fit the "
+                        "references alone); default: refit (pull 0.3) when the references hold >= 2 networks per "
+                        "(family, input shape), else set the level alone")
     q.set_defaults(func=_calibrate)
     q = sub.add_parser("check", help="time the reference kernels here: does the table describe this machine?")
     q.add_argument("table")

@@ -227,3 +227,29 @@ def test_op_of_key_inverts_entry_key_for_every_kind_the_zoo_profiles():
         assert entry_key(op_of_key(key)[1], "int8") == key
         as_csv = tuple(str(v) for v in key)  # how a resumed profile reads its rows
         assert tuple(map(str, entry_key(op_of_key(as_csv)[1], "int8"))) == as_csv
+
+
+def test_adaptation_sets_the_level_alone_from_sparse_references_and_refits_from_dense_ones(table):
+    """refit_to: references spread one per (family, input shape) set the table's level alone (every coefficient times
+    the median measured / predicted ratio, so each is predicted 1.25x); two or more per pair refit the terms pulled
+    towards that levelled fit; 'level' forces the first. The choice is recorded in the fit."""
+    import copy
+
+    from pluto.cost.adapt import refit_to
+
+    table.metadata["calibration"] = {"fp32": {"latency_ms": {"scales": {}, "scale": 1.0, "per_mb": 0.01,
+                                                             "per_op": 0.002, "offset": 0.01}}}
+    nets = [(f"net{w}", "small_cnn", create_model("small_cnn", width=w).eval(), (1, 28, 28)) for w in (0.25, 0.5, 0.75)]
+    before = [table.predict(m, s) for _, _, m, s in nets]
+    sparse = [(label, f"family{i}", m, s) for i, (label, _, m, s) in enumerate(nets)]  # one per pair
+    sparse_table = copy.deepcopy(table)
+    fit = refit_to(sparse_table, "fp32", sparse, [1.25 * b for b in before])
+    assert fit["adaptation"]["chosen"] == "level only" and fit["level"] == pytest.approx(1.25)
+    assert [sparse_table.predict(m, s) for _, _, m, s in nets] == pytest.approx([1.25 * b for b in before])
+    dense_table = copy.deepcopy(table)
+    fit = refit_to(dense_table, "fp32", nets, [1.25 * b for b in before])  # 3 networks of one pair
+    assert fit["adaptation"]["chosen"] == "refit, prior 0.3" and fit["adaptation"]["family_shapes"] == 1
+    assert refit_to(copy.deepcopy(table), "fp32", nets, before, prior="level")["adaptation"]["chosen"] == "level only"
+    # a second adaptation starts from the fit, not from the record of the first
+    again = refit_to(dense_table, "fp32", nets, [1.25 * b for b in before])
+    assert again["adaptation"]["references"] == 3 and "adaptation" not in again["adaptation"]
