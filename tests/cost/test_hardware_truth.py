@@ -322,6 +322,9 @@ def test_extending_a_table_on_a_moved_machine_says_so_and_refresh_re_times_every
     assert "--refresh" in capsys.readouterr().err
     record = table.metadata["resumed_off_level"]
     assert len(record) == 1 and record[0]["kernel_ratio"]["fp32"]["conv3x3_64_28"] > 2.0
+    # an unaligned profile measures which smaller multiple runs near the aligned kernels, once, and keeps it
+    probe = table.metadata["near_align_probe"]
+    assert table.metadata["near_align"] in (None, *map(int, probe["verdict"])) and probe["precisions"] == ["fp32"]
     # a row only the old table has (as after a space change) is re-timed too
     rows = (out / ENTRIES).read_text().splitlines()
     extra = rows[1].split(",")
