@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [tuple(int(v) for v in s.split(",")) for s in (args.input_shape or ["1,28,28", "3,32,32"])]
     start = time.time()
     nets = held_out(table, args.families, shapes, args.n, args.seed)
-    unpriced = sorted({family for _, family, model, shape in nets if not priceable(table, model, shape, args.precision)})
+    unpriced = sorted({family for _, family, model, shape in nets
+                       if not priceable(table, model, shape, args.precision)})
     if unpriced:  # before minutes of timing, not after
         raise ConfigError(f"{args.table} cannot price {', '.join(unpriced)} at {args.precision}: choose --families "
                           f"among those it covers, or add them with `pluto profile --model {','.join(unpriced)} "

@@ -375,8 +375,9 @@ def refit_to(table: LatencyTable, precision: str, nets: list[Sample], values, me
     networks, and ``scripts/fidelity.py --adapt-beside`` after timing them in the same rounds as what it predicts.
 
     First the level: every coefficient of the table's fit times the median measured / predicted ratio of the
-    references. ``prior`` "level" stops there. Then, with a number ``prior``, a refit of every term pulled towards that levelled fit with weight
-    ``prior`` (:func:`pluto.cost.profiler.fit_calibration`). With ``prior`` None the references decide: a refit with
+    references; ``prior`` "level" stops there. With a number ``prior``, a refit of every term follows, pulled towards
+    that levelled fit with weight ``prior`` (:func:`pluto.cost.profiler.fit_calibration`). With ``prior`` None the
+    references decide: a refit with
     pull :data:`REFIT_PRIOR` when they hold at least :data:`REFS_PER_PAIR_TO_REFIT` networks per (family, input
     shape) they come from, else the level alone. Measured on the AMX Xeon VM (2026-12-07, held-out networks timed in
     the same rounds as the references, ``docs/results/fidelity_intel-xeon_onnxruntime_*_near_beside*``): fp32 from

@@ -525,19 +525,18 @@ class LatencyTable:
         if op.kind not in ("conv", "dwconv") or not (self.unaligned or (fine and self.align > 1)):
             return group
         if fine:  # aligned = every channel count is a multiple of `align` (inputs narrower than `align`: the stem)
-            near = self.near_align
-
-            def ok(x, narrow_ok: bool, multiple: int) -> bool:
+            def ok(x, narrow_ok: bool, near_ok: bool) -> bool:
                 x = torch.as_tensor(x)
                 if x.requires_grad:
                     return True  # expected (real-valued) counts: the materializer snaps them to `align`
                 v = float(x)
-                return (v != round(v) or (narrow_ok and v < self.align) or round(v) % multiple == 0 and
-                        (multiple == self.align or self._near(round(v))))
+                c = round(v)
+                return (v != c or (narrow_ok and v < self.align) or c % self.align == 0
+                        or (near_ok and self._near(c)))
             c_in = (op.cin // op.groups if op.kind == "conv" else op.cin) if cin is None else cin
             c_out = op.cout if cout is None else cout
-            for multiple, suffix in ((self.align, ""), (near, "_q")):
-                if multiple and ok(c_out, False, multiple) and (op.kind == "dwconv" or ok(c_in, True, multiple)):
+            for near_ok, suffix in ((False, ""), (True, "_q")):  # aligned; else near-aligned ('_q'); else '_u'
+                if ok(c_out, False, near_ok) and (op.kind == "dwconv" or ok(c_in, True, near_ok)):
                     return group + suffix
             return f"{group}_u"
         cin = torch.as_tensor(op.cin // op.groups if op.kind == "conv" else op.cin if cin is None else cin)
