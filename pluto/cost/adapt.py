@@ -308,6 +308,7 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
             suffix = "" if metric == "latency_ms" else "_energy"
             result[f"mape_before_pct{suffix}"] = err_before
             result[f"mape_after_pct{suffix}"] = cal[metric]["mape_calibrated_pct"]
+            result[f"adaptation{suffix}"] = cal[metric].get("adaptation")
         if energies is not None:
             for record, mj in zip(records, energies):
                 record["measured_energy_mj"] = mj
@@ -396,8 +397,11 @@ def refit_to(table: LatencyTable, precision: str, nets: list[Sample], values, me
     pairs = len({(family, tuple(shape)) for _, family, _, shape in nets})
     per_pair = len(points) / max(pairs, 1)
     if not base:  # an uncalibrated table: nothing to transfer, fit the references alone
-        cal[metric] = fit_calibration(points, prior=0.05 if prior in (None, "level") else float(prior))
-        return cal[metric]
+        fit = fit_calibration(points, prior=0.05 if prior in (None, "level") else float(prior))
+        fit["adaptation"] = {"chosen": "fitted to the references alone (nothing to transfer)", "level": None,
+                             "references": len(points), "family_shapes": pairs, "rule": "no fit in the table"}
+        cal[metric] = fit
+        return fit
     if prior == "level":
         choice = None
     elif prior is not None:

@@ -491,7 +491,7 @@ def _refit(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from pluto.cost.adapt import adapt
+    from pluto.cost.adapt import adapt, table_families
     from pluto.cost.table import LatencyTable
 
     table = LatencyTable.load(args.table)
@@ -509,8 +509,15 @@ def _calibrate(args) -> int:
         kr = f"reference kernels {min(ratios):.2f}-{max(ratios):.2f}x the table's; " if ratios else ""
         energy = (f"; energy MAPE {p['mape_before_pct_energy']:.1f}% -> {p['mape_after_pct_energy']:.1f}%"
                   if "mape_before_pct_energy" in p else "")
+        how = p.get("adaptation") or {}
+        level = f" at level {how['level']:.3f}" if how.get("level") else ""
+        pairs = len(table_families(table, precision)) or how.get("family_shapes") or 0
+        hint = (f"; a refit of the op groups needs >= 2 per pair: --networks {2 * pairs}"
+                if how.get("chosen") == "level only" and how.get("rule", "").startswith("refit when") else "")
+        how = (f"; {how['chosen']}{level} ({how['references']} references over {how['family_shapes']} family/size "
+               f"pairs{hint})" if how.get("chosen") else "")
         print(f"  {precision}: {kr}reference-network MAPE {p['mape_before_pct']:.1f}% -> {p['mape_after_pct']:.1f}%"
-              f"{energy}")
+              f"{energy}{how}")
     if summary.get("energy"):
         idle = (f" (idle {summary['idle_power_w']:.1f} W here, {summary.get('idle_power_w_table') or float('nan'):.1f} W "
                 "where the table was made)" if "idle_power_w" in summary else "")

@@ -180,6 +180,10 @@ def test_adapt_refits_energy_where_a_meter_reads_it(tmp_path, monkeypatch):
     summary = adapt(table, n=10, rounds=2, samples=6, progress=False)
     fp32 = summary["precisions"]["fp32"]
     assert summary["idle_power_w"] == 31.0 and summary["energy"] == "refitted (fake)"
+    for key in ("adaptation", "adaptation_energy"):  # what `pluto table calibrate` prints: how each metric adapted
+        assert fp32[key]["references"] == len(table.metadata["calibration"]["fp32"]["reference_networks"])
+    assert fp32["adaptation"]["chosen"] in ("level only", "refit, prior 0.3") and fp32["adaptation"]["level"] > 0
+    assert fp32["adaptation_energy"]["chosen"].startswith("fitted to the references alone")  # the table had no fit
     # the table's 50 W level is off here (120 W); how far "before" reads depends on this machine's load during
     # the test's own profiling (seen 24-60 %), so it is compared with "after", not with a fixed level
     assert fp32["mape_after_pct_energy"] < 15 and fp32["mape_after_pct_energy"] < fp32["mape_before_pct_energy"]
