@@ -180,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                         for work, (ms, _) in tqdm(list(zip(works, measured)), desc="energy")]
         del works
     adapted = bool(refs and adapt_ms)
+    adaptation = None
     if adapted:  # pluto table calibrate, on the networks timed in the same rounds (the table in memory)
-        refit_to(table, args.precision, [net for net in refs if net[0] in adapt_ms],
-                 [adapt_ms[net[0]] for net in refs if net[0] in adapt_ms], prior=args.adapt_prior)
+        timed = [net for net in refs if net[0] in adapt_ms]
+        fit = refit_to(table, args.precision, timed, [adapt_ms[net[0]] for net in timed], prior=args.adapt_prior)
+        adaptation = fit.get("adaptation")
     rows = []
     for i, ((name, family, model, shape), (median, iqr)) in enumerate(zip(nets, measured)):
         ops = extract_ops(model, shape)
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 frame["measured_latency_ms"].to_numpy()) if level else None,
                "level_network_ms": probe_ms, "network_level": net_level,
                "adapt_network_ms": adapt_ms if adapted else {}, "adapted_beside": len(adapt_ms) if adapted else 0,
-               "adaptation": (table._fit("latency_ms", args.precision).get("adaptation") if adapted else None),
+               "adaptation": adaptation,
                "latency_ms_at_network_level": summarize(frame["predicted_at_network_level_ms"].to_numpy(),
                                                         frame["measured_latency_ms"].to_numpy()) if net_level else None,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -117,8 +118,8 @@ def register(subparsers) -> None:
     q.add_argument("--samples", type=_bounded(int, 3, 10_000), default=24)
     q.add_argument("--prior", type=_bounded(float, 0.0, 1e6), default=None,
                    help="pull of the refit towards the table's own fit, set to this machine's level (0 = fit the "
-                        "references alone); default: refit (pull 0.3) when the references hold >= 2 networks per "
-                        "(family, input shape), else set the level alone")
+                        "references alone); default: refit when the references hold enough networks per (family, "
+                        "input shape) to pin the op groups, else set the level alone (printed per precision)")
     q.set_defaults(func=_calibrate)
     q = sub.add_parser("check", help="time the reference kernels here: does the table describe this machine?")
     q.add_argument("table")
@@ -491,7 +492,7 @@ def _refit(args) -> int:
 
 
 def _calibrate(args) -> int:
-    from pluto.cost.adapt import adapt, table_families
+    from pluto.cost.adapt import REFS_PER_PAIR_TO_REFIT, adapt, table_families
     from pluto.cost.table import LatencyTable
 
     table = LatencyTable.load(args.table)
@@ -512,8 +513,9 @@ def _calibrate(args) -> int:
         how = p.get("adaptation") or {}
         level = f" at level {how['level']:.3f}" if how.get("level") else ""
         pairs = len(table_families(table, precision)) or how.get("family_shapes") or 0
-        hint = (f"; a refit of the op groups needs >= 2 per pair: --networks {2 * pairs}"
-                if how.get("chosen") == "level only" and how.get("rule", "").startswith("refit when") else "")
+        hint = (f"; a refit of the op groups needs >= {REFS_PER_PAIR_TO_REFIT:g} per pair: --networks "
+                f"{math.ceil(REFS_PER_PAIR_TO_REFIT * pairs)}"
+                if how.get("chosen") == "level only" and how.get("rule") != "given" else "")
         how = (f"; {how['chosen']}{level} ({how['references']} references over {how['family_shapes']} family/size "
                f"pairs{hint})" if how.get("chosen") else "")
         print(f"  {precision}: {kr}reference-network MAPE {p['mape_before_pct']:.1f}% -> {p['mape_after_pct']:.1f}%"
