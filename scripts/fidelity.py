@@ -47,7 +47,7 @@ from pluto.cost.adapt import (ZOO_FAMILIES, energy_window, family_networks, kern
                               space_networks)
 from pluto.cost.machine import describe  # noqa: E402
 from pluto.cost.ops import extract_ops  # noqa: E402
-from pluto.cost.profiler import measure_interleaved, prepare_network, priceable  # noqa: E402
+from pluto.cost.profiler import interleaved_rounds, prepare_network, priceable, split_halves  # noqa: E402
 from pluto.cost.runtimes import Runtime, device_info  # noqa: E402
 from pluto.cost.table import LatencyTable  # noqa: E402
 from pluto.errors import ConfigError  # noqa: E402
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"among those it covers, or add them with `pluto profile --model {','.join(unpriced)} "
                           f"--precision {args.precision} --out {args.table}`")
     previous = pd.read_csv(args.recompute).set_index("model") if args.recompute else None
-    energies, kernel_ms, probe_ms, adapt_ms = None, {}, {}, {}
+    energies, kernel_ms, probe_ms, adapt_ms, halves = None, {}, {}, {}, None
     refs = [net for net in reference_networks(table, args.adapt_beside, 0, args.precision)
             if priceable(table, net[2], net[3], args.precision)] if args.adapt_beside else []
     if previous is not None:
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             kernel_ms = json.loads(previous_json.read_text()).get("kernel_ms") or {}
             probe_ms = json.loads(previous_json.read_text()).get("level_network_ms") or {}
             adapt_ms = json.loads(previous_json.read_text()).get("adapt_network_ms") or {}
+            halves = json.loads(previous_json.read_text()).get("measurement_noise")
     else:
         device = table.device.get("type", "cpu")
         rt = Runtime(table.runtime, device, int(table.metadata.get("threads") or 1))
@@ -163,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         adapting = [prepare_network(rt, model, shape, args.precision, table.metadata["batch"])
                     for _, _, model, shape in refs]
         extra = [w for _, w in named] + [w for _, w in probes] + adapting
-        measured = measure_interleaved(rt, works + extra, args.rounds, args.samples, progress=True, desc="measure")
+        round_ms, round_iqr = interleaved_rounds(rt, works + extra, args.rounds, args.samples, progress=True,
+                                                 desc="measure")
+        measured = [(float(np.median(m)), float(np.median(q))) for m, q in zip(round_ms, round_iqr)]
+        halves = split_halves(round_ms[:len(works)])
         kernel_ms = {name: t for (name, _), (t, _) in zip(named, measured[len(works):])}
         probe_ms = {name: t for (name, _), (t, _) in zip(probes, measured[len(works) + len(named):])}
         adapt_ms = {net[0]: t for net, (t, _) in zip(refs, measured[len(works) + len(named) + len(probes):])}
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 frame["measured_latency_ms"].to_numpy()) if level else None,
                "level_network_ms": probe_ms, "network_level": net_level,
                "adapt_network_ms": adapt_ms if adapted else {}, "adapted_beside": len(adapt_ms) if adapted else 0,
-               "adaptation": adaptation,
+               "adaptation": adaptation, "measurement_noise": halves,
                "latency_ms_at_network_level": summarize(frame["predicted_at_network_level_ms"].to_numpy(),
                                                         frame["measured_latency_ms"].to_numpy()) if net_level else None,
                "command": "python scripts/fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])}
@@ -253,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'ALL at network level':<22} {s['n']:>4} {s['within_10pct']:>9.1f}% {s['within_5pct']:>8.1f}% "
               f"{s['mape']:>7.2f} {s['bias_pct']:>+7.1f} {s['spearman']:>9.3f}   ({len(probe_ms)} of the table's "
               f"calibration networks ran {net_level:.3f}x their calibration-time time)")
+    if halves is not None:
+        print(f"measurement noise: the even and odd rounds of a network agree within +-10 % for "
+              f"{halves['halves_within_10pct']:.1f}%; a full measurement's spread {100 * halves['sigma_log']:.1f}% "
+              f"(log sd), so a perfect predictor would read ~{halves['ceiling_within_10pct']:.0f}% within +-10 %")
     scatter(frame, f"{args.table} {args.precision} on {where[:40]}\n{overall['within_10pct']:.0f}% within "
             f"+-10%, MAPE {overall['mape']:.1f}%, Spearman {overall['spearman']:.3f}", out / f"fidelity_{tag}.png")
     (out / f"fidelity_{tag}.json").write_text(json.dumps(summary, indent=2) + "\n")

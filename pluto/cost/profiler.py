@@ -272,6 +272,26 @@ def interleaved_rounds(rt: Runtime, works: list[Prepared], rounds: int = 3, samp
     return medians, iqrs
 
 
+def split_halves(round_ms: list[list[float]]) -> dict | None:
+    """How well the measurement agrees with itself: per network, the median of its even rounds against the median of
+    its odd rounds (the same interleaved timing, split in two). ``sigma_log``: the spread of a full measurement,
+    std(log(even / odd)) / 2 (each half has twice the variance of the whole; the difference of two halves twice a
+    half's). ``ceiling_within_10pct``: the share of networks a *perfect* predictor would put within +-10 % of such
+    a measurement, if its noise were normal with that spread; on a shared VM this, not the table, can be what
+    bounds the headline figure. None below 4 rounds (halves of fewer than 2 rounds say little)."""
+    if not round_ms or min(len(r) for r in round_ms) < 4:
+        return None
+    from scipy.stats import norm
+
+    diff = np.array([np.log(np.median(r[0::2]) / np.median(r[1::2])) for r in round_ms])
+    sigma = float(np.std(diff) / 2)
+    return {"rounds": len(round_ms[0]), "halves_within_10pct": float(np.mean(np.abs(np.expm1(diff)) <= 0.10) * 100),
+            "sigma_log": sigma,
+            # a perfect prediction p of a measurement p * exp(e) is within +-10 % when -log 1.1 <= e <= -log 0.9
+            "ceiling_within_10pct": float((norm.cdf(-np.log(0.9) / sigma) - norm.cdf(-np.log(1.1) / sigma)) * 100)
+            if sigma > 0 else 100.0}
+
+
 def net_of_overhead(median_ms: float, overhead_ms: float) -> float:
     """A unit's entry from its timed median: the runtime's per-call overhead subtracted, floored at 5 % of the median
     (a unit faster than the noise of the overhead is not priced at zero)."""

@@ -295,6 +295,25 @@ def test_network_level_is_the_median_ratio_of_the_tables_own_calibration_network
     assert network_level(table, "fp32", here) == pytest.approx(1.0)
 
 
+def test_split_halves_recovers_the_measurement_noise_and_the_ceiling_it_puts_on_fidelity():
+    """Rounds with known per-round noise: the even/odd split reads a full measurement's spread (sigma_round /
+    sqrt(rounds)) and the share a perfect predictor could reach; noiseless rounds give ceiling 100 %, too few
+    rounds give None."""
+    from scipy.stats import norm
+
+    from pluto.cost.profiler import split_halves
+
+    rng = np.random.default_rng(0)
+    rounds, sigma_round = 8, 0.12
+    nets = [list(np.exp(rng.normal(np.log(ms), sigma_round, rounds))) for ms in rng.uniform(0.1, 5.0, 4000)]
+    noise = split_halves(nets)
+    # a median of 4 normal rounds has ~1.19x the spread of their mean, so the estimate sits a little above the mean's
+    assert noise["rounds"] == rounds and noise["sigma_log"] == pytest.approx(sigma_round / np.sqrt(rounds), rel=0.25)
+    expected = (2 * norm.cdf(np.log(1.1) / noise["sigma_log"]) - 1) * 100
+    assert noise["ceiling_within_10pct"] == pytest.approx(expected, abs=1.0) and 60 < expected < 99
+    assert split_halves([[1.0] * rounds] * 5)["ceiling_within_10pct"] == 100.0
+    assert split_halves([[1.0, 1.1, 0.9]]) is None
+
 def test_stale_reference_flags_a_moved_machine_and_not_noise():
     from pluto.cost.profiler import stale_reference
 
@@ -402,3 +421,18 @@ def test_probe_near_align_finds_the_smallest_multiple_that_runs_near_the_aligned
     assert near == expected
     assert set(probe["verdict"]) == {"4", "8"} and probe["verdict"]["4"]["near"] == (expected == 4)
     assert profiler.probe_near_align(rt, 2)[0] is None  # nothing smaller than align 2 to probe
+
+
+def test_a_space_tables_reference_set_holds_every_kind_of_its_space():
+    """The H100 table's 20 references (10 of its registry family + 10 from its space) must hold the space's pruned
+    ResNet-18s too: its space drew ten MBConvs first, so adapting never saw the held-out set's launch-bound misses.
+    Any first n of the space networks mixes the kinds in 10 : 7 : 3."""
+    from collections import Counter
+
+    from pluto.cost.adapt import reference_networks, space_networks
+
+    table = LatencyTable.load("latency_tables/h100_cudagraph")
+    kinds = Counter(family for _, family, _, _ in reference_networks(table, 20, 0, "fp16"))
+    assert kinds["resnet18_pruned"] >= 3 and kinds["mbconv"] >= 4 and kinds["small_cnn"] >= 10, kinds
+    assert Counter(family for _, family, _, _ in space_networks(table, 40, 1000)) == \
+        {"mbconv": 20, "resnet18_pruned": 14, "small_cnn": 6}
