@@ -79,8 +79,10 @@ class HwConfig:
     measure_level: bool = _opt(False, doc="in-loop measurements (correction, landing) at the table's level: the "
                                           "reference kernels timed in the same rounds divide out the machine's "
                                           "load (a shared VM); the final verdict stays the raw measurement")
-    adapt: str = _opt("auto", choices=("auto", "off"),
-                      doc="auto: adapt a CPU table made on another machine to this one before the search (cached)")
+    adapt: str = _opt("auto", choices=("auto", "adapt", "off"),
+                      doc="a CPU table made on another machine, before the search: auto = use a table beside it "
+                          "profiled on this machine kind if one prices the model, else adapt it here (cached); "
+                          "adapt = always adapt the named table; off = use it as it is")
 
 
 @dataclass

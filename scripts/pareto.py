@@ -131,6 +131,16 @@ joint runs say NOT MEASURED and search on the table's prediction alone: no measu
       --model resnet20 --seeds 0,1,2 --data-root .fmnist --train-limit 30000 --out /tmp/pareto --time-budget 480; \
       tar czf $OUT/pareto.tgz -C /tmp pareto
 
+Issue 13's GPU regime (resnet18, then mobilenet_v2; batch 1 and batch 256): one seed per device call, both H100
+tables, trained, measured (CUDA-graph replay at each table's batch; ``measured.json`` per config) and brought back
+without model files, so later sessions resume from the small files (a config whose ``result.json`` exists is
+skipped; a GPU table's ``measured.json`` is read back by ``--stage measure``)::
+
+    P=docs/results/pareto-gpu-resnet18; mkdir -p $P     # carry=[".fmnist", ".whl", "docs/results/pareto-gpu-resnet18"]
+    ... pip install as below ...; TABLES="h100_cudagraph h100_cudagraph_b256" STEPS=train,measure \
+      bash scripts/pareto_gpu.sh /tmp/p 420 --model resnet18 --seeds K --n-targets 3 --data-root .fmnist; \
+      cp -rn /tmp/p/merged/. $P/; tar czf $OUT/p.tgz --exclude='*.pt' --exclude='*.onnx' $P
+
 then here (measures every ONNX on this CPU, prints the tables, writes docs/results/pareto_*)::
 
     mkdir -p results && tar xzf /work/.device/.../pareto.tgz -C results
@@ -313,7 +323,7 @@ def load_table(args: argparse.Namespace, name: str) -> LatencyTable:
 
         # a CPU table from another machine is adapted here (cached per machine), as the joint runs' own pipeline
         # does: baselines, auto targets and the joint search then price with the same table
-        _TABLES[name], _ = for_this_machine(LatencyTable.load(Path(args.table_root) / name))
+        _TABLES[name], _ = for_this_machine(LatencyTable.load(Path(args.table_root) / name), siblings=False)
     return _TABLES[name]
 
 
@@ -635,7 +645,7 @@ def run_joint(s: Sweep, target: float, folder: Path, variant: str) -> dict[str, 
         constraint = ["constraints=latency", f"constraints.latency_ms={target}"]
     overrides = [
         "compress=joint", f"hw={TABLES.get(s.table_name, s.table_name)}",
-        f"hw.table={Path(s.args.table_root).resolve() / s.table_name}", *constraint,
+        f"hw.table={Path(s.args.table_root).resolve() / s.table_name}", "hw.adapt=adapt", *constraint,
         "logger=none", f"trainer.device={s.device.type}",
         f"trainer.batch_size={s.args.batch_size}", f"trainer.lr={s.args.lr}", "trainer.resume=true",
         f"trainer.warmup_steps={s.args.warmup_steps}",

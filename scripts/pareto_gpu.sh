@@ -12,7 +12,9 @@
 #
 #   python scripts/pareto.py --stage measure --tables cpu_ort_epyc --out OUT/merged
 #
-# STEPS picks parts (default train,measure,overhead) to fit a call limit; MEASURE_REPEATS (default 2).
+# STEPS picks parts (default train,measure,overhead) to fit a call limit; MEASURE_REPEATS (default 2); TABLES the
+# tables to train for (default "cpu_ort_epyc h100_cudagraph"; issue 13's GPU regime: TABLES="h100_cudagraph
+# h100_cudagraph_b256" bash scripts/pareto_gpu.sh OUT 420 --model resnet18 --seeds 0,1,2 --n-targets 3).
 set -u
 STEPS=${STEPS:-train,measure,overhead}
 OUT=${1:?output folder}; BUDGET=${2:?seconds}; shift 2
@@ -42,7 +44,9 @@ for d in "$OUT"/*-*/; do
     cp -rn "$t"* "$OUT/merged/$tname/" 2>/dev/null
   done
 done
-[[ $STEPS == *measure* ]] && timeout 200 python3 scripts/pareto.py --stage measure --tables h100_cudagraph \
+# the GPU tables of TABLES are measured here (CUDA-graph replay at each table's batch); CPU tables on their CPU later
+GPU_TABLES=$(echo ${TABLES:-cpu_ort_epyc h100_cudagraph} | tr ' ' '\n' | grep -v '^cpu' | paste -sd, -)
+[[ $STEPS == *measure* && -n $GPU_TABLES ]] && timeout 200 python3 scripts/pareto.py --stage measure --tables "$GPU_TABLES" \
   --out "$OUT/merged" --repeats "${MEASURE_REPEATS:-2}" --results-dir "$OUT/results" > "$OUT/measure_h100.log" 2>&1
 [[ $STEPS == *overhead* ]] || exit 0
 timeout 90 python3 scripts/overhead.py --device cuda --table h100_cudagraph --bits 16,32 --threads 1 --repeats 7 \

@@ -280,6 +280,12 @@ def adapt(table: LatencyTable, n: int = 20, rounds: int = 3, samples: int = 24, 
         idle = energy_mod.idle_power_w(meter)
         summary["idle_power_w"] = idle
         summary["idle_power_w_table"] = (table.metadata.get("energy") or {}).get("idle_power_w")
+    if device == "cpu" and "int8" in table.precisions:  # its int8 networks are timed with this chip's weight type
+        from pluto.cost.machine import int8_weights_mismatch
+
+        note = int8_weights_mismatch(table.metadata)
+        if note:
+            summary["int8_weights"] = note
     old_reference = table.metadata.get("reference") or {}
     new_reference: dict = {}
     for precision in table.precisions:
@@ -474,16 +480,58 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PLUTO_CACHE", Path.home() / ".cache" / "pluto")) / "adapted"
 
 
-def for_this_machine(table: LatencyTable, auto: bool = True, log=print) -> tuple[LatencyTable, dict]:
+def sibling_for_this_machine(table: LatencyTable, covers=None) -> LatencyTable | None:
+    """A complete table beside ``table`` (same folder of tables) that was profiled on *this* machine kind (same
+    fingerprint: flags, cores, runtime versions) with the same runtime, batch and threads and at least its
+    precisions, the newest first, and that ``covers(candidate)`` accepts (e.g. prices the model to compress); None
+    when there is none. A table measured here describes this chip's kernels, which a table adapted from another
+    chip only rescales (an AMX table's int8 entries on an AVX2 EPYC, say)."""
+    if table.path is None or table.device.get("type", "cpu") != "cpu":
+        return None
+    here, settings = fingerprint(), table.metadata.get("settings") or {}
+    found = []
+    for meta_file in sorted(Path(table.path).parent.glob("*/metadata.json")):
+        if meta_file.parent.resolve() == Path(table.path).resolve():
+            continue
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        other = meta.get("settings") or {}
+        if ((meta.get("machine") or {}).get("fingerprint") == here and meta.get("complete")
+                and meta.get("runtime", {}).get("name") == table.runtime
+                and all(other.get(k) == settings.get(k) for k in ("device_type", "batch", "threads"))
+                and set(table.precisions) <= set(meta.get("precisions") or [])):
+            found.append((str(meta.get("created", "")), meta_file.parent))
+    for _, folder in sorted(found, reverse=True):
+        candidate = LatencyTable.load(folder)
+        if covers is None or covers(candidate):
+            return candidate
+    return None
+
+
+def for_this_machine(table: LatencyTable, auto: bool = True, log=print, covers=None,
+                     siblings: bool = True) -> tuple[LatencyTable, dict]:
     """The table as this machine sees it: itself when it was made (or adapted) here or its reference kernels agree;
-    else a copy adapted here (cached per table and machine fingerprint under ``~/.cache/pluto/adapted``)."""
-    from pluto.cost.machine import mismatch
+    else (``siblings``) a table beside it that was profiled on this machine kind and ``covers`` what is needed
+    (:func:`sibling_for_this_machine`); else a copy adapted here (cached per table and machine fingerprint under
+    ``~/.cache/pluto/adapted``). A benchmark that compares named tables passes ``siblings=False``."""
+    from pluto.cost.machine import int8_weights_mismatch, mismatch
 
     if table.device.get("type", "cpu") != "cpu":
         return table, {"status": "gpu table: not adapted on the CPU"}
     note = mismatch({**table.metadata, "path": str(table.path)})
     if note is None:
         return table, {"status": "table made on this machine kind"}
+    sibling = sibling_for_this_machine(table, covers) if siblings else None
+    if sibling is not None:
+        log(f"using {sibling.path}: profiled on this machine kind ({fingerprint()}); {table.metadata.get('name')} "
+            "was made on another")
+        return sibling, {"status": "a table made on this machine kind", "path": str(sibling.path),
+                         "instead_of": str(table.path)}
+    weights = int8_weights_mismatch(table.metadata)
+    if weights:
+        log(f"note: {weights}")
     import hashlib
 
     calibration = hashlib.sha256(json.dumps(table.metadata.get("calibration", {}), sort_keys=True,
@@ -511,4 +559,4 @@ def for_this_machine(table: LatencyTable, auto: bool = True, log=print) -> tuple
 
 
 __all__ = ["ZOO_FAMILIES", "family_networks", "space_networks", "reference_networks", "time_kernels", "check",
-           "adapt", "for_this_machine"]
+           "adapt", "for_this_machine", "sibling_for_this_machine"]

@@ -360,10 +360,9 @@ def _validate(args) -> int:
     ok, why = measurer.reachable()
     if not ok:
         raise TableError(f"cannot validate {args.table} here: {why}")
-    from pluto.cost.machine import mismatch
+    from pluto.cost.machine import machine_notes
 
-    note = mismatch({**table.metadata, "path": args.table})
-    if note:
+    for note in machine_notes({**table.metadata, "path": args.table}):
         print(f"note: {note}")
     model = load_model(args.model, args.input_shape, _kwargs(args.kwargs))
     ops = extract_ops(model, args.input_shape)
@@ -520,6 +519,8 @@ def _calibrate(args) -> int:
                f"pairs{hint})" if how.get("chosen") else "")
         print(f"  {precision}: {kr}reference-network MAPE {p['mape_before_pct']:.1f}% -> {p['mape_after_pct']:.1f}%"
               f"{energy}{how}")
+    if summary.get("int8_weights"):
+        print(f"  int8: note: {summary['int8_weights']}")
     if summary.get("energy"):
         idle = (f" (idle {summary['idle_power_w']:.1f} W here, {summary.get('idle_power_w_table') or float('nan'):.1f} W "
                 "where the table was made)" if "idle_power_w" in summary else "")

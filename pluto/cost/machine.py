@@ -112,9 +112,23 @@ def int8_weights_mismatch(table_metadata: dict, weight_type: str | None = None) 
     here = int8_weight_type(weight_type)
     if made is None or made == here or "int8" not in table_metadata.get("precisions", ["int8"]):
         return None
-    return (f"table {table_metadata.get('name', '?')} priced int8 with {made} weights ({INT8_KERNELS.get(made, '?')} "
-            f"kernels); this machine exports {here} ({INT8_KERNELS[here]}): set {INT8_WEIGHTS_ENV}={made} to deploy "
-            f"what the table priced, or profile int8 here")
+    head = (f"table {table_metadata.get('name', '?')} priced int8 with {made} weights ({INT8_KERNELS.get(made, '?')} "
+            f"kernels); this machine exports {here} ({INT8_KERNELS[here]})")
+    profile = f"pluto profile --precision int8 ... --out <dir>"
+    if made == "s8" and not has_vnni():  # the table's kernels would saturate here: never suggest deploying them
+        return (f"{head}, because {INT8_KERNELS[made]} saturates without VNNI: `pluto table calibrate` rescales the "
+                f"table's int8 entries to the {here} networks it times here, but their relative costs are another "
+                f"chip's kernels; for this chip's, profile int8 here ({profile})")
+    return f"{head}: set {INT8_WEIGHTS_ENV}={made} to deploy what the table priced, or profile int8 here ({profile})"
+
+
+def machine_notes(table_metadata: dict) -> list[str]:
+    """Every one-line note on how a table's machine differs from this one (:func:`mismatch`, then the int8 weight
+    type, :func:`int8_weights_mismatch`); empty when the table describes this machine kind."""
+    device = table_metadata.get("device", {}) if isinstance(table_metadata, dict) else {}
+    if isinstance(device, dict) and device.get("type", "cpu") != "cpu":
+        return []
+    return [note for note in (mismatch(table_metadata), int8_weights_mismatch(table_metadata)) if note]
 
 
 def describe(facts: dict | None = None) -> str:

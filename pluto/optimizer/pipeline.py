@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import tempfile
@@ -75,6 +76,18 @@ STAGES = ("prepare", "warmup", "search", "harden", "finetune", "deploy", "report
 def load_table(cfg: DictConfig) -> LatencyTable | None:
     path = cfg.hw.table
     return LatencyTable.load(path) if path else None
+
+
+def _prices_as_well(table: LatencyTable, model: nn.Module, input_shape, candidate: LatencyTable) -> bool:
+    """Whether ``candidate`` prices ``model`` at every precision ``table`` prices it at (a table made on this machine
+    kind replaces the configured one only then); a model whose ops cannot be listed keeps the configured table."""
+    from pluto.cost.profiler import priceable
+
+    try:
+        return all(priceable(candidate, model, input_shape, p) for p in table.precisions
+                   if priceable(table, model, input_shape, p))
+    except Exception:  # noqa: BLE001 - e.g. a supernet's mixtures: no silent switch, the configured table is adapted
+        return False
 
 
 def _calibration_batch(train_set: Dataset, n: int = 256) -> Tensor:
@@ -245,11 +258,14 @@ class Compression:
 
             # a CPU table made on another machine is a prior here: adapt it (cached per machine) before the search;
             # rank 0 adapts and caches, the other ranks then read the cache
+            covers = functools.partial(_prices_as_well, self.table, self.model, self.input_shape)
             if distributed.is_main():
-                self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt == "auto")
+                self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt != "off",
+                                                                  covers=covers, siblings=cfg.hw.adapt == "auto")
             distributed.barrier()
             if not distributed.is_main():
-                self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt == "auto")
+                self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt != "off",
+                                                                  covers=covers, siblings=cfg.hw.adapt == "auto")
         # widths snap to the channel multiple the chip's fast kernels need (the table's `align`)
         self.align = self.table.align if self.table is not None else None
         quantize_default = cfg.hw.precision if c.quantize else "fp32"

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -436,3 +437,29 @@ def test_a_space_tables_reference_set_holds_every_kind_of_its_space():
     assert kinds["resnet18_pruned"] >= 3 and kinds["mbconv"] >= 4 and kinds["small_cnn"] >= 10, kinds
     assert Counter(family for _, family, _, _ in space_networks(table, 40, 1000)) == \
         {"mbconv": 20, "resnet18_pruned": 14, "small_cnn": 6}
+
+
+def test_a_table_made_on_this_machine_kind_replaces_one_from_another_before_adapting(tmp_path):
+    """The configured table was profiled elsewhere; a complete table beside it was profiled on this machine kind
+    (same fingerprint, runtime, batch, threads, precisions): the run uses that one, unless it cannot price what is
+    needed (``covers``), and ignores one of another batch even when it is newer."""
+    import copy
+
+    from pluto.cost.adapt import for_this_machine, sibling_for_this_machine
+
+    here = profile(ProfileSpace.from_dict(SPACE), tmp_path / "here", runtime="onnxruntime", chunk=8, **FAST)
+
+    def beside(name: str, **changes) -> LatencyTable:
+        meta = {**copy.deepcopy(here.metadata), "name": name, **changes}
+        LatencyTable(here.entries.copy(), meta).save(tmp_path / name)
+        return LatencyTable.load(tmp_path / name)
+
+    beside("here_b8", settings={**here.metadata["settings"], "batch": 8}, created="2099-01-01T00:00:00+00:00")
+    other = beside("other", machine={**here.metadata["machine"], "fingerprint": "000000000000"})
+    logs = []
+    table, info = for_this_machine(other, auto=False, log=logs.append)
+    assert info["status"] == "a table made on this machine kind"
+    assert Path(table.path).resolve() == (tmp_path / "here").resolve() and "profiled on this machine kind" in logs[0]
+    assert sibling_for_this_machine(other, covers=lambda t: False) is None
+    table, info = for_this_machine(other, auto=False, log=logs.append, covers=lambda t: False)
+    assert table is other and info["status"] != "a table made on this machine kind"

@@ -98,3 +98,18 @@ def test_untrained_networks_are_timed_as_trained_int8_fuses_every_conv(tmp_path)
     ops = optimized_op_types(timed)
     assert ops.get("Conv", 0) == 0 and ops["QLinearConv"] == 21
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_an_s8_table_on_a_chip_without_vnni_is_never_told_to_deploy_s8(monkeypatch):
+    """U8S8 saturates without VNNI: the note on an s8 table there points to calibrate / profiling, not to forcing s8;
+    with VNNI the override is a fair suggestion. machine_notes gathers it for CPU tables only."""
+    import pluto.cost.machine as machine
+
+    meta = {"name": "amx", "precisions": ["fp32", "int8"], "runtime": {"int8_weights": "s8"}}
+    monkeypatch.setattr(machine, "has_vnni", lambda facts=None: False)
+    line = machine.int8_weights_mismatch(meta, "u8")
+    assert "saturates without VNNI" in line and f"{INT8_WEIGHTS_ENV}=s8" not in line and "profile int8 here" in line
+    assert line in machine.machine_notes(meta)
+    monkeypatch.setattr(machine, "has_vnni", lambda facts=None: True)
+    assert f"{INT8_WEIGHTS_ENV}=s8" in machine.int8_weights_mismatch(meta, "u8")
+    assert machine.machine_notes({**meta, "device": {"type": "cuda"}}) == []
