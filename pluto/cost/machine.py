@@ -114,7 +114,7 @@ def int8_weights_mismatch(table_metadata: dict, weight_type: str | None = None) 
         return None
     head = (f"table {table_metadata.get('name', '?')} priced int8 with {made} weights ({INT8_KERNELS.get(made, '?')} "
             f"kernels); this machine exports {here} ({INT8_KERNELS[here]})")
-    profile = f"pluto profile --precision int8 ... --out <dir>"
+    profile = "pluto profile --precision int8 ... --out <dir>"
     if made == "s8" and not has_vnni():  # the table's kernels would saturate here: never suggest deploying them
         return (f"{head}, because {INT8_KERNELS[made]} saturates without VNNI: `pluto table calibrate` rescales the "
                 f"table's int8 entries to the {here} networks it times here, but their relative costs are another "

@@ -256,8 +256,9 @@ class Compression:
         if self.table is not None and cfg.hw.measure != "off" and not cfg.hw.runner:
             from pluto.cost.adapt import for_this_machine
 
-            # a CPU table made on another machine is a prior here: adapt it (cached per machine) before the search;
-            # rank 0 adapts and caches, the other ranks then read the cache
+            # a CPU table made on another machine is a prior here: use a table beside it that was profiled on this
+            # machine kind and prices the model, else adapt it (cached per machine) before the search; rank 0 adapts
+            # and caches, the other ranks then read the cache
             covers = functools.partial(_prices_as_well, self.table, self.model, self.input_shape)
             if distributed.is_main():
                 self.table, self.info["table"] = for_this_machine(self.table, auto=cfg.hw.adapt != "off",

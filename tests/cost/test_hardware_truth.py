@@ -239,7 +239,9 @@ def test_remeasure_refuses_a_table_from_another_machine_and_re_times_its_own(tmp
 
 def test_a_measurement_at_the_tables_level_divides_out_the_machines_load(tmp_path):
     """``Measurer(level=True)`` times the reference kernels in the model's rounds and reports the model at the level
-    the table's calibration ran at: here the stored kernels are made 2x faster than this machine runs them."""
+    the table's calibration ran at: here the stored kernels are made 10x faster than this machine runs them (10x, not
+    2x: a shared VM's kernels move 0.6-1.7x between a profile and a measurement minutes later, seen on the AVX2 EPYC
+    2026-12-07, which put a 2x level at 1.39; the arithmetic is checked exactly below)."""
     from pluto.cost.measure import Measurer
     from pluto.models import create_model
 
@@ -248,9 +250,9 @@ def test_a_measurement_at_the_tables_level_divides_out_the_machines_load(tmp_pat
     raw = Measurer(table, samples=6, rounds=2).measure(model, (1, 12, 12))
     assert "level" not in raw.extra
     kernels = table.metadata["calibration"]["fp32"]["kernel_ms"]
-    table.metadata["calibration"]["fp32"]["kernel_ms"] = {k: v / 2 for k, v in kernels.items()}
+    table.metadata["calibration"]["fp32"]["kernel_ms"] = {k: v / 10 for k, v in kernels.items()}
     levelled = Measurer(table, samples=6, rounds=2, level=True).measure(model, (1, 12, 12))
-    assert 1.4 < levelled.extra["level"] < 3.0
+    assert 4.0 < levelled.extra["level"] < 25.0
     assert levelled.latency_ms == pytest.approx(levelled.extra["raw_latency_ms"] / levelled.extra["level"])
     assert "level" in levelled.method
 
@@ -463,3 +465,18 @@ def test_a_table_made_on_this_machine_kind_replaces_one_from_another_before_adap
     assert sibling_for_this_machine(other, covers=lambda t: False) is None
     table, info = for_this_machine(other, auto=False, log=logs.append, covers=lambda t: False)
     assert table is other and info["status"] != "a table made on this machine kind"
+
+
+def test_a_table_replaces_the_configured_one_only_if_it_prices_the_model_as_well():
+    """The compression run's ``covers``: the candidate must price the model at every precision the configured table
+    prices it at (the EPYC table does for small_cnn at fp32 and int8; the eager-torch table has no int8); a model
+    whose ops cannot be listed keeps the configured table."""
+    from pluto.models import create_model
+    from pluto.optimizer.pipeline import _prices_as_well
+
+    amx, epyc, eager = (LatencyTable.load(f"latency_tables/{n}") for n in ("cpu_ort_xeon_amx", "cpu_ort_epyc",
+                                                                            "cpu_torch"))
+    model, shape = create_model("small_cnn", num_classes=10, in_channels=1).eval(), (1, 1, 28, 28)
+    assert _prices_as_well(amx, model, shape, epyc)
+    assert "int8" not in eager.precisions and not _prices_as_well(amx, model, shape, eager)
+    assert not _prices_as_well(amx, torch.nn.Module(), shape, epyc)
