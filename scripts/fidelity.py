@@ -149,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             energies = [float(previous.loc[name, "measured_energy_mj"]) for name, _, _, _ in nets]
         previous_json = Path(args.recompute).with_suffix(".json")
         if previous_json.exists():
-            kernel_ms = json.loads(previous_json.read_text()).get("kernel_ms") or {}
-            probe_ms = json.loads(previous_json.read_text()).get("level_network_ms") or {}
-            adapt_ms = json.loads(previous_json.read_text()).get("adapt_network_ms") or {}
-            halves = json.loads(previous_json.read_text()).get("measurement_noise")
+            stored = json.loads(previous_json.read_text())
+            kernel_ms = stored.get("kernel_ms") or {}
+            probe_ms = stored.get("level_network_ms") or {}
+            adapt_ms = stored.get("adapt_network_ms") or {}
+            halves = stored.get("measurement_noise")
     else:
         device = table.device.get("type", "cpu")
         rt = Runtime(table.runtime, device, int(table.metadata.get("threads") or 1))
