@@ -257,3 +257,38 @@ def test_a_relative_latency_target_is_judged_against_the_reference_timed_beside_
     assert verdict["target"] == pytest.approx(0.9 * again["fp32_latency_ms"])
     assert len(report["measurement"]["rounds_ms"]) >= 2 and verdict["basis"] == "measured"
     assert "re-measured in the same rounds" in capsys.readouterr().out
+
+
+def test_landing_measurements_are_taken_beside_the_reference_and_expressed_at_the_starts_level(monkeypatch):
+    """A relative latency target was resolved against the uncompressed model measured at the start; a candidate the
+    landing or the in-loop correction times later is timed in the same rounds as that reference and scaled by
+    ``start / now``: a machine that became 2x slower since the start doubles both, and the candidate reads as at the
+    start (the main job on the AMD EPYC landed in a fast phase and failed its verdict, 2026-12-08)."""
+    from pluto.cost.measure import Measurement
+    from pluto.cost.table import LatencyTable
+    from pluto.optimizer.pipeline import Compression
+
+    measurer = Measurer(LatencyTable.load("latency_tables/cpu_ort_xeon_amx"))
+    timed = []
+
+    def fake(files, input_shape, **_):  # the machine is 2x slower than at the start: every file reads 2x
+        timed.append([str(f) for f in files])
+        return [Measurement(0.6, 0.02), Measurement(0.8, 0.04)]
+
+    monkeypatch.setattr(measurer, "measure_interleaved", fake)
+    run_ = Compression.__new__(Compression)
+    dense = create_model("small_cnn").eval()
+    run_.measurer, run_.input_shape, run_.relative = measurer, (1, 1, 28, 28), {"latency_ms": 0.7}
+    run_.dense_deployed = {"fp32": dense, "int8": dense}
+    run_.uncompressed = {"measured": {"fp32_latency_ms": 0.4, "int8_latency_ms": 0.5, "latency_ms": 0.4}}
+    first = run_.measure_at_start_level(create_model("small_cnn"))
+    second = run_.measure_at_start_level(create_model("small_cnn"))
+    assert first["latency_ms"] == pytest.approx(0.3) and first["reference_level"] == pytest.approx(2.0)
+    assert first["raw_latency_ms"] == pytest.approx(0.6) and first["latency_iqr_ms"] == pytest.approx(0.01)
+    assert second == first
+    # the reference is the cheaper uncompressed deployment at the start (fp32 here), exported once per run
+    assert timed[0][1] == timed[1][1] and timed[0][1].endswith("fp32.onnx")
+    # an absolute target: one plain measurement, no reference
+    run_.relative = {}
+    monkeypatch.setattr(measurer, "measure", lambda model, shape: Measurement(0.6, 0.02))
+    assert run_.measure_at_start_level(dense) == {"latency_ms": 0.6, "latency_iqr_ms": 0.02}
