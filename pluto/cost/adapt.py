@@ -400,7 +400,7 @@ def refit_to(table: LatencyTable, precision: str, nets: list[Sample], values, me
     cross-validation over the references chose wrongly in one of those four: its errors differ by less than their
     noise.) The choice is stored in the fit as ``adaptation``."""
     from pluto.cost.ops import extract_ops
-    from pluto.cost.profiler import fit_calibration
+    from pluto.cost.profiler import fit_calibration, mape_pct
 
     points = [calibration_point(table, extract_ops(model, shape), value, precision, metric)
               for (_, _, model, shape), value in zip(nets, values)]
@@ -425,9 +425,8 @@ def refit_to(table: LatencyTable, precision: str, nets: list[Sample], values, me
         measured = np.array([p[3] for p in points], dtype=float)
         predicted = _predict_points(table, precision, metric, levelled, points)
         summed = np.array([sum(p[0].values()) for p in points], dtype=float)
-        mape = lambda pred: float(np.mean(np.abs(pred - measured) / measured) * 100)  # noqa: E731
-        fit = {**levelled, "n_models": len(points), "mape_uncalibrated_pct": mape(summed),
-               "mape_calibrated_pct": mape(predicted), "prior": None, "transfer": True}
+        fit = {**levelled, "n_models": len(points), "mape_uncalibrated_pct": mape_pct(summed, measured),
+               "mape_calibrated_pct": mape_pct(predicted, measured), "prior": None, "transfer": True}
     else:
         fit = fit_calibration(points, prior=choice, prior_fit=levelled)
     fit["adaptation"] = {"chosen": "level only" if choice is None else f"refit, prior {choice:g}",
@@ -467,11 +466,10 @@ def energy_window(table: LatencyTable) -> float:
 
 def _mape(table: LatencyTable, nets: list[Sample], measured, precision: str, metric: str = "latency_ms") -> float:
     from pluto.cost.ops import extract_ops
+    from pluto.cost.profiler import mape_pct
 
     values = [m[0] if isinstance(m, tuple) else m for m in measured]
-    errs = [abs(table.predict_ops(extract_ops(m, s), metric, precision) - v) / v
-            for (_, _, m, s), v in zip(nets, values)]
-    return float(np.mean(errs) * 100)
+    return mape_pct([table.predict_ops(extract_ops(m, s), metric, precision) for _, _, m, s in nets], values)
 
 
 def cache_dir() -> Path:

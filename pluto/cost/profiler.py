@@ -364,6 +364,12 @@ def prepare_network(runtime: Runtime, model: torch.nn.Module, shape: tuple[int, 
     return runtime.prepare(copy.deepcopy(model), (x,), precision)  # the runtime moves/casts it; callers keep theirs
 
 
+def mape_pct(predicted, measured) -> float:
+    """Mean absolute percentage error of ``predicted`` against ``measured`` (arrays or lists), in %."""
+    predicted, measured = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
+    return float(np.mean(np.abs(predicted - measured) / measured) * 100)
+
+
 def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | None = None,
                     per_op_groups: bool | None = None) -> dict:
     """Fit ``measured = sum_g (scale_g * summed_g + per_act_mb_g * act_g + per_op_group_g * count_g) + per_mb * weight_mb
@@ -442,10 +448,9 @@ def fit_calibration(points: list[tuple], prior: float = 0.05, prior_fit: dict | 
     coef[k + a + c + 1] = per_op
     summed = sums.sum(axis=1)
     fitted = np.maximum(raw @ coef, 0.1 * summed) if a else raw @ coef
-    mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
     fit = {"scales": {g: float(v) for g, v in zip(groups, scales)}, "per_mb": float(per_mb), "per_op": float(per_op),
-           "offset": float(offset), "n_models": len(points), "mape_uncalibrated_pct": mape(summed),
-           "mape_calibrated_pct": mape(fitted), "prior": prior, "transfer": bool(prior_fit)}
+           "offset": float(offset), "n_models": len(points), "mape_uncalibrated_pct": mape_pct(summed, meas),
+           "mape_calibrated_pct": mape_pct(fitted, meas), "prior": prior, "transfer": bool(prior_fit)}
     if a:
         fit["per_act_mb"] = {g: float(v) for g, v in zip(act_groups, act_coef)}
     if c:
@@ -809,10 +814,9 @@ def fit_boundaries(table: LatencyTable, records: list[dict], by_label: dict) -> 
         base, design, meas = np.array(base), np.array(design), np.array(meas)
         coef = lsq_linear(design / meas[:, None], (meas - base) / meas, bounds=(0.0, np.inf)).x
         after = base + design @ coef
-        mape = lambda pred: float(np.mean(np.abs(pred - meas) / meas) * 100)  # noqa: E731
         table.metadata.setdefault("calibration_boundary", {})[metric] = {
             "per_edge": float(coef[0]), "per_mb": float(coef[1]), "n_models": len(rows),
-            "mape_without_pct": mape(base), "mape_with_pct": mape(after), "networks": rows}
+            "mape_without_pct": mape_pct(base, meas), "mape_with_pct": mape_pct(after, meas), "networks": rows}
 
 
 def priceable(table: LatencyTable, model, shape, precision: str) -> bool:
