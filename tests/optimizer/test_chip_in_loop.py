@@ -256,6 +256,9 @@ def test_a_relative_latency_target_is_judged_against_the_reference_timed_beside_
     assert report["uncompressed"]["measured"]["latency_ms"] == pytest.approx(again["fp32_latency_ms"])
     assert verdict["target"] == pytest.approx(0.9 * again["fp32_latency_ms"])
     assert len(report["measurement"]["rounds_ms"]) >= 2 and verdict["basis"] == "measured"
+    # round by round, the result over its target beside the reference: the spread the verdict's median hides
+    lo, hi = verdict["measured_over_target_rounds"]
+    assert 0 < lo <= hi and lo <= verdict["measured_over_target"] * 1.5 and hi >= verdict["measured_over_target"] / 1.5
     assert "re-measured in the same rounds" in capsys.readouterr().out
 
 
