@@ -797,34 +797,7 @@ class Compression:
         searched = d.gates.hard_flat().clone() if d.gates is not None else None  # what the search's forward kept
         fix_decisions(d, self.cost_model, self.constraints, round_to=self.align)
         if self.measurer is not None and self.c.land and distributed.is_main():
-            band = tuple(float(b) for b in self.c.land_band)
-
-            def build() -> nn.Module:
-                return build_concrete(d, self.example, self.calibration[:64])[0].cpu().eval()
-
-            def measure() -> dict[str, float]:
-                return self.measure_at_start_level(build())
-
-            def polish(key: str) -> None:
-                notes = polish_precision(d, self.constraints, build, lambda models: [
-                    m.as_metrics() for m in self.measurer.measure_models(models, self.input_shape)])
-                d.trail[key] = notes
-                if notes.get("layers"):
-                    print(f"{key.replace('_', ' ')}: {notes['chosen']} measured {notes['measured_gain']:.1%} faster "
-                          f"({len(notes['layers'])} layers to a cheaper precision)")
-
-            polishing = self.c.polish_precision and d.quantized
-            if polishing:
-                polish("precision_polish")
-            d.trail["landing"] = land_on_target(d, self.constraints, measure, band,
-                                                int(self.c.land_measurements), round_to=self.align)
-            landing = d.trail["landing"]
-            if searched is not None:
-                landing.update(silence_untrained(d, searched))
-            status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
-            print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
-            if polishing:  # the landing changed widths or blocks: what is fastest can change with them (only faster)
-                polish("precision_polish_after_landing")
+            self._land(searched)
         distributed.broadcast_module(d.model, what="hard decisions")  # rank 0's landed gates, bits and ops
         final, trail = build_concrete(d, self.example, self.calibration, copy_first=False)
         # every rank built the concrete model from the same decisions; all fine-tune rank 0's, and a rank whose
@@ -837,6 +810,36 @@ class Compression:
         self.trail = trail
         self.final = final.to(self.device)
         self.ctx.write_json("decisions.json", trail)
+
+    def _land(self, searched: Tensor | None) -> None:
+        """On the chip (rank 0): the measured precision polish, the landing on the measured target, and the polish
+        again on the landed widths (:func:`polish_precision`, :func:`land_on_target`); their notes go to the trail."""
+        d = self.decisions
+        polishing = self.c.polish_precision and d.quantized
+        if polishing:
+            self._polish("precision_polish")
+        d.trail["landing"] = landing = land_on_target(
+            d, self.constraints, lambda: self.measure_at_start_level(self._hard_model()),
+            tuple(float(b) for b in self.c.land_band), int(self.c.land_measurements), round_to=self.align)
+        if searched is not None:
+            landing.update(silence_untrained(d, searched))
+        status = "landed" if landing.get("landed") else f"did not land: {landing.get('why')}"
+        print(f"landing on the measured target: {status} ({len(landing.get('measurements', []))} measurements)")
+        if polishing:  # the landing changed widths or blocks: what is fastest can change with them (only faster)
+            self._polish("precision_polish_after_landing")
+
+    def _hard_model(self) -> nn.Module:
+        """The concrete model of the current hard decisions (BatchNorm and quantizers calibrated on 64 images)."""
+        return build_concrete(self.decisions, self.example, self.calibration[:64])[0].cpu().eval()
+
+    def _polish(self, key: str) -> None:
+        d = self.decisions
+        notes = polish_precision(d, self.constraints, self._hard_model, lambda models: [
+            m.as_metrics() for m in self.measurer.measure_models(models, self.input_shape)])
+        d.trail[key] = notes
+        if notes.get("layers"):
+            print(f"{key.replace('_', ' ')}: {notes['chosen']} measured {notes['measured_gain']:.1%} faster "
+                  f"({len(notes['layers'])} layers to a cheaper precision)")
 
     # ---- 5. finetune -----------------------------------------------------------------------
     def finetune_step(self, x: Tensor, y: Tensor):
