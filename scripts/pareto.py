@@ -105,6 +105,19 @@ not re-run::
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C5 --methods joint       # nothing else running
     .venv/bin/python scripts/pareto.py --stage measure ... --out docs/results/pareto-resnet20-v5 --tag resnet20-v5
 
+v6 (2026-12-08, the AVX2 AMD EPYC ``a11df4053e64``, where int8 is the *slower* precision: dense ResNet-20 fp32 0.78 ms,
+int8 0.84 ms): the table of this machine kind, two targets at 0.32x / 0.51x the dense fp32 model, the strongest
+baselines of v5 (``uniform_depth``, ``optuna``) and the joint arms, v2's dense models (same seeds, data, budget)::
+
+    O=docs/results/pareto-resnet20-v6-epyc; mkdir -p $O/cpu_ort_epyc
+    ln -sfn ../../pareto-resnet20-v2/cpu_ort_xeon_amx/_dense $O/cpu_ort_epyc/_dense
+    C6="${C/cpu_ort_xeon_amx/cpu_ort_epyc}"; C6="${C6/0.13,0.19,0.25/0.25,0.40}"; C6="${C6/pareto-resnet20-v2/pareto-resnet20-v6-epyc}"
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C6 --methods dense,ptq,joint,joint_macs &
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/pareto.py $C6 --methods uniform_depth,optuna &
+    # then, on core 1 when it is free: --methods joint_scratch (seeds 0,1)
+    .venv/bin/python scripts/pareto.py --stage measure --tables cpu_ort_epyc --model resnet20 --out $O \
+        --data-root /usr/share/datasets/fashion-mnist --test-limit 5000 --repeats 5 --tag resnet20-v6-epyc
+
 (the width-only baselines are infeasible at all three targets: at 8 channels everywhere ResNet-20 is predicted
 0.251 ms int8; ``--targets 0.28 --methods magnitude,torch_pruning`` adds them at a target they reach.) The v1 sweep
 (6 + 2 epochs, table-unit targets 0.27-0.65 ms, trained on the AMD EPYC) is ``docs/results/pareto-resnet20``.
