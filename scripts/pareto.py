@@ -280,6 +280,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--joint-depth", default="auto", choices=("auto", "on", "off"),
                    help="depth decisions (skip residual blocks) in the joint / joint_macs runs; auto: on when the "
                         "model has a skippable block")
+    p.add_argument("--joint-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra Hydra override of the joint-family runs (repeatable; an ablation of the search, e.g. "
+                        "compress.depth_lr_scale=3): recorded in each result's detail and in targets.json")
     p.add_argument("--joint-bits", default="auto", help="candidate bits of the joint/qat runs, e.g. 4,8 or 8,32; "
                    "auto: 8,32 on an int8 table (its int4 layers run on int8 kernels: no faster), 16,32 otherwise")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
@@ -312,6 +315,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seed_list = [int(k) for k in args.seeds.split(",") if k.strip()]
     if not args.seed_list:
         raise SystemExit(f"--seeds {args.seeds!r} names no seed; pass e.g. --seeds 0,1,2")
+    for override in args.joint_override:
+        if "=" not in override or override.startswith("="):
+            raise SystemExit(f"--joint-override {override!r} is not KEY=VALUE; e.g. --joint-override "
+                             "compress.depth_lr_scale=3")
+    if args.joint_override:  # a key the config does not have fails here, not minutes into the first joint run
+        try:
+            _compose(["compress=joint", *args.joint_override])
+        except Exception as exc:  # noqa: BLE001 - Hydra's composition errors name the key
+            raise SystemExit(f"--joint-override {' '.join(args.joint_override)}: {str(exc).splitlines()[0]}")
     if args.smoke:
         args.data, args.epochs, args.finetune_epochs = "synthetic", 2, 1
         args.n_targets, args.batch_size, args.warmup_steps = min(args.n_targets, 2), 64, 4
@@ -673,6 +685,9 @@ def run_joint(s: Sweep, target: float, folder: Path, variant: str) -> dict[str, 
     if variant in ("joint", "joint_macs") and joint_depth(s):
         overrides.append("compress.depth=true")
         detail["depth"] = True
+    if s.args.joint_override:  # last: an ablation's override wins over the sweep's own
+        overrides.extend(s.args.joint_override)
+        detail["overrides"] = list(s.args.joint_override)
     if w == 0:  # start from the trained dense model (or supernet), as the pruning baselines do
         if variant == "nas":
             init = warm_supernet(s)
@@ -983,7 +998,8 @@ def train_stage(args: argparse.Namespace) -> pd.DataFrame:
         print(f"== {table_name}: {args.model}, targets {targets} ms, seeds {args.seed_list}; train device "
               f"{sweep.device}; methods {', '.join(methods)}", flush=True)
         budget = {k: getattr(args, k) for k in ("data", "train_limit", "epochs", "finetune_epochs", "joint_epochs",
-                                                  "batch_size", "lr", "scratch_lrs", "optuna_trials", "seeds")}
+                                                  "batch_size", "lr", "scratch_lrs", "optuna_trials", "seeds",
+                                                  "joint_override")}
         info = sweep.out / "targets.json"  # a run of some --targets keeps the others an earlier session swept
         before = json.loads(info.read_text()) if info.exists() else {}
         seeds_before = str(before.get("settings", {}).get("seeds", "")).split(",")  # and the seeds (one per process)
