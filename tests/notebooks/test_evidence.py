@@ -199,3 +199,14 @@ def test_a_baseline_that_cannot_reach_its_target_is_infeasible_not_deployed(monk
     assert precision == "fp32" and size == pytest.approx(0.75, abs=1e-3)  # int8 fits only up to 0.5
     with pytest.raises(InfeasibleConstraintError, match="no size in"):
         pareto.widest_under(s, 0.05, lambda v: v, 0.05, 1.0, iters=12)
+
+
+def test_joint_overrides_are_checked_before_any_training_and_recorded(capsys):
+    """``--joint-override`` (an ablation of the joint search) must be KEY=VALUE on a key the config has: a typo stops
+    the sweep at once with the config's own suggestion, not minutes into its first joint run."""
+    with pytest.raises(SystemExit, match="not KEY=VALUE"):
+        pareto.parse_args(["--joint-override", "depth_lr_scale"])
+    with pytest.raises(SystemExit, match="unknown key 'compress.depth_lr_scal'"):
+        pareto.parse_args(["--joint-override", "compress.depth_lr_scal=3"])
+    args = pareto.parse_args(["--joint-override", "compress.depth_lr_scale=3", "--joint-override", "compress.land=false"])
+    assert args.joint_override == ["compress.depth_lr_scale=3", "compress.land=false"]
