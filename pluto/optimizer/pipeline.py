@@ -745,16 +745,20 @@ class Compression:
             return None
         precision = min((p for p in dense if f"{p}_latency_ms" in start), key=lambda p: start[f"{p}_latency_ms"],
                         default=None)
-        if precision is None:
-            return None
-        if getattr(self, "_reference_file", None) is None:
-            from pluto.cost.measure import deployable_onnx
+        return None if precision is None else (self._dense_onnx(precision), start[f"{precision}_latency_ms"])
 
-            self._reference_dir = tempfile.TemporaryDirectory()  # removed with the pipeline
-            self._reference_file = deployable_onnx(dense[precision], self.input_shape,
-                                                   Path(self._reference_dir.name) / f"{precision}.onnx",
-                                                   measurer.weight_type())
-        return self._reference_file, start[f"{precision}_latency_ms"]
+    def _dense_onnx(self, precision: str) -> Path:
+        """The uncompressed deployment at ``precision`` (``dense_deployed``) as ONNX, exported once per run into a
+        folder removed with the pipeline."""
+        from pluto.cost.measure import deployable_onnx
+
+        if getattr(self, "_dense_files", None) is None:
+            self._dense_dir, self._dense_files = tempfile.TemporaryDirectory(), {}
+        if precision not in self._dense_files:
+            self._dense_files[precision] = deployable_onnx(
+                self.dense_deployed[precision], self.input_shape, Path(self._dense_dir.name) / f"{precision}.onnx",
+                self.measurer.weight_type())
+        return self._dense_files[precision]
 
     def search(self) -> None:
         d = self.attach_decisions()
@@ -888,13 +892,8 @@ class Compression:
         if relative is None or dense is None or self.onnx_path is None or measurer.runner \
                 or measurer.table.runtime != "onnxruntime":
             return measurer.measure(self.final, self.input_shape, onnx=self.onnx_path)
-        from pluto.cost.measure import deployable_onnx
-
-        with tempfile.TemporaryDirectory() as tmp:
-            files = {"final": self.onnx_path, **{
-                precision: deployable_onnx(model, self.input_shape, Path(tmp) / f"{precision}.onnx",
-                                           measurer.weight_type()) for precision, model in dense.items()}}
-            timed = dict(zip(files, measurer.measure_interleaved(list(files.values()), self.input_shape)))
+        files = {"final": self.onnx_path, **{precision: self._dense_onnx(precision) for precision in dense}}
+        timed = dict(zip(files, measurer.measure_interleaved(list(files.values()), self.input_shape)))
         reference = min(timed[k].latency_ms for k in files if k != "final")
         # round by round, the result over its re-based target: how far this machine's noise reaches (the verdict is
         # the median's; rounds that straddle 1 say a re-measurement may read the other way)
