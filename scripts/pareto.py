@@ -114,7 +114,12 @@ baselines of v5 (``uniform_depth``, ``optuna``) and the joint arms, v2's dense m
     C6="${C/cpu_ort_xeon_amx/cpu_ort_epyc}"; C6="${C6/0.13,0.19,0.25/0.25,0.40}"; C6="${C6/pareto-resnet20-v2/pareto-resnet20-v6-epyc}"
     OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py $C6 --methods dense,ptq,joint,joint_macs &
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python scripts/pareto.py $C6 --methods uniform_depth,optuna &
-    # then, on core 1 when it is free: --methods joint_scratch (seeds 0,1)
+    # then, on core 1 when it is free: optuna for seed 2, and the depth ablations (joint_scratch not run in v6):
+    for K in 3 1; do mkdir -p $O-depth$K/cpu_ort_epyc; ln -sfn ../../pareto-resnet20-v2/cpu_ort_xeon_amx/_dense \
+        $O-depth$K/cpu_ort_epyc/_dense; OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python scripts/pareto.py \
+        ${C6/$O/$O-depth$K} --methods joint --joint-override compress.depth_lr_scale=$K; done   # K=3: seed 0 only
+    # K=1 beside the baselines: $O-lr1/cpu_ort_epyc holds links to $O's _dense, dense, ptq, uniform_depth, optuna and
+    # to $O-depth1's joint; then --stage measure ... --out $O-lr1 --tag resnet20-v6-epyc-depthlr1
     .venv/bin/python scripts/pareto.py --stage measure --tables cpu_ort_epyc --model resnet20 --out $O \
         --data-root /usr/share/datasets/fashion-mnist --test-limit 5000 --repeats 5 --tag resnet20-v6-epyc
 
