@@ -738,14 +738,20 @@ class Compression:
     def _start_reference(self) -> tuple[Path, float] | None:
         """(ONNX file, latency at the start) of the cheapest uncompressed deployment when a relative latency target
         was resolved against it on a local onnxruntime measurer (exported once per run), else None."""
-        measurer, dense = self.measurer, getattr(self, "dense_deployed", None)
-        start = self.uncompressed.get("measured", {})
-        if getattr(self, "relative", {}).get("latency_ms") is None or not dense or measurer is None \
-                or measurer.runner or measurer.level or measurer.table.runtime != "onnxruntime":
+        if not self._beside_uncompressed() or self.measurer.level:
             return None
-        precision = min((p for p in dense if f"{p}_latency_ms" in start), key=lambda p: start[f"{p}_latency_ms"],
-                        default=None)
+        start = self.uncompressed.get("measured", {})
+        precision = min((p for p in self.dense_deployed if f"{p}_latency_ms" in start),
+                        key=lambda p: start[f"{p}_latency_ms"], default=None)
         return None if precision is None else (self._dense_onnx(precision), start[f"{precision}_latency_ms"])
+
+    def _beside_uncompressed(self) -> bool:
+        """Whether the latency target is relative to the uncompressed model and that model's deployments can be timed
+        in the same interleaved rounds as a candidate (local onnxruntime measurer, deployments kept at the start)."""
+        measurer = self.measurer
+        return getattr(self, "relative", {}).get("latency_ms") is not None \
+            and bool(getattr(self, "dense_deployed", None)) and measurer is not None and not measurer.runner \
+            and measurer.table.runtime == "onnxruntime"
 
     def _dense_onnx(self, precision: str) -> Path:
         """The uncompressed deployment at ``precision`` (``dense_deployed``) as ONNX, exported once per run into a
@@ -887,17 +893,16 @@ class Compression:
         not against a reference timed minutes earlier (the main job's dense int8 read 0.123 ms at the start of a run
         and 0.152 in the runs before it on the same machine, 2026-12-07: a target of 0.7x moved by 20 %)."""
         relative = getattr(self, "relative", {}).get("latency_ms")
-        measurer, dense = copy.copy(self.measurer), getattr(self, "dense_deployed", None)
+        measurer = copy.copy(self.measurer)
         measurer.level = False  # the verdict is the raw measurement (hw.measure_level steers the loop only)
-        if relative is None or dense is None or self.onnx_path is None or measurer.runner \
-                or measurer.table.runtime != "onnxruntime":
+        if self.onnx_path is None or not self._beside_uncompressed():
             return measurer.measure(self.final, self.input_shape, onnx=self.onnx_path)
-        files = {"final": self.onnx_path, **{precision: self._dense_onnx(precision) for precision in dense}}
+        files = {"final": self.onnx_path, **{p: self._dense_onnx(p) for p in self.dense_deployed}}
         timed = dict(zip(files, measurer.measure_interleaved(list(files.values()), self.input_shape)))
-        reference = min(timed[k].latency_ms for k in files if k != "final")
+        closest = min((k for k in files if k != "final"), key=lambda k: timed[k].latency_ms)
+        reference = timed[closest].latency_ms
         # round by round, the result over its re-based target: how far this machine's noise reaches (the verdict is
         # the median's; rounds that straddle 1 say a re-measurement may read the other way)
-        closest = min((k for k in files if k != "final"), key=lambda k: timed[k].latency_ms)
         per_round = [f / r / relative for f, r in zip(timed["final"].extra.get("rounds_ms", []),
                                                       timed[closest].extra.get("rounds_ms", [])) if r > 0]
         if per_round:
